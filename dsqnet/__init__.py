@@ -1,0 +1,17 @@
+"""DSQNet change detection: the network, its checkpoints and a predictor. Free of geography."""
+
+from .head import DSQHeadConfig
+from .model import DSQNet, DSQNetConfig, build_model, list_models, model_config
+from .predictor import Predictor
+from .swin import SwinConfig
+
+__all__ = [
+    "DSQHeadConfig",
+    "DSQNet",
+    "DSQNetConfig",
+    "Predictor",
+    "SwinConfig",
+    "build_model",
+    "list_models",
+    "model_config",
+]

@@ -1,0 +1,159 @@
+"""DSQNet: a Siamese backbone, the per-level temporal concat, and the DSQ head.
+
+``build_model(name, **overrides)`` is the way in. A model is fully described by its
+``DSQNetConfig``, which is plain data (JSON round-trips it), so a checkpoint can rebuild its network
+from its metadata alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .head import DSQHead, DSQHeadConfig
+from .layers import resize
+from .swin import SwinBackbone, SwinConfig
+
+PAD_MULTIPLE = 32  # the coarsest backbone stride
+
+
+@dataclass(frozen=True)
+class DSQNetConfig:
+    """Everything needed to build a DSQNet. ``head.in_channels`` always follows the backbone."""
+
+    name: str = "dsqnet_swin_t"
+    backbone: SwinConfig = field(default_factory=SwinConfig)
+    head: DSQHeadConfig = field(default_factory=DSQHeadConfig)
+
+    def __post_init__(self) -> None:
+        if self.head.in_channels != self.backbone.out_channels:
+            object.__setattr__(self, "head", dataclasses.replace(self.head, in_channels=self.backbone.out_channels))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "backbone_type": "swin", **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DSQNetConfig":
+        backbone_type = data.get("backbone_type", "swin")
+        if backbone_type != "swin":
+            raise ValueError(f"unknown backbone type {backbone_type!r}; this version knows 'swin'")
+        return cls(
+            name=data["name"],
+            backbone=SwinConfig(**_tuples(data["backbone"])),
+            head=DSQHeadConfig(**_tuples(data["head"])),
+        )
+
+    def with_overrides(self, **overrides: Any) -> "DSQNetConfig":
+        """Route each keyword to the backbone or the head config by its field name."""
+        backbone_fields = {f.name for f in dataclasses.fields(SwinConfig)}
+        head_fields = {f.name for f in dataclasses.fields(DSQHeadConfig)} - {"in_channels"}
+        unknown = set(overrides) - backbone_fields - head_fields - {"name"}
+        if unknown:
+            raise TypeError(
+                f"unknown DSQNet option(s) {sorted(unknown)}; backbone options: {sorted(backbone_fields)}, "
+                f"head options: {sorted(head_fields)}"
+            )
+        backbone = dataclasses.replace(self.backbone, **{k: v for k, v in overrides.items() if k in backbone_fields})
+        head = dataclasses.replace(self.head, **{k: v for k, v in overrides.items() if k in head_fields})
+        return DSQNetConfig(name=overrides.get("name", self.name), backbone=backbone, head=head)
+
+
+class DSQNet(nn.Module):
+    """Two normalised images (N, 3, H, W) of any size -> change logits (N, 2, H, W).
+
+    Inputs are zero-padded bottom/right to a multiple of 32 and the logits cropped back, as the
+    reference does. Class 1 is "changed".
+    """
+
+    def __init__(self, config: DSQNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        # Provenance and input conventions (band order, normalisation); filled by checkpoints.load.
+        self.metadata: dict[str, Any] = {}
+        self.backbone = SwinBackbone(config.backbone)
+        self.decode_head = DSQHead(config.head)
+
+    def forward(self, img_a: torch.Tensor, img_b: torch.Tensor) -> torch.Tensor:
+        if img_a.shape != img_b.shape or img_a.ndim != 4:
+            raise ValueError(
+                f"img_a and img_b must be N x C x H x W tensors of one shape, got {tuple(img_a.shape)} "
+                f"and {tuple(img_b.shape)}"
+            )
+        height, width = img_a.shape[-2:]
+        pad = (0, (-width) % PAD_MULTIPLE, 0, (-height) % PAD_MULTIPLE)
+        img_a, img_b = nn.functional.pad(img_a, pad), nn.functional.pad(img_b, pad)
+        feats_a, feats_b = self.extract_features(img_a, img_b)
+        logits = self.decode_head(feats_a, feats_b)
+        return resize(logits, img_a.shape[-2:])[..., :height, :width]
+
+    def extract_features(self, img_a: torch.Tensor, img_b: torch.Tensor) -> tuple[list, list]:
+        """Run the shared backbone on both dates.
+
+        In training the dates go through separately, as in the reference (independent
+        stochastic depth, separate normalisation statistics); in eval one batched call is the
+        same computation and faster.
+        """
+        if self.training:
+            return self.backbone(img_a), self.backbone(img_b)
+        feats = self.backbone(torch.cat([img_a, img_b], dim=0))
+        n = img_a.shape[0]
+        return [f[:n] for f in feats], [f[n:] for f in feats]
+
+
+def _tuples(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+
+
+_REGISTRY: dict[str, Callable[[], DSQNetConfig]] = {}
+
+
+def register_model(fn: Callable[[], DSQNetConfig]) -> Callable[[], DSQNetConfig]:
+    _REGISTRY[fn.__name__] = fn
+    return fn
+
+
+@register_model
+def dsqnet_swin_t() -> DSQNetConfig:
+    """The paper's Swin-T DSQNet (28.08 M parameters at head width 128)."""
+    return DSQNetConfig(name="dsqnet_swin_t")
+
+
+@register_model
+def dsqnet_swin_mini() -> DSQNetConfig:
+    """A 2.4 M-parameter DSQNet for tests, demos and CPU training: Swin embed 32, depths 2-2-2-2, head width 64."""
+    return DSQNetConfig(
+        name="dsqnet_swin_mini",
+        backbone=SwinConfig(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), drop_path_rate=0.1),
+        head=DSQHeadConfig(head_width=64),
+    )
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def model_config(name: str, **overrides: Any) -> DSQNetConfig:
+    """The config of a registered model, with overrides applied."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    config = _REGISTRY[name]()
+    return config.with_overrides(**overrides) if overrides else config
+
+
+def build_model(name: str, pretrained_backbone: str | Path | None = None, **overrides: Any) -> DSQNet:
+    """Build a registered DSQNet, e.g. ``build_model("dsqnet_swin_t", head_width=64)``.
+
+    ``pretrained_backbone`` names a local file of ImageNet Swin weights (Microsoft's release or
+    timm's); nothing is ever downloaded.
+    """
+    model = DSQNet(model_config(name, **overrides))
+    if pretrained_backbone is not None:
+        from .checkpoints import load_backbone_weights  # checkpoints imports this module
+
+        load_backbone_weights(model.backbone, pretrained_backbone)
+    return model

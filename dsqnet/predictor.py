@@ -1,0 +1,111 @@
+"""Run a DSQNet on image pairs: input conventions, device, precision and batching in one place.
+
+Anything that hands pixels to the network goes through ``Predictor``, so the normalisation a model
+was trained with (kept in its checkpoint metadata) is applied the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Literal, Union
+
+import numpy as np
+import torch
+
+from .checkpoints import IMAGENET_NORMALIZATION
+from .model import DSQNet
+from .sliding import slide_logits
+
+Array = Union[np.ndarray, torch.Tensor]
+Precision = Literal["fp32", "bf16", "fp16"]
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Predictor:
+    """Change probabilities for pairs of images.
+
+    Inputs may be numpy arrays or torch tensors, uint8 or float on the 0-255 scale, one pair
+    (H, W, 3) / (3, H, W) or a batch (N, H, W, 3) / (N, 3, H, W). Outputs are the probability of
+    "changed" per pixel, (H, W) or (N, H, W), as numpy for numpy input and torch otherwise.
+
+    ``precision`` picks autocast: ``"bf16"`` (fast on CPUs with AMX and on recent GPUs), ``"fp16"``
+    (CUDA only) or ``"fp32"``. ``compile=True`` wraps the model in ``torch.compile``.
+    """
+
+    def __init__(
+        self,
+        model: DSQNet,
+        device: str | torch.device | None = None,
+        precision: Precision = "fp32",
+        compile: bool = False,
+        normalization: dict[str, Any] | None = None,
+    ) -> None:
+        self.device = torch.device(device) if device is not None else default_device()
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {precision!r}")
+        if precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("fp16 autocast needs a CUDA device; use precision='bf16' on CPU")
+        self.precision = precision
+        self.model = model.to(self.device).eval()
+        self._forward = torch.compile(self.model) if compile else self.model
+        norm = normalization or getattr(model, "metadata", {}).get("normalization") or IMAGENET_NORMALIZATION
+        self.mean = torch.tensor(norm["mean"], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(norm["std"], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+
+    # ---------------------------------------------------------------------------------------------
+    def predict_proba(self, before: Array, after: Array) -> Array:
+        """Per-pixel change probability for one pair or a batch of pairs of the same size."""
+        a, b, single = self._pair(before, after)
+        probs = torch.softmax(self.logits(a, b), dim=1)[:, 1]
+        return self._like(before, probs[0] if single else probs)
+
+    def predict_windows(
+        self, before: Array, after: Array, window: int = 512, stride: int = 256, batch_size: int = 4
+    ) -> Array:
+        """Change probability for one pair of any size by sliding windows (the paper's test mode)."""
+        a, b, single = self._pair(before, after)
+        if not single:
+            raise ValueError("predict_windows takes one image pair, not a batch")
+        logits = slide_logits(self.logits, a[0], b[0], window=window, stride=stride, batch_size=batch_size)
+        return self._like(before, torch.softmax(logits, dim=0)[1])
+
+    @torch.inference_mode()
+    def logits(self, img_a: torch.Tensor, img_b: torch.Tensor) -> torch.Tensor:
+        """Logits (N, 2, H, W) in float32 for already normalised inputs on this predictor's device."""
+        if self.precision == "fp32":
+            return self._forward(img_a, img_b).float()
+        with torch.autocast(self.device.type, dtype=_AUTOCAST_DTYPES[self.precision]):
+            return self._forward(img_a, img_b).float()
+
+    # ---------------------------------------------------------------------------------------------
+    def normalize(self, image: Array) -> torch.Tensor:
+        """Any accepted image or batch -> normalised float (N, 3, H, W) on the device."""
+        x = torch.as_tensor(image) if isinstance(image, np.ndarray) else image
+        if x.ndim not in (3, 4):
+            raise ValueError(f"expected an image (H, W, 3)/(3, H, W) or a batch of them, got shape {tuple(x.shape)}")
+        if x.ndim == 3:
+            x = x.unsqueeze(0)
+        if x.shape[1] != 3:
+            if x.shape[-1] != 3:
+                raise ValueError(f"expected 3 bands (RGB) first or last, got shape {tuple(x.shape)}")
+            x = x.permute(0, 3, 1, 2)
+        is_uint8 = x.dtype == torch.uint8
+        if not (is_uint8 or x.is_floating_point()):
+            raise ValueError(f"expected uint8 or float pixels on the 0-255 scale, got {x.dtype}")
+        x = x.to(self.device, non_blocking=True).float()
+        if not is_uint8 and x.numel() and float(x.max()) <= 1.0:
+            warnings.warn("float input lies within [0, 1]; the model expects the 0-255 scale", stacklevel=3)
+        return (x - self.mean) / self.std
+
+    def _pair(self, before: Array, after: Array) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        if tuple(before.shape) != tuple(after.shape):
+            raise ValueError(f"before and after must have the same shape, got {tuple(before.shape)} and {tuple(after.shape)}")
+        return self.normalize(before), self.normalize(after), before.ndim == 3
+
+    @staticmethod
+    def _like(reference: Array, result: torch.Tensor) -> Array:
+        return result.cpu().numpy() if isinstance(reference, np.ndarray) else result

@@ -1,0 +1,101 @@
+"""Reading image pairs and writing change maps, keeping georeferencing where there is one.
+
+PNG and GeoTIFF go through rasterio alike. Outputs are written beside their final path and renamed
+into place, so an interrupted run never leaves a half-written file under the name the user asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.errors import NotGeoreferencedWarning
+
+
+class ImageInputError(ValueError):
+    """An input image that cannot be used, with the reason and the fix."""
+
+
+@dataclass
+class RasterImage:
+    pixels: np.ndarray  # (H, W, 3)
+    crs: Any
+    transform: Any
+    path: Path
+
+    @property
+    def georeferenced(self) -> bool:
+        return self.crs is not None
+
+
+def read_rgb(path: str | Path) -> RasterImage:
+    """The first three bands of an image as (H, W, 3), uint8 or float on the 0-255 scale."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageInputError(f"image {path} does not exist")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                if src.count < 3:
+                    raise ImageInputError(f"{path} has {src.count} band(s); DSQNet needs RGB (3 bands, red first)")
+                pixels = src.read([1, 2, 3]).transpose(1, 2, 0)
+                crs, transform = src.crs, src.transform
+    except rasterio.RasterioIOError as err:
+        raise ImageInputError(f"cannot read {path} as an image: {err}") from None
+    if pixels.dtype != np.uint8 and not np.issubdtype(pixels.dtype, np.floating):
+        raise ImageInputError(
+            f"{path} holds {pixels.dtype} pixels; DSQNet takes uint8 or float RGB on the 0-255 scale. "
+            "Scale the image first (e.g. gdal_translate -ot Byte -scale ...)."
+        )
+    return RasterImage(pixels, crs, transform, path)
+
+
+def read_pair(before: str | Path, after: str | Path) -> tuple[RasterImage, RasterImage]:
+    """Both dates, checked to lie on the same pixel grid."""
+    a, b = read_rgb(before), read_rgb(after)
+    if a.pixels.shape != b.pixels.shape:
+        raise ImageInputError(
+            f"before {a.path} is {a.pixels.shape[1]}x{a.pixels.shape[0]} px but after {b.path} is "
+            f"{b.pixels.shape[1]}x{b.pixels.shape[0]} px; the two dates must cover the same pixels"
+        )
+    if a.georeferenced and b.georeferenced and (a.crs != b.crs or not a.transform.almost_equals(b.transform)):
+        raise ImageInputError(
+            f"before and after lie on different grids ({a.crs}, {tuple(a.transform)[:6]} vs {b.crs}, "
+            f"{tuple(b.transform)[:6]}); reproject one onto the other first (e.g. gdalwarp)"
+        )
+    return a, b
+
+
+def write_raster(path: str | Path, data: np.ndarray, like: RasterImage | None = None, nodata: float | None = None) -> Path:
+    """Write a single-band array as GeoTIFF (``.tif``) or PNG, georeferenced like ``like`` if it is."""
+    path = Path(path)
+    driver = "GTiff" if path.suffix.lower() in (".tif", ".tiff") else "PNG"
+    if driver == "PNG" and data.dtype != np.uint8:
+        raise ImageInputError(f"{path}: PNG holds 8-bit maps only; write probabilities to a .tif")
+    profile: dict[str, Any] = {
+        "driver": driver, "height": data.shape[0], "width": data.shape[1], "count": 1, "dtype": data.dtype.name,
+    }
+    if driver == "GTiff":
+        profile.update(compress="deflate", tiled=True, blockxsize=256, blockysize=256)
+        if like is not None and like.georeferenced:
+            profile.update(crs=like.crs, transform=like.transform)
+        if nodata is not None:
+            profile["nodata"] = nodata
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(tmp, "w", **profile) as dst:
+                dst.write(data[None])
+        os.replace(tmp, path)
+    finally:
+        for leftover in (tmp, tmp.with_name(tmp.name + ".aux.xml")):
+            leftover.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,149 @@
+"""Model files: our safetensors format, the authors' checkpoints, ImageNet Swin weights, and safety."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from dsqnet import build_model
+from dsqnet.checkpoints import (
+    CheckpointError,
+    load,
+    load_model_file,
+    load_opencd,
+    read_metadata,
+    safe_torch_load,
+    save,
+    timm_to_reference_swin,
+)
+from tests.helpers import GOLDEN_D64, golden_file
+
+
+def test_round_trip_rebuilds_the_model_and_gives_bit_identical_outputs(tmp_path):
+    model = build_model("dsqnet_swin_mini", head_width=32, drop_path_rate=0.2).eval()
+    path = save(model, tmp_path / "m.safetensors", metadata={"metrics": {"f1": 0.9}, "training_data": "levir"})
+    again = load(path).eval()
+    assert again.config == model.config
+    assert again.metadata["metrics"] == {"f1": 0.9}
+    assert again.metadata["normalization"]["mean"] == [123.675, 116.28, 103.53]
+    a, b = torch.randn(1, 3, 96, 128), torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        assert torch.equal(model(a, b), again(a, b))
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_metadata_says_how_to_use_the_model(tmp_path):
+    path = save(build_model("dsqnet_swin_mini"), tmp_path / "m.safetensors")
+    meta = read_metadata(path)
+    assert meta["config"]["name"] == "dsqnet_swin_mini"
+    assert meta["band_order"] == ["red", "green", "blue"]
+
+
+class _Payload:
+    """Unpickling this would create a file: proof that code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_a_pickle_that_carries_code_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": _Payload(marker)}, f)
+    marker.unlink(missing_ok=True)  # torch.save does not run __reduce__'s callable, but be sure
+    with pytest.raises(CheckpointError, match="refused to load .*could execute arbitrary code"):
+        safe_torch_load(path)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_model_file(path)
+    assert not marker.exists()
+    # And a raw (non-torch) pickle fails the same way.
+    raw = tmp_path / "raw.pkl"
+    raw.write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(CheckpointError, match="refused"):
+        safe_torch_load(raw)
+    assert not marker.exists()
+
+
+def test_authors_full_checkpoint_file_loads_through_the_command_line_loader(tmp_path):
+    g = golden_file(GOLDEN_D64)
+    path = tmp_path / "dsqnet_levir.pth"
+    torch.save({"state_dict": g["state_dict"], "meta": {"iter": 80000, "mmengine": "0.10.7"}}, path)
+    model = load_model_file(path).eval()
+    with torch.no_grad():
+        logits = model(g["inputs"]["img_a"], g["inputs"]["img_b"])
+    torch.testing.assert_close(logits, g["logits_full"], atol=1e-4, rtol=1e-4)
+
+
+def test_head_width_must_equal_pyramid_width():
+    g = golden_file(GOLDEN_D64)
+    state = dict(g["state_dict"])
+    state["decode_head.conv_seg.weight"] = torch.zeros(2, 128, 1, 1)
+    with pytest.raises(CheckpointError, match="head width D=128 .* differs from pyramid width M=64"):
+        load_opencd(state)
+
+
+def test_august_2024_checkpoints_are_recognised_and_rejected():
+    g = golden_file(GOLDEN_D64)
+    state = {**g["state_dict"], "decode_head.reference_area1.weight": torch.zeros(128, 4)}
+    with pytest.raises(CheckpointError, match="August-2024"):
+        load_opencd(state)
+
+
+def test_a_wrong_backbone_override_lists_the_mismatched_keys():
+    g = golden_file(GOLDEN_D64)
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        load_opencd(g["state_dict"], embed_dim=48)
+
+
+def _imagenet_files(tmp_path: Path, source) -> tuple[Path, Path]:
+    """The same weights as Microsoft ships them (.pth, reference layout) and as timm does (.safetensors)."""
+    backbone_state = {k: v for k, v in source.state_dict().items() if not k.startswith("norm")}
+    final_dim = source.config.out_channels[-1]
+    classifier = {"norm.weight": torch.ones(final_dim), "norm.bias": torch.zeros(final_dim),
+                  "head.weight": torch.randn(1000, final_dim), "head.bias": torch.zeros(1000)}
+    microsoft = timm_to_reference_swin(backbone_state)
+    microsoft["layers.0.blocks.0.attn.relative_position_index"] = torch.zeros(49, 49, dtype=torch.long)
+    microsoft["layers.0.blocks.1.attn_mask"] = torch.zeros(4, 49, 49)
+    ms_path = tmp_path / "swin_tiny_patch4_window7_224.pth"
+    torch.save({"model": {**microsoft, **classifier}}, ms_path)
+    timm_path = tmp_path / "model.safetensors"
+    timm_classifier = {k.replace("head.", "head.fc."): v for k, v in classifier.items()}
+    save_file({**{k: v.contiguous() for k, v in backbone_state.items()}, **timm_classifier}, str(timm_path))
+    return ms_path, timm_path
+
+
+def test_imagenet_swin_weights_load_from_microsoft_and_timm_files(tmp_path):
+    source = build_model("dsqnet_swin_mini").backbone
+    for path in _imagenet_files(tmp_path, source):
+        torch.manual_seed(123)  # a different initialisation than the source
+        model = build_model("dsqnet_swin_mini", pretrained_backbone=path)
+        got, want = model.backbone.state_dict(), source.state_dict()
+        for key in want:
+            if key.startswith("norm"):  # output norms are not in ImageNet files: fresh LayerNorms
+                assert torch.equal(got[key], torch.ones_like(got[key]) if key.endswith("weight") else torch.zeros_like(got[key]))
+            else:
+                assert torch.equal(got[key], want[key]), key
+
+
+def test_swin_weights_of_another_size_are_refused_with_the_differences(tmp_path):
+    ms_path, _ = _imagenet_files(tmp_path, build_model("dsqnet_swin_mini").backbone)
+    with pytest.raises(CheckpointError, match="(?s)does not match.*shape mismatch"):
+        build_model("dsqnet_swin_t", pretrained_backbone=ms_path)
+
+
+def test_foreign_safetensors_is_not_taken_for_a_dsqnet_checkpoint(tmp_path):
+    path = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path))
+    with pytest.raises(CheckpointError, match="not a DSQNet checkpoint"):
+        load(path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load(tmp_path / "missing.safetensors")

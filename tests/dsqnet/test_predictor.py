@@ -1,0 +1,103 @@
+"""The Predictor: input conventions, batching, precision and sliding windows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dsqnet import Predictor, build_model
+from dsqnet.checkpoints import IMAGENET_NORMALIZATION
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    torch.manual_seed(0)
+    return Predictor(build_model("dsqnet_swin_mini"), device="cpu")
+
+
+def pair(n: int, h: int = 64, w: int = 96, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8), rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+
+
+def test_a_batch_equals_its_items_one_by_one(predictor):
+    before, after = pair(3)
+    batch = predictor.predict_proba(before, after)
+    assert batch.shape == (3, 64, 96)
+    for i in range(3):
+        np.testing.assert_allclose(predictor.predict_proba(before[i], after[i]), batch[i], atol=1e-5)
+
+
+def test_layouts_and_types_agree(predictor):
+    before, after = pair(1)
+    reference = predictor.predict_proba(before[0], after[0])
+    assert isinstance(reference, np.ndarray) and reference.dtype == np.float32
+    assert ((reference >= 0) & (reference <= 1)).all()
+    chw = predictor.predict_proba(before[0].transpose(2, 0, 1), after[0].transpose(2, 0, 1))
+    as_float = predictor.predict_proba(before[0].astype(np.float32), after[0].astype(np.float32))
+    as_torch = predictor.predict_proba(torch.from_numpy(before[0]), torch.from_numpy(after[0]))
+    assert isinstance(as_torch, torch.Tensor)
+    for other in (chw, as_float, as_torch.numpy()):
+        np.testing.assert_allclose(other, reference, atol=1e-6)
+
+
+def test_normalisation_comes_from_the_checkpoint_metadata():
+    model = build_model("dsqnet_swin_mini")
+    shifted = {**IMAGENET_NORMALIZATION, "mean": [m + 20 for m in IMAGENET_NORMALIZATION["mean"]]}
+    model.metadata = {"normalization": shifted}
+    before, after = pair(1)
+    plain = Predictor(build_model("dsqnet_swin_mini"), device="cpu")
+    plain.model.load_state_dict(model.state_dict())
+    custom = Predictor(model, device="cpu")
+    # Adding 20 to every pixel under the shifted mean is the same network input as before.
+    np.testing.assert_allclose(
+        custom.predict_proba(before[0].astype(np.float32) + 20, after[0].astype(np.float32) + 20),
+        plain.predict_proba(before[0], after[0]),
+        atol=1e-5,
+    )
+
+
+def test_bf16_autocast_stays_close_to_fp32():
+    torch.manual_seed(0)
+    model = build_model("dsqnet_swin_mini")
+    before, after = pair(1)
+    fp32 = Predictor(model, device="cpu").predict_proba(before[0], after[0])
+    bf16 = Predictor(model, device="cpu", precision="bf16").predict_proba(before[0], after[0])
+    assert np.abs(fp32 - bf16).mean() < 0.02
+
+
+def test_one_window_covering_the_image_equals_a_direct_pass(predictor):
+    before, after = pair(1, 100, 120)
+    direct = predictor.predict_proba(before[0], after[0])
+    windowed = predictor.predict_windows(before[0], after[0], window=512, stride=256)
+    np.testing.assert_allclose(windowed, direct, atol=1e-6)
+
+
+def test_overlapping_windows_average_logits(predictor):
+    """Three 64-px windows at stride 32 over 64 x 128: the middle pixels are the mean of two windows."""
+    before, after = pair(1, 64, 128)
+    a, b = predictor.normalize(before[0]), predictor.normalize(after[0])
+    left, middle, right = (predictor.logits(a[..., s:s + 64], b[..., s:s + 64])[0] for s in (0, 32, 64))
+    expected = torch.zeros(2, 64, 128)
+    counts = torch.zeros(1, 64, 128)
+    for start, logits in zip((0, 32, 64), (left, middle, right)):
+        expected[..., start:start + 64] += logits
+        counts[..., start:start + 64] += 1
+    want = torch.softmax(expected / counts, dim=0)[1].numpy()
+    got = predictor.predict_windows(before[0], after[0], window=64, stride=32, batch_size=2)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_bad_inputs_get_clear_errors(predictor):
+    before, after = pair(1)
+    with pytest.raises(ValueError, match="same shape"):
+        predictor.predict_proba(before[0], after[0][:32])
+    with pytest.raises(ValueError, match="3 bands"):
+        predictor.predict_proba(before[0][..., :2], after[0][..., :2])
+    with pytest.raises(ValueError, match="uint8 or float"):
+        predictor.predict_proba(before[0].astype(np.int32), after[0].astype(np.int32))
+    with pytest.raises(ValueError, match="fp16 autocast needs a CUDA device"):
+        Predictor(build_model("dsqnet_swin_mini"), device="cpu", precision="fp16")
+    with pytest.warns(UserWarning, match="0-255 scale"):
+        predictor.predict_proba(before[0] / 255.0, after[0] / 255.0)
