@@ -52,9 +52,7 @@ class Predictor:
         self.precision = precision
         self.model = model.to(self.device).eval()
         self._forward = torch.compile(self.model) if compile else self.model
-        norm = normalization or getattr(model, "metadata", {}).get("normalization") or IMAGENET_NORMALIZATION
-        self.mean = torch.tensor(norm["mean"], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        self.std = torch.tensor(norm["std"], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.normalizer = InputNormalizer.for_model(model, self.device, normalization)
 
     # ---------------------------------------------------------------------------------------------
     def predict_proba(self, before: Array, after: Array) -> Array:
@@ -84,6 +82,36 @@ class Predictor:
     # ---------------------------------------------------------------------------------------------
     def normalize(self, image: Array) -> torch.Tensor:
         """Any accepted image or batch -> normalised float (N, 3, H, W) on the device."""
+        return self.normalizer(image)
+
+    def _pair(self, before: Array, after: Array) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        if tuple(before.shape) != tuple(after.shape):
+            raise ValueError(f"before and after must have the same shape, got {tuple(before.shape)} and {tuple(after.shape)}")
+        return self.normalize(before), self.normalize(after), before.ndim == 3
+
+    @staticmethod
+    def _like(reference: Array, result: torch.Tensor) -> Array:
+        return result.cpu().numpy() if isinstance(reference, np.ndarray) else result
+
+
+class InputNormalizer:
+    """Pixels as users have them -> the network's input: (N, 3, H, W) float, normalised, on a device.
+
+    Accepts numpy or torch, uint8 or float on the 0-255 scale, HWC or CHW, one image or a batch.
+    The mean and standard deviation come from the model's checkpoint metadata when it has them.
+    """
+
+    def __init__(self, mean: list[float], std: list[float], device: torch.device) -> None:
+        self.device = device
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+
+    @classmethod
+    def for_model(cls, model: DSQNet, device: torch.device, normalization: dict[str, Any] | None = None) -> "InputNormalizer":
+        norm = normalization or getattr(model, "metadata", {}).get("normalization") or IMAGENET_NORMALIZATION
+        return cls(norm["mean"], norm["std"], device)
+
+    def __call__(self, image: Array) -> torch.Tensor:
         x = torch.as_tensor(image) if isinstance(image, np.ndarray) else image
         if x.ndim not in (3, 4):
             raise ValueError(f"expected an image (H, W, 3)/(3, H, W) or a batch of them, got shape {tuple(x.shape)}")
@@ -100,12 +128,3 @@ class Predictor:
         if not is_uint8 and x.numel() and float(x.max()) <= 1.0:
             warnings.warn("float input lies within [0, 1]; the model expects the 0-255 scale", stacklevel=3)
         return (x - self.mean) / self.std
-
-    def _pair(self, before: Array, after: Array) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        if tuple(before.shape) != tuple(after.shape):
-            raise ValueError(f"before and after must have the same shape, got {tuple(before.shape)} and {tuple(after.shape)}")
-        return self.normalize(before), self.normalize(after), before.ndim == 3
-
-    @staticmethod
-    def _like(reference: Array, result: torch.Tensor) -> Array:
-        return result.cpu().numpy() if isinstance(reference, np.ndarray) else result

@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dsqnet", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_predict, _add_init_model, _add_convert, _add_example_pair, _add_architectures):
+    for add in (_add_predict, _add_train, _add_evaluate, _add_init_model, _add_convert, _add_example_pair,
+                _add_architectures):
         add(commands)
     return parser
 
@@ -99,6 +100,96 @@ def _predict(args: argparse.Namespace) -> None:
         f"{args.out}: {changed.mean():.2%} of {width}x{height} px changed "
         f"({time.perf_counter() - started:.1f} s on {predictor.device}, {args.precision})"
     )
+
+
+# ------------------------------------------------------------------------------------------------
+def _add_train(commands) -> None:
+    p = _command(commands, "train", "Train or fine-tune DSQNet with the paper's recipe from a YAML config.", _train)
+    p.add_argument("--config", required=True,
+                   help="a YAML file, or a bundled config: levir-cd_swin-t, s2looking_swin-t, svcd_swin-t, "
+                        "dsifn_swin-t (the paper's recipe) or cpu-small (minutes on a CPU)")
+    p.add_argument("--data-root", help="dataset folder (overrides data.root)")
+    p.add_argument("--work-dir", help="where checkpoints and logs go (overrides runtime.work_dir)")
+    p.add_argument("--backbone-weights", help="local ImageNet Swin weights (Microsoft .pth or timm .safetensors)")
+    p.add_argument("--init-from", help="start from this checkpoint instead (fine-tuning)")
+    p.add_argument("--max-iters", type=int, help="iterations to train (overrides schedule.max_iters)")
+    p.add_argument("--batch-size", type=int, help="crops per optimiser step (overrides schedule.batch_size)")
+    p.add_argument("--accumulate", type=int,
+                   help="split each step into this many micro-batches, so batch 8 fits a small GPU")
+    p.add_argument("--num-workers", type=int, help="data loader processes (overrides data.num_workers)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="autocast: auto = bf16/fp16 on CUDA, fp32 on CPU; bf16 also works on CPU")
+    p.add_argument("--seed", type=int, help="seed of weights, data order and augmentation")
+    p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --work-dir exactly where its last checkpoint left off")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from dsqnet.training import Trainer, load_config
+
+    config = load_config(args.config)
+    updates = {
+        "data": {"root": args.data_root, "num_workers": args.num_workers},
+        "model": {"backbone_weights": args.backbone_weights, "init_from": args.init_from},
+        "schedule": {"max_iters": args.max_iters, "batch_size": args.batch_size, "accumulate": args.accumulate},
+        "runtime": {"work_dir": args.work_dir, "device": args.device, "precision": args.precision, "seed": args.seed,
+                    "tensorboard": args.tensorboard or None},
+    }
+    updates = {section: {k: v for k, v in values.items() if v is not None} for section, values in updates.items()}
+    config = config.with_updates(**{section: values for section, values in updates.items() if values})
+    result = Trainer(config).run(resume=args.resume)
+    best = f", best val mIoU {result.best_miou:.4f} in {result.best}" if result.best_miou is not None else ""
+    print(f"trained {result.step} iterations: {result.last}{best}; log in {result.work_dir / 'log.jsonl'}")
+
+
+def _add_evaluate(commands) -> None:
+    p = _command(commands, "evaluate",
+                 "Score a model on a labelled dataset (the paper's test mode), or score prediction images.", _evaluate)
+    p.add_argument("--model", help="model file (.safetensors, or an authors' .pth)")
+    p.add_argument("--data", help="dataset folder")
+    p.add_argument("--layout", default="generic",
+                   help="dataset layout: levir-cd, s2looking, svcd, dsifn or generic (A/, B/, label/; the default)")
+    p.add_argument("--split", default="test", help="split folder to score (default test; ignored if absent for generic)")
+    p.add_argument("--predictions", help="folder of prediction images (0/255 or 0/1) to score instead of a model")
+    p.add_argument("--labels", help="folder of label images matching --predictions by file name")
+    p.add_argument("--window", type=int, default=512, help="window side (default 512, as the paper)")
+    p.add_argument("--stride", type=int, default=256, help="window stride (default 256, as the paper)")
+    p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--save-predictions", metavar="DIR", help="also write each prediction as a 0/255 PNG")
+    p.add_argument("--json", action="store_true", help="print the scores as JSON instead of a table")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    import json
+
+    from dsqnet.metrics import format_table
+
+    if args.predictions or args.labels:
+        if not (args.predictions and args.labels) or args.model or args.data:
+            raise ValueError("score prediction images with --predictions DIR --labels DIR (and no --model/--data)")
+        from dsqnet.evaluation import evaluate_folders
+
+        scores = evaluate_folders(args.predictions, args.labels)
+    else:
+        if not (args.model and args.data):
+            raise ValueError("evaluate a model with --model CKPT --data DIR [--layout NAME], "
+                             "or prediction images with --predictions DIR --labels DIR")
+        from dsqnet import Predictor
+        from dsqnet.checkpoints import load_model_file
+        from dsqnet.data import ChangeDetectionDataset, find_samples
+        from dsqnet.data.dataset import label_encoding_for
+        from dsqnet.evaluation import evaluate_model
+
+        samples = find_samples(args.data, args.layout, args.split)
+        pairs = ChangeDetectionDataset(samples, label_encoding_for(args.layout, samples))
+        predictor = Predictor(load_model_file(args.model), device=args.device, precision=args.precision)
+        scores = evaluate_model(predictor, pairs, window=args.window, stride=args.stride, batch_size=args.batch_size,
+                                save_predictions=args.save_predictions)
+    print(json.dumps(scores, indent=2) if args.json else format_table(scores))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,0 +1,66 @@
+"""Scoring a model, or any tool's prediction images, with the benchmarks' metrics.
+
+``evaluate_model`` runs the paper's test mode: 512 windows at stride 256 over each whole image,
+overlapping logits averaged, argmax, and one confusion matrix over the split. ``evaluate_folders``
+scores prediction images from anywhere against labels, matched by file name, on the same footing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .data import ChangeDetectionDataset, DatasetError
+from .data.layouts import IMAGE_SUFFIXES, detect_label_encoding, Sample, read_label
+from .metrics import ConfusionMatrix
+from .predictor import Predictor
+from .sliding import slide_logits
+
+
+def evaluate_model(predictor: Predictor, pairs: ChangeDetectionDataset, window: int = 512, stride: int = 256,
+                   batch_size: int = 4, save_predictions: str | Path | None = None) -> dict:
+    """Scores of ``predictor``'s model on every labelled pair; optionally writes 0/255 PNG maps."""
+    out_dir = Path(save_predictions) if save_predictions else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    matrix = ConfusionMatrix()
+    for item in pairs:
+        if item["label"] is None:
+            raise DatasetError(f"pair {item['name']} has no label; evaluation needs labels for every pair")
+        before, after = predictor.normalize(item["before"])[0], predictor.normalize(item["after"])[0]
+        logits = slide_logits(predictor.logits, before, after, window=window, stride=stride, batch_size=batch_size)
+        prediction = logits.argmax(dim=0).to(torch.uint8).cpu().numpy()
+        matrix.update(prediction, item["label"])
+        if out_dir is not None:
+            Image.fromarray(prediction * 255).save(out_dir / f"{item['name']}.png")
+    return matrix.scores()
+
+
+def evaluate_folders(predictions: str | Path, labels: str | Path) -> dict:
+    """Scores of prediction images (0/255 or 0/1) against label images, matched by file stem."""
+    predictions, labels = Path(predictions), Path(labels)
+    for folder in (predictions, labels):
+        if not folder.is_dir():
+            raise DatasetError(f"folder {folder} does not exist")
+    predicted = {p.stem: p for p in sorted(predictions.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    truth = {p.stem: p for p in sorted(labels.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    missing = sorted(set(truth) - set(predicted))
+    if missing:
+        raise DatasetError(
+            f"{len(missing)} label(s) in {labels} have no prediction in {predictions}: {', '.join(missing[:10])}"
+        )
+    if not truth:
+        raise DatasetError(f"no label images in {labels}")
+    encoding = detect_label_encoding([Sample(s, p, p, p) for s, p in truth.items()])
+    matrix = ConfusionMatrix()
+    for stem, label_path in truth.items():
+        label = read_label(label_path, encoding)
+        with Image.open(predicted[stem]) as image:
+            prediction = np.asarray(image.convert("L"))
+        if prediction.shape != label.shape:
+            raise DatasetError(f"prediction {predicted[stem]} is {prediction.shape[::-1]} px but label {label_path} is {label.shape[::-1]}")
+        matrix.update((prediction >= 128) if prediction.max() > 1 else prediction, label)
+    return matrix.scores()
