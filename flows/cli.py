@@ -40,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dsqnet", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_predict, _add_train, _add_evaluate, _add_init_model, _add_convert, _add_example_pair,
-                _add_architectures):
+    for add in (_add_predict, _add_train, _add_evaluate, _add_scenes, _add_demo_data, _add_init_model, _add_convert,
+                _add_example_pair, _add_architectures):
         add(commands)
     return parser
 
@@ -190,6 +190,54 @@ def _evaluate(args: argparse.Namespace) -> None:
         scores = evaluate_model(predictor, pairs, window=args.window, stride=args.stride, batch_size=args.batch_size,
                                 save_predictions=args.save_predictions)
     print(json.dumps(scores, indent=2) if args.json else format_table(scores))
+
+
+# ------------------------------------------------------------------------------------------------
+def _add_scenes(commands) -> None:
+    p = _command(commands, "scenes",
+                 "Find the scenes of a region for two dates and put both on one grid in scenes.zarr.", _scenes)
+    p.add_argument("--region", required=True,
+                   help="lon/lat bbox 'minlon,minlat,maxlon,maxlat', GeoJSON (text or file), or a name in --regions")
+    p.add_argument("--regions", help="YAML regions file (name: {geometry: GeoJSON, watch_zones: {...}})")
+    p.add_argument("--before", required=True, help="the earlier date, YYYY-MM-DD")
+    p.add_argument("--after", required=True, help="the later date, YYYY-MM-DD")
+    p.add_argument("--tolerance-days", type=int, default=15, help="scenes up to this many days away count (default 15)")
+    p.add_argument("--catalog", required=True, help="a static STAC catalog (catalog.json, collection.json, "
+                                                    "ItemCollection file) or a STAC API URL")
+    p.add_argument("--collection", action="append", help="restrict the search to this collection (repeatable)")
+    p.add_argument("--out", required=True, help="the scenes.zarr folder to write (reused if already complete)")
+    p.add_argument("--crs", help="target CRS (default: the UTM zone of the region's centroid)")
+    p.add_argument("--resolution", type=float, help="target pixel size in metres (default: finest of the scenes)")
+    p.add_argument("--chunk", type=int, default=2048, help="chunk side in pixels (default 2048)")
+
+
+def _scenes(args: argparse.Namespace) -> None:
+    import json
+
+    from catalog import date_pair, open_source, parse_region, prepare_scenes
+
+    region = parse_region(args.region, regions_file=args.regions)
+    before, after = date_pair(args.before, args.after, args.tolerance_days)
+    result = prepare_scenes(region, before, after, open_source(args.catalog), args.out, crs=args.crs,
+                            resolution=args.resolution, chunk=args.chunk, collections=args.collection)
+    print(json.dumps(result.summary(), indent=2))
+
+
+def _add_demo_data(commands) -> None:
+    p = _command(commands, "demo-data",
+                 "Write the embedded demo: a synthetic STAC catalog of three dates, regions, truth and "
+                 "a training set (no network).", _demo_data)
+    p.add_argument("--out", type=Path, default=Path("demo"), help="folder to write into (default ./demo)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic world (default 0)")
+
+
+def _demo_data(args: argparse.Namespace) -> None:
+    from catalog.demo import build_demo
+
+    started = time.perf_counter()
+    demo = build_demo(args.out, seed=args.seed)
+    print(f"{demo.root}: catalog {demo.catalog}, regions {demo.regions} (region {demo.region_name!r}), "
+          f"dates {', '.join(demo.dates)}, training set {demo.training} ({time.perf_counter() - started:.0f} s)")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,0 +1,55 @@
+"""The one target grid of a run: CRS, resolution and pixel-snapped bounds over the region.
+
+Both dates are resampled onto this grid, whatever their own CRS, resolution and footprint. The
+bounds are snapped to whole pixels of a grid anchored at the CRS origin, so the same region and
+resolution always give the same pixels.
+"""
+
+from __future__ import annotations
+
+import pystac
+from odc.geo.geobox import GeoBox
+from pyproj import CRS, Transformer
+from shapely.ops import transform
+
+from .errors import CatalogError
+from .regions import Region
+
+
+def utm_crs(lon: float, lat: float) -> str:
+    zone = min(int((lon + 180.0) // 6.0) + 1, 60)
+    return f"EPSG:{(32600 if lat >= 0 else 32700) + zone}"
+
+
+def native_resolution(item: pystac.Item) -> float | None:
+    """The pixel size of an item in its own CRS units (metres for projected CRSs), if it says."""
+    transform_ = item.properties.get("proj:transform")
+    if transform_ is None:
+        for asset in item.assets.values():
+            transform_ = asset.extra_fields.get("proj:transform")
+            if transform_ is not None:
+                break
+    return abs(float(transform_[0])) if transform_ else None
+
+
+def to_crs(region: Region, crs: str):
+    project = Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform
+    return transform(project, region.geometry)
+
+
+def target_grid(region: Region, items: list[pystac.Item], crs: str | None = None,
+                resolution: float | None = None) -> GeoBox:
+    """The run's grid: given CRS or the UTM zone of the region's centroid; given resolution or the
+    finest native one of the chosen scenes."""
+    centroid = region.geometry.centroid
+    crs = crs or utm_crs(centroid.x, centroid.y)
+    if not CRS.from_user_input(crs).is_projected:
+        raise CatalogError(f"target CRS {crs} is not projected; use a metric CRS such as a UTM zone")
+    if resolution is None:
+        resolutions = [r for r in (native_resolution(i) for i in items) if r]
+        if not resolutions:
+            raise CatalogError("the scenes do not state their resolution (proj:transform); pass a resolution in metres")
+        resolution = min(resolutions)
+    if resolution <= 0:
+        raise CatalogError(f"resolution must be positive, got {resolution}")
+    return GeoBox.from_bbox(to_crs(region, crs).bounds, crs=crs, resolution=resolution)

@@ -1,0 +1,195 @@
+"""Regions and dates: what a user names, turned into geometries and time windows.
+
+A region is a lon/lat bbox (``"16.3,48.1,16.5,48.3"``), a GeoJSON geometry (inline or a file), or
+the name of an entry in a regions file (YAML: ``name: {geometry: <GeoJSON>, watch_zones: {...}}``).
+A date is a day plus a tolerance: scenes up to ``tolerance_days`` either side count as that date.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import shapely
+import yaml
+from shapely.geometry import box, mapping, shape
+from shapely.geometry.base import BaseGeometry
+
+from .errors import CatalogError
+
+DEFAULT_TOLERANCE_DAYS = 15
+
+
+@dataclass(frozen=True)
+class Region:
+    """A named area in EPSG:4326 (lon/lat), with optional watch zones inside it."""
+
+    name: str
+    geometry: BaseGeometry
+    watch_zones: dict[str, BaseGeometry] = field(default_factory=dict)
+
+    @property
+    def bbox(self) -> tuple[float, float, float, float]:
+        return tuple(self.geometry.bounds)  # type: ignore[return-value]
+
+    def to_geojson(self) -> dict[str, Any]:
+        return mapping(self.geometry)
+
+
+@dataclass(frozen=True)
+class DateWindow:
+    """A target day and the window of acquisition dates accepted for it."""
+
+    day: dt.date
+    tolerance_days: int = DEFAULT_TOLERANCE_DAYS
+
+    @property
+    def start(self) -> dt.datetime:
+        return dt.datetime.combine(self.day - dt.timedelta(days=self.tolerance_days), dt.time.min, dt.timezone.utc)
+
+    @property
+    def end(self) -> dt.datetime:
+        return dt.datetime.combine(self.day + dt.timedelta(days=self.tolerance_days), dt.time.max, dt.timezone.utc)
+
+    def distance_days(self, when: dt.datetime) -> float:
+        """How far an acquisition is from the target day (noon UTC), in days."""
+        target = dt.datetime.combine(self.day, dt.time(12), dt.timezone.utc)
+        return abs((when - target).total_seconds()) / 86400.0
+
+    def __str__(self) -> str:
+        return f"{self.day.isoformat()} +-{self.tolerance_days} d"
+
+
+def parse_date(text: str | dt.date, tolerance_days: int = DEFAULT_TOLERANCE_DAYS) -> DateWindow:
+    if isinstance(text, dt.datetime):
+        return DateWindow(text.date(), tolerance_days)
+    if isinstance(text, dt.date):
+        return DateWindow(text, tolerance_days)
+    try:
+        return DateWindow(dt.date.fromisoformat(str(text).strip()), tolerance_days)
+    except ValueError:
+        raise CatalogError(f"date {text!r} is not an ISO date such as 2024-06-30") from None
+
+
+def date_pair(before: str | dt.date, after: str | dt.date, tolerance_days: int = DEFAULT_TOLERANCE_DAYS) -> tuple[DateWindow, DateWindow]:
+    """The two date windows of a change query, checked to be in order and apart."""
+    first, second = parse_date(before, tolerance_days), parse_date(after, tolerance_days)
+    if second.day == first.day:
+        raise CatalogError(f"before and after are the same day ({first.day}); change needs two dates")
+    if second.day < first.day:
+        raise CatalogError(f"dates are reversed: before {first.day} is later than after {second.day}; swap them")
+    if first.end >= second.start:
+        raise CatalogError(
+            f"the date windows overlap ({first} and {second}): one scene could serve as both dates; "
+            "use dates further apart or a smaller tolerance"
+        )
+    return first, second
+
+
+def parse_region(spec: str | dict | BaseGeometry, regions_file: str | Path | None = None) -> Region:
+    """A region from a bbox string, GeoJSON (dict, text or file) or a name in ``regions_file``."""
+    if isinstance(spec, BaseGeometry):
+        return Region("region", _valid(spec, "the given geometry"))
+    if isinstance(spec, dict):
+        name = spec.get("id") or (spec.get("properties") or {}).get("name") or "region"
+        return Region(str(name), _geometry_from_geojson(spec, "the given GeoJSON"))
+    text = str(spec).strip()
+    if regions_file is not None and not text.startswith("{") and not Path(text).is_file():
+        regions = load_regions(regions_file)
+        if text in regions:
+            return regions[text]
+        if not _looks_like_bbox(text):
+            raise CatalogError(f"region {text!r} is not in {regions_file}; it names: {', '.join(sorted(regions)) or 'nothing'}")
+    if _looks_like_bbox(text):
+        return Region(f"bbox({text})", _bbox_geometry(text))
+    if text.startswith("{"):
+        try:
+            return Region("region", _geometry_from_geojson(json.loads(text), "the given GeoJSON"))
+        except json.JSONDecodeError as err:
+            raise CatalogError(f"region is not valid GeoJSON: {err}") from None
+    path = Path(text)
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise CatalogError(f"region file {path} is not valid GeoJSON: {err}") from None
+        return Region(path.stem, _geometry_from_geojson(data, str(path)))
+    hint = f" or a name in {regions_file}" if regions_file else " or a name in a regions file (--regions FILE)"
+    raise CatalogError(
+        f"region {text!r} is neither a lon/lat bbox 'minlon,minlat,maxlon,maxlat', GeoJSON, a GeoJSON file{hint}"
+    )
+
+
+def load_regions(path: str | Path) -> dict[str, Region]:
+    """All regions of a YAML regions file: ``name: {geometry: GeoJSON, watch_zones: {zone: GeoJSON}}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CatalogError(f"regions file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise CatalogError(f"regions file {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise CatalogError(f"regions file {path} must map region names to {{geometry: ..., watch_zones: ...}}")
+    regions = {}
+    for name, entry in data.items():
+        if not isinstance(entry, dict) or "geometry" not in entry:
+            raise CatalogError(f"region {name!r} in {path} has no 'geometry' (GeoJSON in lon/lat)")
+        geometry = _geometry_from_geojson(entry["geometry"], f"region {name!r} in {path}")
+        zones = {z: _geometry_from_geojson(g, f"watch zone {z!r} of {name!r} in {path}")
+                 for z, g in (entry.get("watch_zones") or {}).items()}
+        regions[str(name)] = Region(str(name), geometry, zones)
+    return regions
+
+
+def _looks_like_bbox(text: str) -> bool:
+    parts = text.replace(" ", "").split(",")
+    if len(parts) != 4:
+        return False
+    try:
+        [float(p) for p in parts]
+    except ValueError:
+        return False
+    return True
+
+
+def _bbox_geometry(text: str) -> BaseGeometry:
+    west, south, east, north = (float(p) for p in text.replace(" ", "").split(","))
+    if not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
+        raise CatalogError(
+            f"bbox {text!r} is not minlon,minlat,maxlon,maxlat in degrees with min < max "
+            "(longitude -180..180, latitude -90..90)"
+        )
+    return box(west, south, east, north)
+
+
+def _geometry_from_geojson(data: Any, source: str) -> BaseGeometry:
+    if isinstance(data, dict) and data.get("type") == "FeatureCollection":
+        features = data.get("features") or []
+        if not features:
+            raise CatalogError(f"{source} is an empty FeatureCollection")
+        geometry = shapely.union_all([_geometry_from_geojson(f, source) for f in features])
+        return _valid(geometry, source)
+    if isinstance(data, dict) and data.get("type") == "Feature":
+        data = data.get("geometry")
+    try:
+        geometry = shape(data)
+    except Exception as err:  # shapely raises several types for malformed GeoJSON
+        raise CatalogError(f"{source} is not a GeoJSON geometry: {err}") from None
+    return _valid(geometry, source)
+
+
+def _valid(geometry: BaseGeometry, source: str) -> BaseGeometry:
+    if geometry.is_empty:
+        raise CatalogError(f"{source} is empty; a region must be a polygon")
+    if not geometry.is_valid:
+        raise CatalogError(f"{source} is an invalid geometry ({shapely.is_valid_reason(geometry)}); fix it, e.g. with shapely.make_valid")
+    if geometry.area == 0:
+        raise CatalogError(f"{source} has no area; a region must be a polygon")
+    west, south, east, north = geometry.bounds
+    if west < -180 or east > 180 or south < -90 or north > 90:
+        raise CatalogError(f"{source} lies outside lon/lat bounds ({geometry.bounds}); regions are given in EPSG:4326 degrees")
+    return geometry

@@ -1,0 +1,127 @@
+"""Where scenes come from: a static STAC catalog on disk (the embedded default) or a STAC API.
+
+Both answer one question, ``search(region, start, end)``: the items whose footprint meets the
+region and whose acquisition time lies in the window, as pystac Items. Everything downstream
+works on those Items, so either source feeds the same selection and loading code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Protocol
+
+import pystac
+from shapely.geometry import shape
+
+from .errors import CatalogError
+from .regions import Region
+
+
+class SceneSource(Protocol):
+    description: str
+
+    def search(self, region: Region, start: dt.datetime, end: dt.datetime,
+               collections: list[str] | None = None) -> list[pystac.Item]: ...
+
+
+class StaticCatalog:
+    """A ``catalog.json``/``collection.json`` tree or an ItemCollection GeoJSON file on disk."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.description = f"static catalog {self.path}"
+        if not self.path.exists():
+            raise CatalogError(f"catalog {self.path} does not exist (expected a catalog.json, collection.json, "
+                               "an ItemCollection .geojson/.json file, or a STAC API URL)")
+        if self.path.is_dir():
+            for name in ("catalog.json", "collection.json"):
+                if (self.path / name).is_file():
+                    self.path = self.path / name
+                    break
+            else:
+                raise CatalogError(f"folder {self.path} holds no catalog.json or collection.json")
+        self._items: list[pystac.Item] | None = None
+
+    def items(self) -> list[pystac.Item]:
+        if self._items is None:
+            self._items = self._read()
+        return self._items
+
+    def _read(self) -> list[pystac.Item]:
+        try:
+            if json.loads(self.path.read_text()).get("type") == "FeatureCollection":
+                return list(pystac.ItemCollection.from_file(str(self.path)).items)
+            obj = pystac.read_file(str(self.path))
+        except Exception as err:  # json and pystac raise several error types for unreadable STAC
+            raise CatalogError(f"cannot read {self.path} as STAC: {err}") from None
+        if isinstance(obj, pystac.ItemCollection):
+            return list(obj.items)
+        if isinstance(obj, pystac.Catalog):
+            return list(obj.get_items(recursive=True))
+        if isinstance(obj, pystac.Item):
+            return [obj]
+        raise CatalogError(f"{self.path} is STAC but neither a catalog, a collection nor an item collection")
+
+    def search(self, region: Region, start: dt.datetime, end: dt.datetime,
+               collections: list[str] | None = None) -> list[pystac.Item]:
+        found = []
+        for item in self.items():
+            if collections and item.collection_id not in collections:
+                continue
+            when = item_datetime(item)
+            if when is None or not start <= when <= end:
+                continue
+            if item.geometry is None or not shape(item.geometry).intersects(region.geometry):
+                continue
+            found.append(item)
+        return found
+
+
+class StacApi:
+    """A STAC API (``/search``) through pystac-client, with a timeout so a dead server fails fast."""
+
+    def __init__(self, url: str, timeout: float = 30.0, max_items: int = 500, retries: int = 2) -> None:
+        self.url, self.timeout, self.max_items, self.retries = url, timeout, max_items, retries
+        self.description = f"STAC API {url}"
+
+    def search(self, region: Region, start: dt.datetime, end: dt.datetime,
+               collections: list[str] | None = None) -> list[pystac.Item]:
+        import pystac_client
+        import requests
+        from pystac_client.stac_api_io import StacApiIO
+
+        unreachable = (f"STAC API {self.url} did not answer within {self.timeout:g} s ({self.retries} retries); "
+                       "check the URL and the network, or use a static catalog")
+        try:
+            io = StacApiIO(timeout=self.timeout, max_retries=self.retries)
+            client = pystac_client.Client.open(self.url, stac_io=io, timeout=self.timeout)
+            search = client.search(intersects=region.to_geojson(), datetime=[start, end], collections=collections,
+                                   max_items=self.max_items)
+            return list(search.items())
+        except (requests.Timeout, requests.ConnectionError):
+            raise CatalogError(unreachable) from None
+        except pystac_client.exceptions.APIError as err:
+            if "timed out" in str(err) or "Max retries" in str(err):
+                raise CatalogError(unreachable) from None
+            raise CatalogError(f"STAC API {self.url} refused the search: {err}") from None
+
+
+def open_source(spec: str | Path, timeout: float = 30.0) -> SceneSource:
+    """A STAC API for http(s) URLs, a static catalog for anything else."""
+    text = str(spec)
+    if text.startswith(("http://", "https://")):
+        return StacApi(text, timeout=timeout)
+    return StaticCatalog(text)
+
+
+def item_datetime(item: pystac.Item) -> dt.datetime | None:
+    """The acquisition time: ``datetime``, or the middle of ``start_datetime``/``end_datetime``."""
+    when = item.datetime
+    if when is None:
+        start, end = item.common_metadata.start_datetime, item.common_metadata.end_datetime
+        if start is None or end is None:
+            return None
+        when = start + (end - start) / 2
+    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)

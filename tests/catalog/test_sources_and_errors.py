@@ -1,0 +1,168 @@
+"""Catalog sources (static and a real HTTP STAC API on 127.0.0.1), regions, dates and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pystac
+import pytest
+
+from catalog import (
+    BandSpec,
+    CatalogError,
+    StacApi,
+    StaticCatalog,
+    date_pair,
+    open_scenes,
+    open_source,
+    parse_region,
+    prepare_scenes,
+)
+from catalog.bands import scale_offset
+from tests.catalog.stac_api_server import silent_server, stac_api
+from tests.catalog.stac_helpers import SPOT, region_around, utc, write_catalog, write_scene
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("scenes")
+    origin = (SPOT[0] - 200, SPOT[1] + 200)
+    items = [write_scene(folder, name, utc(day), "EPSG:32633", origin, 0.5, (800, 800), cloud=cloud)
+             for name, day, cloud in (("a-cloudy", "2021-06-14", 60.0), ("a-clear", "2021-06-20", 4.0),
+                                      ("b", "2022-06-15", 1.0))]
+    return folder, write_catalog(folder, items), items
+
+
+def test_the_stac_api_path_speaks_real_http(scenes, tmp_path):
+    _, _, items = scenes
+    region = parse_region(region_around(SPOT, 150))
+    before, after = date_pair("2021-06-15", "2022-06-15")
+    with stac_api(items) as url:
+        source = open_source(url)
+        assert isinstance(source, StacApi)
+        found = source.search(region, before.start, before.end)
+        assert sorted(i.id for i in found) == ["a-clear", "a-cloudy"]
+        result = prepare_scenes(region, before, after, source, tmp_path / "s.zarr", chunk=256)
+    assert [i.id for i in result.before.items] == ["a-clear"]  # lower cloud cover wins
+    assert open_scenes(result.path)["image"].shape[0] == 2
+
+
+def test_a_stac_api_that_does_not_answer_times_out_with_a_clear_error(tmp_path):
+    region = parse_region(region_around(SPOT, 150))
+    before, _ = date_pair("2021-06-15", "2022-06-15")
+    with silent_server() as url:
+        with pytest.raises(CatalogError, match="did not answer within 1 s"):
+            StacApi(url, timeout=1).search(region, before.start, before.end)
+
+
+def test_item_collection_files_are_catalogs_too(scenes, tmp_path):
+    _, _, items = scenes
+    path = tmp_path / "items.geojson"
+    pystac.ItemCollection(items).save_object(dest_href=str(path))
+    region = parse_region(region_around(SPOT, 150))
+    before, _ = date_pair("2021-06-15", "2022-06-15")
+    assert len(StaticCatalog(path).search(region, before.start, before.end)) == 2
+
+
+def test_the_choice_prefers_clear_scenes_and_says_why(scenes, tmp_path):
+    _, catalog_path, _ = scenes
+    region = parse_region(region_around(SPOT, 150))
+    before, after = date_pair("2021-06-15", "2022-06-15")
+    result = prepare_scenes(region, before, after, StaticCatalog(catalog_path), tmp_path / "s.zarr", chunk=256)
+    record = result.before.records[0]
+    assert record.id == "a-clear" and record.cloud_cover == 4.0 and record.coverage == 1.0
+    assert "4% cloud" in record.reason and "days from 2021-06-15" in record.reason
+    summary = result.summary()
+    assert summary["grid"]["crs"].endswith("32633") and summary["before"]["scenes"][0]["id"] == "a-clear"
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("16.1,48.1,16.0,48.2", "min < max"),
+    ('{"type": "Polygon", "coordinates": [[[0, 0], [1, 1], [1, 0], [0, 1], [0, 0]]]}', "invalid geometry"),
+    ("nowhere", "neither a lon/lat bbox"),
+    ('{"type": "Polygon", "coordinates": [[[200, 0], [201, 0], [201, 1], [200, 0]]]}', "outside lon/lat bounds"),
+])
+def test_bad_regions_are_explained(spec, message):
+    with pytest.raises(CatalogError, match=message):
+        parse_region(spec)
+
+
+def test_regions_come_from_bboxes_files_and_regions_files(tmp_path):
+    assert parse_region("16.3,48.1,16.5,48.3").bbox == (16.3, 48.1, 16.5, 48.3)
+    geojson = tmp_path / "area.geojson"
+    geojson.write_text(json.dumps({"type": "Feature", "geometry": region_around(SPOT, 100), "properties": {}}))
+    assert parse_region(str(geojson)).name == "area"
+    regions = tmp_path / "regions.yaml"
+    regions.write_text(json.dumps({"town": {"geometry": region_around(SPOT, 100),
+                                            "watch_zones": {"north": region_around(SPOT, 20)}}}))
+    town = parse_region("town", regions_file=regions)
+    assert town.name == "town" and set(town.watch_zones) == {"north"}
+    with pytest.raises(CatalogError, match="not in .*regions.yaml; it names: town"):
+        parse_region("city", regions_file=regions)
+
+
+@pytest.mark.parametrize("before, after, message", [
+    ("2022-06-15", "2021-06-15", "reversed"),
+    ("2021-06-15", "2021-06-15", "same day"),
+    ("2021-06-15", "2021-06-25", "overlap"),
+    ("2021-13-15", "2022-06-15", "not an ISO date"),
+])
+def test_bad_dates_are_explained(before, after, message):
+    with pytest.raises(CatalogError, match=message):
+        date_pair(before, after)
+
+
+def test_no_scene_in_the_window_says_what_was_searched(scenes, tmp_path):
+    _, catalog_path, _ = scenes
+    region = parse_region(region_around(SPOT, 150))
+    before, after = date_pair("2019-06-15", "2022-06-15")
+    with pytest.raises(CatalogError, match=r"no scene in static catalog .* between 2019-05-31 and 2019-06-30"):
+        prepare_scenes(region, before, after, StaticCatalog(catalog_path), tmp_path / "s.zarr")
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_a_region_outside_every_footprint(scenes, tmp_path):
+    _, catalog_path, _ = scenes
+    before, after = date_pair("2021-06-15", "2022-06-15")
+    far = parse_region(region_around((SPOT[0] + 5000, SPOT[1]), 100))
+    with pytest.raises(CatalogError, match="no scene .* overlaps region"):
+        prepare_scenes(far, before, after, StaticCatalog(catalog_path), tmp_path / "s.zarr")
+
+
+def test_missing_catalog_and_missing_band(scenes, tmp_path):
+    _, catalog_path, _ = scenes
+    with pytest.raises(CatalogError, match="does not exist"):
+        open_source(tmp_path / "nope" / "catalog.json")
+    region = parse_region(region_around(SPOT, 150))
+    before, after = date_pair("2021-06-15", "2022-06-15")
+    with pytest.raises(CatalogError, match="nir"):
+        prepare_scenes(region, before, after, StaticCatalog(catalog_path), tmp_path / "s.zarr",
+                       bands=BandSpec(("nir", "green", "blue")))
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_a_corrupt_asset_fails_clearly_and_writes_nothing(tmp_path):
+    origin = (SPOT[0] - 200, SPOT[1] + 200)
+    items = [write_scene(tmp_path, n, utc(d), "EPSG:32633", origin, 0.5, (800, 800))
+             for n, d in (("x", "2021-06-15"), ("y", "2022-06-15"))]
+    (tmp_path / "y.tif").write_bytes(b"II*\x00garbage")
+    catalog_path = write_catalog(tmp_path, items)
+    before, after = date_pair("2021-06-15", "2022-06-15")
+    with pytest.raises(CatalogError, match="y.tif"):
+        prepare_scenes(parse_region(region_around(SPOT, 150)), before, after, StaticCatalog(catalog_path),
+                       tmp_path / "s.zarr", chunk=256)
+    assert not (tmp_path / "s.zarr").exists() and not list(tmp_path.glob(".s.zarr.partial-*"))
+
+
+def test_sentinel2_scaling_applies_the_baseline_04_offset():
+    spec = BandSpec(("B04", "B03", "B02"), scaling="reflectance", value_range=(0.0, 0.3), sentinel2_baseline_offset=True)
+    item = pystac.Item("s2", None, None, utc("2023-06-01"), {"s2:processing_baseline": "05.09"})
+    item.add_asset("B04", pystac.Asset("b04.tif"))
+    assert scale_offset(item, "B04", spec) == (1e-4, -0.1)
+    item.properties["s2:processing_baseline"] = "03.01"
+    assert scale_offset(item, "B04", spec) == (1e-4, 0.0)
+    item.assets["B04"].extra_fields["raster:bands"] = [{"scale": 2e-4, "offset": -0.05}]
+    assert scale_offset(item, "B04", spec) == (2e-4, -0.05)
+    # 1000 DN after the offset is reflectance 0, 4000 is 0.3: the ends of the 0-255 range.
+    assert np.allclose([(dn * 1e-4 - 0.1) / 0.3 * 255 for dn in (1000, 4000)], [0, 255])
