@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import rioxarray  # noqa: F401  (registers the .rio accessor that reads the stored CRS and transform)
 import xarray as xr
 import zarr
 

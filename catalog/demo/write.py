@@ -112,7 +112,7 @@ def write_truth(world: World, canvases: Sequence[Canvas], out_dir: Path) -> dict
     for ia, ib in itertools.combinations(range(len(world.dates)), 2):
         a, b = world.dates[ia], world.dates[ib]
         raster, table = out_dir / f"truth_{a}_{b}.tif", out_dir / f"truth_{a}_{b}.parquet"
-        _write_mask(raster, change_mask(world, a, b, canvases[ia]), canvases[ia].grid)
+        write_mask(raster, change_mask(world, a, b, canvases[ia]), canvases[ia].grid)
         changed = [x for x in world.buildings if x.site == "demo" and x.exists_on(a) != x.exists_on(b)]
         gpd.GeoDataFrame({
             "building_id": [x.id for x in changed],
@@ -123,7 +123,8 @@ def write_truth(world: World, canvases: Sequence[Canvas], out_dir: Path) -> dict
     return truth
 
 
-def _write_mask(path: Path, mask: np.ndarray, grid: Grid) -> None:
+def write_mask(path: Path, mask: np.ndarray, grid: Grid) -> None:
+    """A single-band uint8 GeoTIFF on ``grid`` (the truth rasters)."""
     profile = {"driver": "GTiff", "height": grid.height, "width": grid.width, "count": 1, "dtype": "uint8",
                "crs": grid.crs, "transform": grid.transform, "tiled": True, "blockxsize": 512, "blockysize": 512,
                "compress": "deflate"}

@@ -19,7 +19,7 @@ from tests.helpers import GOLDEN_D64, golden_file
 @pytest.fixture(scope="module")
 def example(tmp_path_factory):
     folder = tmp_path_factory.mktemp("example")
-    pair = write_example_pair(folder, height=300, width=340)
+    pair = write_example_pair(folder, size_px=320)
     model = folder / "model.safetensors"
     assert main(["init-model", "dsqnet_swin_mini", "--out", str(model)]) == 0
     return pair, model
@@ -33,7 +33,7 @@ def test_predict_writes_a_georeferenced_change_map_and_probabilities(example, tm
     assert code == 0
     with rasterio.open(pair.before) as src, rasterio.open(out) as change, rasterio.open(prob) as p:
         assert change.crs == src.crs and change.transform == src.transform
-        assert (change.width, change.height) == (340, 300) and change.dtypes[0] == "uint8"
+        assert (change.width, change.height) == (src.width, src.height) == (320, 320) and change.dtypes[0] == "uint8"
         mask, probability = change.read(1), p.read(1)
     assert set(np.unique(mask)) <= {0, 1}
     assert ((probability >= 0) & (probability <= 1)).all()
@@ -79,7 +79,7 @@ def test_png_pairs_give_a_png_map(example, tmp_path):
 
 def test_mismatched_images_fail_clearly_and_write_nothing(example, tmp_path, capsys):
     pair, model = example
-    other = write_example_pair(tmp_path / "other", height=200, width=200)
+    other = write_example_pair(tmp_path / "other", size_px=200)
     out = tmp_path / "change.tif"
     code = main(["predict", "--model", str(model), "--before", str(pair.before), "--after", str(other.after),
                  "--out", str(out)])
