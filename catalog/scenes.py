@@ -41,10 +41,10 @@ def load_date(choice: DateChoice, spec: BandSpec, grid: GeoBox, chunk: int) -> t
     for band in spec.bands:
         raw = data[band]
         nodata = raw.attrs.get("nodata")
-        if nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata)):
+        if raw.dtype.kind == "f":
+            valid = valid & ~np.isnan(raw)
+        if nodata is not None and not np.isnan(nodata):
             valid = valid & (raw != nodata)
-        else:
-            valid = valid & ~np.isnan(raw) if raw.dtype.kind == "f" else valid
         channels.append(_to_byte_scale(raw, items[0], band, spec))
     if spec.mask_band:
         valid = valid & ~data[spec.mask_band].isin(list(spec.mask_invalid))
