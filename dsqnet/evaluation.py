@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from .data import ChangeDetectionDataset, DatasetError
-from .data.layouts import IMAGE_SUFFIXES, detect_label_encoding, Sample, read_label
+from .data.layouts import IMAGE_SUFFIXES, detect_label_encoding, read_label
 from .metrics import ConfusionMatrix
 from .predictor import Predictor
 from .sliding import slide_logits
@@ -54,7 +54,7 @@ def evaluate_folders(predictions: str | Path, labels: str | Path) -> dict:
         )
     if not truth:
         raise DatasetError(f"no label images in {labels}")
-    encoding = detect_label_encoding([Sample(s, p, p, p) for s, p in truth.items()])
+    encoding = detect_label_encoding(list(truth.values()))
     matrix = ConfusionMatrix()
     for stem, label_path in truth.items():
         label = read_label(label_path, encoding)

@@ -137,6 +137,11 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def describe_model(name: str) -> str:
+    """The first line of a registered model's docstring: what it is for."""
+    return (_REGISTRY[name].__doc__ or "").strip().splitlines()[0]
+
+
 def model_config(name: str, **overrides: Any) -> DSQNetConfig:
     """The config of a registered model, with overrides applied."""
     if name not in _REGISTRY:

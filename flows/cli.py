@@ -302,10 +302,10 @@ def _add_architectures(commands) -> None:
 
 
 def _architectures(args: argparse.Namespace) -> None:
-    from dsqnet.model import _REGISTRY
+    from dsqnet.model import describe_model, list_models
 
-    for name, make in sorted(_REGISTRY.items()):
-        print(f"{name:20s} {(make.__doc__ or '').strip().splitlines()[0]}")
+    for name in list_models():
+        print(f"{name:20s} {describe_model(name)}")
 
 
 if __name__ == "__main__":

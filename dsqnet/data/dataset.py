@@ -20,7 +20,9 @@ from .transforms import AugmentConfig, Triple, augment
 
 def label_encoding_for(layout: str, samples: list[Sample]) -> str:
     encoding = LAYOUTS[layout].labels
-    return detect_label_encoding(samples) if encoding == "auto" else encoding
+    if encoding != "auto":
+        return encoding
+    return detect_label_encoding([s.label for s in samples if s.label is not None])
 
 
 class ChangeDetectionDataset(Dataset):

@@ -154,11 +154,10 @@ def read_label(path: str | Path, encoding: str) -> np.ndarray:
     raise DatasetError(f"unknown label encoding {encoding!r}")
 
 
-def detect_label_encoding(samples: list[Sample]) -> str:
+def detect_label_encoding(labels: list[Path]) -> str:
     """``zero-one`` if any label holds the value 1 (then 255 means ignore), else ``threshold``."""
-    for sample in samples:
-        if sample.label is not None:
-            with Image.open(sample.label) as image:
-                if (np.asarray(image.convert("L")) == 1).any():
-                    return "zero-one"
+    for path in labels:
+        with Image.open(path) as image:
+            if (np.asarray(image.convert("L")) == 1).any():
+                return "zero-one"
     return "threshold"

@@ -86,7 +86,7 @@ class Trainer:
         normalize = InputNormalizer.for_model(model, self.device)
         model.train()
         log = _JsonLog(self.work_dir / "log.jsonl", self.work_dir if cfg.runtime.tensorboard else None)
-        bar = _progress(start, cfg.schedule.max_iters, enabled=self.progress)
+        bar = _ProgressBar(start, cfg.schedule.max_iters, enabled=self.progress)
         batches = iter(loader)
         window_start, window_steps = time.perf_counter(), 0
 
@@ -259,7 +259,7 @@ def _flatten(record: dict, prefix: str = "") -> dict:
     return out
 
 
-class _progress:
+class _ProgressBar:
     """A tqdm bar showing loss, learning rate and iterations/s; silent when disabled."""
 
     def __init__(self, start: int, total: int, enabled: bool) -> None:

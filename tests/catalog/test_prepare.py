@@ -7,11 +7,9 @@ import shutil
 
 import numpy as np
 import pytest
-import rioxarray  # noqa: F401  (registers .rio)
-import xarray as xr
 import zarr
 
-from catalog import CatalogError, StaticCatalog, date_pair, open_scenes, parse_region, prepare_scenes
+from catalog import StaticCatalog, date_pair, open_scenes, parse_region, prepare_scenes
 from catalog.store import is_complete
 from tests.catalog.stac_helpers import SPOT, region_around, to_crs, utc, write_catalog, write_scene
 
