@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench lock clean
+.PHONY: install test demo demo-model bench lock clean
 
 install: $(STAMP)
 
@@ -17,13 +17,15 @@ $(STAMP): pyproject.toml constraints.txt
 test: install
 	$(BIN)/python -m pytest
 
-# The main job until the detect flow lands: a synthetic georeferenced pair -> change map.
+# The main job on the embedded default: the detect-changes flow on the demo catalog with the demo model.
 demo: install
-	$(BIN)/dsqnet example-pair --out runs/example
-	$(BIN)/dsqnet init-model dsqnet_swin_mini --out runs/example/model.safetensors
-	$(BIN)/dsqnet predict --model runs/example/model.safetensors \
-		--before runs/example/before.tif --after runs/example/after.tif \
-		--out runs/example/change.tif --probabilities runs/example/change_prob.tif
+	$(BIN)/dsqnet detect --out runs
+
+# Rebuild the committed demo model (flows/assets/dsqnet_demo.safetensors) from the demo's training set.
+demo-model: install
+	$(BIN)/dsqnet demo-data --out runs/demo-data
+	$(BIN)/dsqnet train --config demo --data-root runs/demo-data/training
+	cp runs/train/demo/best.safetensors flows/assets/dsqnet_demo.safetensors
 
 bench: install
 	$(BIN)/python bench/model_throughput.py

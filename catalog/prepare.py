@@ -6,6 +6,7 @@ lazily onto it -> write the store (or reuse an identical one).
 
 from __future__ import annotations
 
+import errno
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from .sources import SceneSource
 from .store import inputs_hash, is_complete, write_scenes
 
 DEFAULT_CHUNK = 2048
+_OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 @dataclass(frozen=True)
@@ -62,9 +64,16 @@ def prepare_scenes(region: Region, before: DateWindow, after: DateWindow, source
                    chunk: int = DEFAULT_CHUNK, collections: list[str] | None = None,
                    min_coverage: float = FULL_COVERAGE) -> PreparedScenes:
     """Find, choose and load both dates into ``out`` (a ``scenes.zarr`` folder), or reuse it."""
+    first, second = choose_pair(region, before, after, source, collections, min_coverage)
+    return prepare_chosen(region, before, after, first, second, out, bands, crs, resolution, chunk)
+
+
+def prepare_chosen(region: Region, before: DateWindow, after: DateWindow, first: DateChoice, second: DateChoice,
+                   out: str | Path, bands: BandSpec | None = None, crs: str | None = None,
+                   resolution: float | None = None, chunk: int = DEFAULT_CHUNK) -> PreparedScenes:
+    """Load the scenes already chosen for both dates into ``out`` on one grid, or reuse an identical store."""
     if chunk < 64:
         raise CatalogError(f"chunk size {chunk} is too small; use at least a few hundred pixels (default {DEFAULT_CHUNK})")
-    first, second = choose_pair(region, before, after, source, collections, min_coverage)
     items = [*first.items, *second.items]
     spec = band_spec_for(items, bands)
     grid = target_grid(region, items, crs, resolution)
@@ -80,6 +89,8 @@ def prepare_scenes(region: Region, before: DateWindow, after: DateWindow, source
     try:
         write_scenes(dataset, out, key, chunk)
     except (RasterioIOError, OSError) as err:
+        if getattr(err, "errno", None) in _OUT_OF_SPACE:
+            raise  # our disk, not the source: the caller says so
         raise CatalogError(f"reading the scenes failed ({err}); the asset may be missing or corrupt. "
                            f"Nothing was written to {out}.") from None
     return PreparedScenes(out, False, first, second, grid, spec, key)

@@ -40,6 +40,10 @@ class DateChoice:
     records: tuple[SceneRecord, ...]
     coverage: float  # fraction of the region covered by all chosen scenes together
 
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return tuple(record.id for record in self.records)
+
     def to_dict(self) -> dict:
         return {"target": self.window.day.isoformat(), "tolerance_days": self.window.tolerance_days,
                 "coverage": round(self.coverage, 4), "scenes": [asdict(r) for r in self.records]}

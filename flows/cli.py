@@ -15,6 +15,8 @@ DESCRIPTION = """\
 DSQNet change detection between two images of the same place.
 
 Start here:
+  dsqnet detect                               the whole job on the embedded demo (no network, no GPU)
+  dsqnet detect --region 16.3,48.1,16.5,48.3 --before 2021-06-01 --after 2023-06-01 --catalog CATALOG
   dsqnet example-pair --out example/          write a small synthetic before/after pair
   dsqnet init-model dsqnet_swin_mini --out example/model.safetensors
   dsqnet predict --model example/model.safetensors \\
@@ -30,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.handler(args) or 0
-    except (ValueError, FileNotFoundError) as err:  # our input errors all derive from ValueError
+    except (ValueError, OSError) as err:  # input errors derive from ValueError; output and disk errors from OSError
         print(f"dsqnet {args.command}: error: {err}", file=sys.stderr)
         return 1
 
@@ -40,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dsqnet", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_predict, _add_train, _add_evaluate, _add_scenes, _add_demo_data, _add_init_model, _add_convert,
+    for add in (_add_detect, _add_predict, _add_train, _add_evaluate, _add_scenes, _add_demo_data, _add_init_model, _add_convert,
                 _add_example_pair, _add_architectures):
         add(commands)
     return parser
@@ -50,6 +52,39 @@ def _command(commands, name: str, help: str, handler: Callable[[argparse.Namespa
     sub = commands.add_parser(name, help=help, description=help)
     sub.set_defaults(handler=handler)
     return sub
+
+
+# ------------------------------------------------------------------------------------------------
+def _add_detect(commands) -> None:
+    import types
+    from typing import Literal, Union, get_args, get_origin
+
+    from .params import DetectRequest
+
+    p = _command(commands, "detect",
+                 "Find what changed in a region between two dates: STAC scenes -> both dates on one grid -> "
+                 "DSQNet on Dask workers -> change.tif, change_prob.tif, changes.parquet, preview.png, run.json. "
+                 "With no region and dates it runs the embedded demo.", _detect)
+    for name, field in DetectRequest.model_fields.items():
+        optional = get_origin(field.annotation) in (Union, types.UnionType)
+        kinds = [t for t in get_args(field.annotation) if t is not type(None)] if optional else [field.annotation]
+        options: dict = {"help": f"{field.description} (default: {field.default})"}
+        if get_origin(kinds[0]) is Literal:
+            options["choices"] = list(get_args(kinds[0]))
+        elif kinds[0] in (int, float):
+            options["type"] = kinds[0]
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, **options)
+
+
+def _detect(args: argparse.Namespace) -> None:
+    from .params import DetectRequest, parse_request
+
+    params = {name: getattr(args, name) for name in DetectRequest.model_fields if getattr(args, name) is not None}
+    parse_request(**params)  # fail on bad parameters before Prefect starts
+    from .detect import detect_changes
+
+    summary = detect_changes(**params)
+    print(summary["text"])
 
 
 # ------------------------------------------------------------------------------------------------

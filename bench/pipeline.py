@@ -1,0 +1,180 @@
+"""How much does the detect-changes pipeline cost on top of the network itself?
+
+For each region size: a generated two-date catalog (two COGs of N x N pixels at 0.5 m), the whole
+``detect-changes`` flow on it (Prefect, a Dask LocalCluster, scenes.zarr, blocks, COGs, polygons,
+preview), then, in the same process, the network alone on as many windows as the flow ran, in the
+same batches and precision. Reported: end-to-end seconds, megapixels of region per second, model
+seconds, their ratio (the pipeline's overhead), the windows the flow ran against the windows the
+scene needs (block halos recompute the windows that straddle block seams), and the peak resident
+memory of the whole process tree (this process plus the Dask workers), sampled every 0.2 s.
+
+Goals (issue #5): pipeline <= 1.15 x model time; peak memory of the larger region <= 1.5 x that of
+the smaller one.
+
+    python bench/pipeline.py                                  # dsqnet_swin_t, 2048^2 and 8192^2
+    python bench/pipeline.py --sizes 1024 2048 --precision bf16 --block-size 2048 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pystac
+import rasterio
+import torch
+from affine import Affine
+from pyproj import Transformer
+from pystac.extensions.projection import ProjectionExtension
+from pystac.extensions.raster import RasterBand, RasterExtension
+from shapely.geometry import box, mapping
+from shapely.ops import transform as reproject_geometry
+
+from dsqnet import Predictor, build_model
+from dsqnet.checkpoints import save
+
+CRS, RESOLUTION, ORIGIN = "EPSG:32633", 0.5, (500000.0, 5400000.0)
+
+
+def scene(size: int, seed: int, changes: bool) -> np.ndarray:
+    """Fields of smooth colour with texture; the after date gains bright rectangles."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(40, 200, (3, size // 64 + 1, size // 64 + 1)).astype(np.uint8)
+    image = np.repeat(np.repeat(coarse, 64, axis=1), 64, axis=2)[:, :size, :size]
+    image = np.clip(image + rng.integers(-12, 12, image.shape), 1, 255).astype(np.uint8)
+    if changes:
+        for top, left in rng.integers(0, size - 40, (size // 128, 2)):
+            image[:, top:top + 30, left:left + 40] = 235
+    return image
+
+
+def write_catalog(folder: Path, size: int) -> tuple[Path, str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    transform = Affine(RESOLUTION, 0, ORIGIN[0], 0, -RESOLUTION, ORIGIN[1])
+    footprint = box(ORIGIN[0], ORIGIN[1] - size * RESOLUTION, ORIGIN[0] + size * RESOLUTION, ORIGIN[1])
+    lonlat = reproject_geometry(Transformer.from_crs(CRS, "EPSG:4326", always_xy=True).transform, footprint)
+    catalog = pystac.Catalog("bench", "generated scenes")
+    for k, day in enumerate(("2021-06-10", "2023-06-12")):
+        path = folder / f"scene_{k}.tif"
+        with rasterio.open(path, "w", driver="COG", width=size, height=size, count=3, dtype="uint8", crs=CRS,
+                           transform=transform, nodata=0, compress="deflate", blocksize=512) as dst:
+            dst.write(scene(size, k, changes=k == 1))
+        when = dt.datetime.fromisoformat(day).replace(hour=10, tzinfo=dt.timezone.utc)
+        item = pystac.Item(f"scene-{k}", mapping(lonlat), list(lonlat.bounds), when, {})
+        asset = pystac.Asset(str(path), media_type=pystac.MediaType.COG, roles=["data"])
+        item.add_asset("visual", asset)
+        proj = ProjectionExtension.ext(item, add_if_missing=True)
+        proj.code, proj.shape, proj.transform = CRS, [size, size], list(transform)[:6]
+        RasterExtension.ext(asset, add_if_missing=True).bands = [RasterBand.create(data_type="uint8", nodata=0)] * 3
+        catalog.add_item(item)
+    catalog.normalize_hrefs(str(folder / "stac"))
+    catalog.save(catalog_type=pystac.CatalogType.ABSOLUTE_PUBLISHED)
+    inner = footprint.buffer(-2 * RESOLUTION)  # inside the footprint: every pixel observed
+    region = reproject_geometry(Transformer.from_crs(CRS, "EPSG:4326", always_xy=True).transform, inner)
+    return folder / "stac" / "catalog.json", json.dumps(mapping(region))
+
+
+class PeakMemory:
+    """Peak summed RSS of this process and all its children, sampled in a thread."""
+
+    def __init__(self, every: float = 0.2) -> None:
+        self.every, self.peak, self._stop = every, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for proc in [me, *me.children(recursive=True)]:
+                try:
+                    total += proc.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(self.every)
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def model_alone(model_path: Path, windows: int, window: int, batch: int, precision: str, threads: int) -> float:
+    torch.set_num_threads(threads)
+    from dsqnet.checkpoints import load
+
+    predictor = Predictor(load(model_path), precision=precision)
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 255, (batch, 3, window, window), dtype=np.uint8)
+    b = rng.integers(0, 255, (batch, 3, window, window), dtype=np.uint8)
+    predictor.predict_proba(a[:1], b[:1])  # warm-up, as the workers' first block has
+    started = time.perf_counter()
+    for first in range(0, windows, batch):
+        n = min(batch, windows - first)
+        predictor.predict_proba(a[:n], b[:n])
+    return time.perf_counter() - started
+
+
+def run(size: int, args: argparse.Namespace, work: Path) -> dict:
+    from flows.detect import detect_changes
+
+    catalog, region = write_catalog(work / f"scenes_{size}", size)
+    started = time.perf_counter()
+    with PeakMemory() as memory:
+        summary = detect_changes(region=region, before="2021-06-10", after="2023-06-12", catalog=str(catalog),
+                                 model=str(args.model_file), out=str(work / f"runs_{size}"), run_name="bench",
+                                 block_size=args.block_size, batch_size=args.batch, precision=args.precision,
+                                 workers=1)
+    seconds = time.perf_counter() - started
+    manifest = json.loads((Path(summary["run_folder"]) / "run.json").read_text())
+    threads = os.cpu_count() or 1
+    model_seconds = model_alone(args.model_file, manifest["windows"]["run"], 512, args.batch, args.precision, threads)
+    height, width = manifest["grid"]["shape"]
+    return {
+        "size": size, "grid": [height, width], "seconds": round(seconds, 2),
+        "mpx_per_s": round(height * width / 1e6 / seconds, 4),
+        "model_seconds": round(model_seconds, 2), "ratio": round(seconds / model_seconds, 3),
+        "model_seconds_in_workers": manifest["model_seconds"],
+        "windows_run": manifest["windows"]["run"], "windows_scene": manifest["windows"]["scene"],
+        "peak_rss_gb": round(memory.peak / 2**30, 3), "timings": manifest["timings"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 8192])
+    parser.add_argument("--model", default="dsqnet_swin_t", help="registered architecture, random weights")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--block-size", type=int, default=2048)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="dsqnet-bench-") as tmp:
+        work = Path(tmp)
+        torch.manual_seed(0)
+        args.model_file = save(build_model(args.model), work / "model.safetensors")
+        rows = [run(size, args, work) for size in args.sizes]
+    for row in rows:
+        print(json.dumps(row))
+    if len(rows) >= 2:
+        print(f"memory growth {rows[-1]['peak_rss_gb'] / rows[0]['peak_rss_gb']:.2f}x for "
+              f"{rows[-1]['size'] ** 2 / rows[0]['size'] ** 2:.0f}x the pixels (goal <= 1.5x); "
+              f"overhead ratios {[r['ratio'] for r in rows]} (goal <= 1.15)")
+    if args.json:
+        args.json.write_text(json.dumps({"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                                         "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

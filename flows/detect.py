@@ -1,0 +1,328 @@
+"""``detect-changes``: a region and two dates in, change rasters and polygons out.
+
+    choose scenes -> load scenes.zarr -> plan blocks -> infer blocks (Dask workers) -> mosaic
+    -> vectorise -> publish
+
+Tasks pass paths and small records; pixels stay in the zarr stores. The inference step is a
+subflow so that its Dask cluster (local, or the one at ``dask_address``) is chosen per run. Work
+lands in ``<out>/.cache/<run>/`` (``scenes.zarr``, ``change_prob.zarr`` with a done marker per
+block), so a rerun after a crash only computes the blocks that are missing; the run folder
+``<out>/<run>/`` is staged aside and appears only when every output is written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask
+import geopandas as gpd
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
+from prefect.futures import as_completed
+from prefect.runtime import flow_run
+
+import dsqnet
+from catalog import date_pair, open_source, parse_region
+from catalog.prepare import PreparedScenes, choose_pair, grid_summary, prepare_chosen
+from catalog.regions import Region
+from catalog.selection import DateChoice
+from catalog.store import inputs_hash, open_scenes
+
+from .artifacts import Progress, publish_artifacts
+from .block_inference import BlockJob, process_block
+from .demo import demo_inputs
+from .manifest import code_version, package_versions, stac_item
+from .models import ModelRecord, resolve_model
+from .params import DetectRequest, parse_request
+from .preview import write_preview
+from .probability_store import ProbabilityStore
+from .rasters import write_change_rasters
+from .run_folder import OutputError, RunFolder, check_writable, explain_os_error, link_tree
+from .scoring import score_run
+from .tiling import Block, Lattice, plan_blocks
+from .vectorize import change_polygons
+from .workers import cluster_has_gpus, dask_task_runner, local_cluster_kwargs, window_model
+
+INFERENCE_CODE = (Path(dsqnet.__file__).parent, Path(__file__).with_name("block_inference.py"),
+                  Path(__file__).with_name("tiling.py"))
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    job: BlockJob
+    blocks: list[Block]
+    todo: list[Block]
+    windows: int
+
+
+# --------------------------------------------------------------------------------------------------
+# Tasks
+
+
+@task(name="check-model", cache_policy=NO_CACHE)
+def check_model(model: str | None) -> ModelRecord:
+    return resolve_model(model)
+
+
+@task(name="choose-scenes", cache_policy=NO_CACHE)
+def choose_scenes(request: DetectRequest) -> tuple[Region, DateChoice, DateChoice]:
+    region = parse_region(request.region, regions_file=request.regions)
+    before, after = date_pair(request.before, request.after, request.tolerance_days)
+    first, second = choose_pair(region, before, after, open_source(request.catalog))
+    return region, first, second
+
+
+@task(name="load-scenes", cache_policy=NO_CACHE)
+def load_scenes(request: DetectRequest, region: Region, first: DateChoice, second: DateChoice, work: Path) -> PreparedScenes:
+    with dask.config.set(scheduler="threads"):  # reading the sources stays on this machine
+        return prepare_chosen(region, *date_pair(request.before, request.after, request.tolerance_days), first, second,
+                              work / "scenes.zarr", crs=request.crs, resolution=request.resolution)
+
+
+@task(name="plan-blocks", cache_policy=NO_CACHE)
+def plan(request: DetectRequest, scenes: PreparedScenes, model: ModelRecord, work: Path) -> BlockPlan:
+    dataset = open_scenes(scenes.path)
+    height, width = dataset.sizes["y"], dataset.sizes["x"]
+    blocks = plan_blocks(height, width, request.block_size)
+    grid = (blocks[-1].row + 1, blocks[-1].col + 1)
+    key = inputs_hash({"scenes": scenes.key, "model": model.sha256, "window": request.window,
+                       "stride": request.stride, "batch": request.batch_size, "precision": request.precision,
+                       "block_size": request.block_size, "code": code_version(*INFERENCE_CODE)})
+    store = ProbabilityStore.prepare(work / "change_prob.zarr", dataset, grid, key)
+    done = store.done_blocks()
+    threads = None  # remote workers, or OMP_NUM_THREADS set: torch's own choice
+    if not (request.dask_address or os.environ.get("DSQNET_DASK_ADDRESS") or os.environ.get("OMP_NUM_THREADS")):
+        threads = max(1, (os.cpu_count() or 1) // local_cluster_kwargs(request.workers)["n_workers"])
+    job = BlockJob(scenes=str(scenes.path), probabilities=str(store.path), model_path=model.path,
+                   model_hash=model.sha256, window=request.window, stride=request.stride,
+                   batch_size=request.batch_size, precision=request.precision, device=request.device, threads=threads)
+    todo = [b for b in blocks if (b.row, b.col) not in done]
+    return BlockPlan(job, blocks, todo, Lattice(height, width, request.window, request.stride).count)
+
+
+@task(name="infer-block", cache_policy=NO_CACHE, task_run_name="infer-block-{block.row}-{block.col}")
+def infer_block(job: BlockJob, block: Block) -> dict:
+    """One block on a worker; the model is loaded once per worker process and reused."""
+    run = window_model(job.model_path, job.model_hash, job.precision, job.device, job.threads)
+    return process_block(job, block, run).to_dict()
+
+
+@flow(name="infer-blocks", validate_parameters=False)
+def infer_blocks(job: BlockJob, blocks: list[Block]) -> list[dict]:
+    """Every block that is not done yet, on the Dask workers; GPU workers get the blocks when there are any."""
+    if not blocks:
+        return []
+    runner = FlowRunContext.get().task_runner
+    resources = {"resources": {"GPU": 1}} if cluster_has_gpus(runner.client) else {}
+    with dask.annotate(**resources):
+        futures = [infer_block.submit(job, block) for block in blocks]
+    progress = Progress(len(blocks), f"blocks inferred of {len(blocks)}")
+    reports = []
+    for future in as_completed(futures):
+        reports.append(future.result())
+        progress.advance()
+    return sorted(reports, key=lambda r: r["block"])
+
+
+@task(name="mosaic", cache_policy=NO_CACHE)
+def mosaic(store: ProbabilityStore, scenes: PreparedScenes, folder: Path, threshold: float):
+    store.mark_complete()
+    counts = write_change_rasters(store, scenes.grid.crs.to_wkt(), scenes.grid.transform, folder, threshold)
+    link_tree(store.path, folder / "change_prob.zarr")
+    return counts
+
+
+@task(name="vectorise", cache_policy=NO_CACHE)
+def vectorise(store: ProbabilityStore, scenes: PreparedScenes, blocks: list[Block], request: DetectRequest,
+              model: ModelRecord, run_id: str, folder: Path) -> gpd.GeoDataFrame:
+    polygons = change_polygons(store, blocks, scenes.grid.transform, scenes.grid.crs.to_wkt(), request.threshold,
+                               request.min_area_m2)
+    before, after = scenes.before, scenes.after
+    polygons = polygons.assign(
+        before_datetime=before.records[0].datetime, after_datetime=after.records[0].datetime,
+        before_scenes=",".join(before.ids), after_scenes=",".join(after.ids),
+        model_name=model.name, model_version=model.version, model_sha256=model.sha256, run_id=run_id,
+    )
+    polygons.to_parquet(folder / "changes.parquet")
+    return polygons
+
+
+@task(name="publish", cache_policy=NO_CACHE)
+def publish(run: RunFolder, manifest: dict, polygons: gpd.GeoDataFrame) -> Path:
+    publish_artifacts(manifest, polygons)
+    import json
+
+    (run.staging / "run.json").write_text(json.dumps(manifest, indent=2, default=str))
+    return run.commit()
+
+
+# --------------------------------------------------------------------------------------------------
+# The flow
+
+
+@flow(name="detect-changes", validate_parameters=False, log_prints=True)
+def detect_changes(
+    region: str | dict | None = None,
+    before: str | None = None,
+    after: str | None = None,
+    catalog: str | None = None,
+    regions: str | None = None,
+    model: str | None = None,
+    out: str = "runs",
+    run_name: str | None = None,
+    tolerance_days: int = 15,
+    crs: str | None = None,
+    resolution: float | None = None,
+    threshold: float = 0.5,
+    min_area_m2: float = 10.0,
+    window: int = 512,
+    stride: int = 256,
+    batch_size: int = 4,
+    block_size: int = 4096,
+    precision: str = "fp32",
+    device: str = "auto",
+    workers: int | None = None,
+    dask_address: str | None = None,
+    truth: str | None = None,
+) -> dict:
+    """Detect what changed in ``region`` between ``before`` and ``after``; with no region and dates, the demo."""
+    request = parse_request(**{k: v for k, v in locals().items()})
+    try:
+        return run_detect(request)
+    except OutputError:
+        raise
+    except OSError as err:  # the disk filling up, a folder vanishing: say what it means for the outputs
+        raise explain_os_error(err, Path(request.out)) from None
+
+
+def run_detect(request: DetectRequest) -> dict:
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(step: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[step] = round(now - clock, 3)
+        clock = now
+
+    out_dir = Path(request.out)
+    check_writable(out_dir)
+    if request.is_demo:
+        request = with_demo(request, out_dir / ".cache" / "demo")
+        lap("demo data")
+    record = check_model(request.model)
+    region_, first, second = choose_scenes(request)
+    lap("choose scenes")
+    name = request.run_name or run_folder_name(region_.name, request.before, request.after)
+    work = out_dir / ".cache" / name
+    work.mkdir(parents=True, exist_ok=True)
+    scenes = load_scenes(request, region_, first, second, work)
+    lap("load scenes")
+    blocks = plan(request, scenes, record, work)
+    print(f"{len(blocks.blocks)} blocks of {request.block_size} px, {len(blocks.todo)} to compute "
+          f"({len(blocks.blocks) - len(blocks.todo)} already done), {blocks.windows} windows in the scene")
+    lap("plan blocks")
+    runner = dask_task_runner(request.dask_address, request.workers)
+    reports = infer_blocks.with_options(task_runner=runner)(blocks.job, blocks.todo)
+    lap("infer blocks")
+
+    store = ProbabilityStore(blocks.job.probabilities)
+    run_id = run_identifier(name)
+    with RunFolder(out_dir / name) as run:
+        counts = mosaic(store, scenes, run.staging, request.threshold)
+        lap("mosaic")
+        polygons = vectorise(store, scenes, blocks.blocks, request, record, run_id, run.staging)
+        lap("vectorise")
+        write_preview(scenes.path, store.probability(), request.threshold, (request.before, request.after),
+                      run.staging / "preview.png")
+        metrics = (score_run(store, blocks.blocks, scenes.grid.transform, scenes.grid.crs.to_wkt(),
+                             request.threshold, request.truth) if request.truth else None)
+        lap("preview and score")
+        manifest = build_manifest(request, region_, scenes, record, blocks, reports, counts, polygons, metrics,
+                                  timings, run_id, out_dir / name)
+        folder = publish(run, manifest, polygons)
+    get_run_logger().info("published %s", folder)
+    return {**{k: manifest[k] for k in ("run_folder", "changed_km2", "polygons", "metrics", "timings")},
+            "text": summary_text(manifest)}
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def with_demo(request: DetectRequest, folder: Path) -> DetectRequest:
+    demo = demo_inputs(folder)
+    print(f"No region and dates given: running the embedded demo ({demo.region}, {demo.before} -> {demo.after}); "
+          f"its data is in {folder}")
+    return request.model_copy(update={
+        "region": demo.region, "before": demo.before, "after": demo.after, "catalog": demo.catalog,
+        "regions": demo.regions, "truth": request.truth or demo.truth,
+    })
+
+
+def run_folder_name(region: str, before: str, after: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", region).strip("-") or "region"
+    return f"{slug}_{before}_{after}"
+
+
+def run_identifier(name: str) -> str:
+    flow_run_id = flow_run.get_id()
+    return f"{name}-{str(flow_run_id)[:8]}" if flow_run_id else f"{name}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
+
+
+def build_manifest(request: DetectRequest, region: Region, scenes: PreparedScenes, model: ModelRecord, plan: BlockPlan,
+                   reports: list[dict], counts, polygons: gpd.GeoDataFrame, metrics: dict | None,
+                   timings: dict[str, float], run_id: str, folder: Path) -> dict[str, Any]:
+    summary = scenes.summary()
+    grid = grid_summary(scenes.grid)
+    before_time, after_time = scenes.before.records[0].datetime, scenes.after.records[0].datetime
+    outputs = ["change.tif", "change_prob.tif", "changes.parquet", "preview.png", "change_prob.zarr"]
+    windows_run = sum(r["windows"] for r in reports)
+    return {
+        "run_id": run_id,
+        "flow_run_id": str(flow_run.get_id()) if flow_run.get_id() else None,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "run_folder": str(folder),
+        "parameters": request.model_dump(),
+        "region": {"name": region.name, "geometry": region.to_geojson(), "bbox": list(region.bbox)},
+        "dates": {"before": request.before, "after": request.after,
+                  "before_acquired": before_time, "after_acquired": after_time},
+        "scenes": {**summary, "before_ids": list(scenes.before.ids), "after_ids": list(scenes.after.ids)},
+        "grid": grid,
+        "model": model.to_dict(),
+        "blocks": {"total": len(plan.blocks), "computed": len(reports), "reused": len(plan.blocks) - len(reports),
+                   "block_size": request.block_size, "reports": reports},
+        "windows": {"scene": plan.windows, "run": windows_run},
+        "pixels": {"total": grid["shape"][0] * grid["shape"][1], "observed": counts.observed_pixels,
+                   "changed": counts.changed_pixels},
+        "model_seconds": round(sum(r["model_seconds"] for r in reports), 3),
+        "observed_km2": counts.observed_km2,
+        "changed_km2": counts.changed_km2,
+        "polygons": len(polygons),
+        "metrics": metrics,
+        "timings": timings,
+        "versions": package_versions(),
+        "stac_item": stac_item(run_id, region.to_geojson(), list(region.bbox), grid, before_time, after_time, outputs,
+                               {"dsqnet:model": model.name, "dsqnet:model_sha256": model.sha256,
+                                "dsqnet:threshold": request.threshold}),
+    }
+
+
+def summary_text(manifest: dict) -> str:
+    lines = [f"Outputs in {manifest['run_folder']}: change.tif, change_prob.tif, changes.parquet, preview.png, run.json",
+             f"  changed: {manifest['changed_km2']:.4f} km2 in {manifest['polygons']} polygons "
+             f"(observed {manifest['observed_km2']:.4f} km2)",
+             f"  blocks: {manifest['blocks']['computed']} computed, {manifest['blocks']['reused']} reused"]
+    if manifest.get("metrics"):
+        m = manifest["metrics"]
+        lines.append(f"  against the truth: F1 {m['f1']:.3f}  IoU {m['iou']:.3f}  precision {m['precision']:.3f}  "
+                     f"recall {m['recall']:.3f}")
+    lines.append("  timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in manifest["timings"].items()))
+    return "\n".join(lines)

@@ -1,0 +1,9 @@
+"""The flows as ``prefect.yaml`` names them.
+
+Prefect loads an entrypoint file as a loose script; flows imported here from the package keep their
+package module names, so Dask workers can unpickle their tasks (``flows.detect...``) by import.
+"""
+
+from flows.detect import detect_changes
+
+__all__ = ["detect_changes"]

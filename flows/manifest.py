@@ -1,0 +1,57 @@
+"""``run.json``: everything needed to trust, repeat or trace a run, with a STAC Item of its outputs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import importlib.metadata
+from pathlib import Path
+
+import pystac
+
+PACKAGES = ("dsqnet-flows", "torch", "timm", "prefect", "prefect-dask", "dask", "distributed", "xarray", "zarr",
+            "rasterio", "geopandas", "shapely", "pystac", "odc-stac", "numpy")
+PROJECTION_EXTENSION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
+FILE_MEDIA = {
+    "change.tif": (pystac.MediaType.COG, ["data"], "change: 0 unchanged, 1 changed, 255 not observed"),
+    "change_prob.tif": (pystac.MediaType.COG, ["data"], "probability of change (NaN: not observed)"),
+    "changes.parquet": ("application/vnd.apache.parquet", ["data"], "change polygons (GeoParquet)"),
+    "preview.png": (pystac.MediaType.PNG, ["overview"], "before | after | change"),
+    "change_prob.zarr": ("application/vnd+zarr", ["data"], "probability mosaic (zarr v3)"),
+}
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def code_version(*roots: Path) -> str:
+    """The package version plus a hash of the code that makes the probabilities (part of the resume key)."""
+    digest = hashlib.sha256()
+    for root in roots:
+        for path in sorted(root.rglob("*.py")) if root.is_dir() else [root]:
+            digest.update(path.read_bytes())
+    return f"{package_versions()['dsqnet-flows']}+{digest.hexdigest()[:12]}"
+
+
+def stac_item(run_id: str, geometry: dict, bbox: list[float], grid: dict, start: str, end: str,
+              outputs: list[str], properties: dict) -> dict:
+    """A STAC Item for the run's outputs (relative hrefs: the folder can be moved as a whole)."""
+    item = pystac.Item(
+        id=run_id, geometry=geometry, bbox=bbox, datetime=None,
+        start_datetime=dt.datetime.fromisoformat(start), end_datetime=dt.datetime.fromisoformat(end),
+        properties={"proj:code": grid["crs"], "proj:shape": grid["shape"], "proj:transform": grid["transform"],
+                    **properties},
+        stac_extensions=[PROJECTION_EXTENSION],
+    )
+    for name in outputs:
+        media, roles, title = FILE_MEDIA[name]
+        key = name.replace(".zarr", "_zarr").split(".")[0]
+        item.add_asset(key, pystac.Asset(href=f"./{name}", media_type=media, roles=roles, title=title))
+    return item.to_dict(include_self_link=False, transform_hrefs=False)

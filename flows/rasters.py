@@ -1,0 +1,77 @@
+"""The mosaic as Cloud-Optimized GeoTIFFs: ``change_prob.tif`` (float32) and ``change.tif`` (three states).
+
+Written strip by strip from ``change_prob.zarr`` into a tiled GeoTIFF, then copied into a COG by
+GDAL (tiles, overviews, ghost header), so memory stays at one strip whatever the scene size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from affine import Affine
+from rasterio.windows import Window
+
+from .probability_store import CHUNK, ProbabilityStore
+
+UNCHANGED, CHANGED, NOT_OBSERVED = 0, 1, 255
+COG_OPTIONS = {"driver": "COG", "compress": "deflate", "blocksize": 512, "bigtiff": "IF_SAFER"}
+
+
+@dataclass(frozen=True)
+class ChangeCounts:
+    observed_pixels: int
+    changed_pixels: int
+    pixel_area_m2: float
+
+    @property
+    def changed_km2(self) -> float:
+        return self.changed_pixels * self.pixel_area_m2 / 1e6
+
+    @property
+    def observed_km2(self) -> float:
+        return self.observed_pixels * self.pixel_area_m2 / 1e6
+
+
+def change_classes(probability: np.ndarray, threshold: float) -> np.ndarray:
+    """0 unchanged / 1 changed / 255 not observed (NaN probability)."""
+    classes = np.where(probability >= threshold, CHANGED, UNCHANGED).astype(np.uint8)
+    classes[np.isnan(probability)] = NOT_OBSERVED
+    return classes
+
+
+def write_change_rasters(store: ProbabilityStore, crs, transform: Affine, folder: Path,
+                         threshold: float) -> ChangeCounts:
+    """``change_prob.tif`` and ``change.tif`` in ``folder``, both COGs on the scenes' grid."""
+    probability = store.probability()
+    height, width = probability.shape
+    base = {"driver": "GTiff", "height": height, "width": width, "count": 1, "crs": crs, "transform": transform,
+            "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate", "bigtiff": "IF_SAFER"}
+    strips = {"prob": folder / ".change_prob.strips.tif", "change": folder / ".change.strips.tif"}
+    observed = changed = 0
+    try:
+        with rasterio.open(strips["prob"], "w", dtype="float32", nodata=np.nan, **base) as prob_tif, \
+                rasterio.open(strips["change"], "w", dtype="uint8", nodata=NOT_OBSERVED, **base) as change_tif:
+            for top in range(0, height, CHUNK):
+                rows = min(CHUNK, height - top)
+                values = np.asarray(probability[top:top + rows])
+                classes = change_classes(values, threshold)
+                window = Window(0, top, width, rows)
+                prob_tif.write(values, 1, window=window)
+                change_tif.write(classes, 1, window=window)
+                observed += int((classes != NOT_OBSERVED).sum())
+                changed += int((classes == CHANGED).sum())
+            change_tif.write_colormap(1, {UNCHANGED: (0, 0, 0, 0), CHANGED: (230, 30, 30, 255),
+                                          NOT_OBSERVED: (128, 128, 128, 255)})
+            change_tif.update_tags(1, classes="0 unchanged, 1 changed, 255 not observed in both dates",
+                                   threshold=str(threshold))
+        rasterio.shutil.copy(strips["prob"], folder / "change_prob.tif", overview_resampling="average",
+                             predictor=3, **COG_OPTIONS)
+        rasterio.shutil.copy(strips["change"], folder / "change.tif", overview_resampling="mode", **COG_OPTIONS)
+    finally:
+        for path in strips.values():
+            path.unlink(missing_ok=True)
+    return ChangeCounts(observed, changed, abs(transform.a * transform.e))

@@ -1,0 +1,73 @@
+"""A run folder that appears whole or not at all.
+
+Outputs are written into a hidden staging folder beside the final one; ``commit`` swaps it into
+place. A failure anywhere before that removes the staging folder and leaves an earlier run folder
+of the same name exactly as it was.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+
+class OutputError(OSError):
+    """The output folder cannot be written; the message says which folder and what to do."""
+
+
+def check_writable(folder: Path) -> None:
+    """Fail now, before hours of work, if ``folder`` cannot hold outputs."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{uuid.uuid4().hex[:8]}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise OutputError(err.errno, f"cannot write to {folder} ({err.strerror or err}); "
+                                     "choose a writable folder with --out (parameter 'out')") from None
+
+
+def explain_os_error(err: OSError, where: Path) -> OutputError:
+    """Disk full and friends, in words that say what happened to the outputs."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        what = "the disk is full" if err.errno != errno.EFBIG else "a file grew past the allowed size"
+        return OutputError(err.errno, f"{what} while writing under {where} ({err.strerror}); free some space or "
+                                      "choose another --out. Earlier outputs of this run folder are untouched; "
+                                      "a rerun resumes from the blocks already done.")
+    return OutputError(err.errno, f"writing under {where} failed: {err}")
+
+
+class RunFolder:
+    def __init__(self, final: Path) -> None:
+        self.final = final
+        self.staging = final.with_name(f".{final.name}.partial-{uuid.uuid4().hex[:8]}")
+
+    def __enter__(self) -> "RunFolder":
+        self.staging.mkdir(parents=True)
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)  # gone after commit; a failed run's partial outputs
+
+    def commit(self) -> Path:
+        """Put the staged outputs at the final path, replacing an earlier run folder of that name."""
+        previous = self.final.with_name(f".{self.final.name}.old-{uuid.uuid4().hex[:8]}")
+        if self.final.exists():
+            os.rename(self.final, previous)
+        os.rename(self.staging, self.final)
+        shutil.rmtree(previous, ignore_errors=True)
+        return self.final
+
+
+def link_tree(source: Path, target: Path) -> None:
+    """Copy a folder by hard links where the filesystem allows (instant, no extra space), else by copying."""
+    def link_or_copy(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, target, copy_function=link_or_copy)

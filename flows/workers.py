@@ -1,0 +1,99 @@
+"""The workers that run blocks: which Dask cluster, which device, and one model per worker process.
+
+By default each run starts a local Dask cluster sized to the machine: one worker per GPU (each
+advertising a ``GPU`` resource and using its own card) or, without GPUs, worker processes that
+share the CPU cores between them. ``dask_address`` (or ``DSQNET_DASK_ADDRESS``) attaches to an
+existing cluster instead, e.g. GPU machines running ``dask worker tcp://scheduler:8786 --resources GPU=1``.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+
+from dsqnet import Predictor
+from dsqnet.checkpoints import load_model_file
+
+DASK_ADDRESS_ENV = "DSQNET_DASK_ADDRESS"
+
+
+def dask_task_runner(address: str | None = None, workers: int | None = None):
+    """Prefect's Dask task runner for a run: an existing cluster, or a local one sized to this machine."""
+    from prefect_dask import DaskTaskRunner
+
+    address = address or os.environ.get(DASK_ADDRESS_ENV)
+    if address:
+        return DaskTaskRunner(address=address)
+    kwargs = local_cluster_kwargs(workers)
+    api_url = _current_api_url()
+    if api_url:  # workers report to this run's API, not to a temporary server each of their own
+        kwargs["env"] = {"PREFECT_API_URL": api_url}
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=kwargs)
+
+
+def _current_api_url() -> str | None:
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            return str(client.api_url)
+    except Exception:  # no API reachable from here: let the workers find their own
+        return None
+
+
+def local_cluster_kwargs(workers: int | None = None) -> dict[str, Any]:
+    """One worker per GPU, or CPU worker processes with the cores split between them."""
+    common = {"threads_per_worker": 1, "processes": True, "dashboard_address": None}
+    gpus = torch.cuda.device_count()
+    if gpus:
+        return {**common, "n_workers": workers or gpus, "resources": {"GPU": 1}}
+    cores = os.cpu_count() or 1
+    # a worker's torch uses several cores; more workers than cores/4 only adds memory
+    return {**common, "n_workers": workers or max(1, cores // 4)}
+
+
+def cluster_has_gpus(client) -> bool:
+    """Whether any worker of the cluster advertises a ``GPU`` resource (then block tasks ask for one)."""
+    workers = client.scheduler_info().get("workers", {})
+    return any(info.get("resources", {}).get("GPU", 0) > 0 for info in workers.values())
+
+
+def worker_device(requested: str = "auto") -> torch.device:
+    """The device for this worker: the requested one, else a GPU (one per local worker) or the CPU."""
+    if requested != "auto":
+        return torch.device(requested)
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+        index = name if isinstance(name, int) else 0
+    except (ImportError, ValueError):  # not on a Dask worker
+        index = 0
+    return torch.device("cuda", index % torch.cuda.device_count())
+
+
+@lru_cache(maxsize=2)
+def cached_predictor(model_path: str, model_hash: str, precision: str, device: str, threads: int | None) -> Predictor:
+    """The model, loaded once per worker process and kept for every block it runs.
+
+    ``model_hash`` is part of the cache key, so a model file replaced between runs is reloaded.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    return Predictor(load_model_file(model_path), device=worker_device(device), precision=precision)
+
+
+def window_model(model_path: str, model_hash: str, precision: str, device: str = "auto", threads: int | None = None):
+    """A ``(N, 3, h, w) uint8`` pair of batches -> ``(N, h, w)`` change probability function for blocks."""
+    predictor = cached_predictor(model_path, model_hash, precision, device, threads)
+
+    def run(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        return predictor.predict_proba(before, after)
+
+    return run

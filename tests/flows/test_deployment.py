@@ -1,0 +1,83 @@
+"""The detect-changes deployment from prefect.yaml, run the way users run it: a Prefect server on
+127.0.0.1, `prefect deploy`, `prefect deployment run`, and a process worker that picks the run up."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import rasterio
+
+from tests.flows.flow_helpers import FAST, hole_catalog, tiny_model_file
+
+REPO = Path(__file__).resolve().parents[2]
+PREFECT = str(Path(sys.executable).parent / "prefect")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "DO_NOT_TRACK": "1", "PREFECT_UI_ENABLED": "false", "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+           "PROJECT_DIR": str(REPO)}
+    log = open(tmp_path / "server.log", "w")
+    process = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port),
+                                "--analytics-off", "--no-ui"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2)
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
+                time.sleep(0.5)
+        yield env
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+        log.close()
+
+
+def prefect(env: dict, *args: str, timeout: float = 300) -> str:
+    done = subprocess.run([PREFECT, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"prefect {' '.join(args)}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout + done.stderr
+
+
+def test_deploy_run_and_work_the_detect_deployment(server, tmp_path):
+    catalog, region = hole_catalog(tmp_path / "scenes")
+    model = tiny_model_file(tmp_path / "tiny.safetensors")
+    out = tmp_path / "runs"
+    for pool in ("local-process", "gpu-process"):
+        prefect(server, "work-pool", "create", pool, "--type", "process")
+    deployed = prefect(server, "--no-prompt", "deploy", "--all")
+    assert "detect-changes/detect-changes" in deployed and "detect-changes/detect-changes-gpu" in deployed
+    params = {"region": json.loads(region), "before": "2021-06-10", "after": "2023-06-12", "catalog": str(catalog),
+              "model": str(model), "out": str(out), "run_name": "spot", "block_size": 512, "workers": 1, **FAST}
+    started = prefect(server, "deployment", "run", "detect-changes/detect-changes", "--params", json.dumps(params))
+    flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", started).group(1)
+    worked = prefect(server, "worker", "start", "--pool", "local-process", "--type", "process", "--run-once",
+                     timeout=400)
+    manifest = json.loads((out / "spot" / "run.json").read_text())
+    assert manifest["flow_run_id"] == flow_run_id, worked[-3000:]
+    with rasterio.open(out / "spot" / "change.tif") as src:
+        assert src.crs.to_epsg() == 32633 and src.overviews(1)
+    state = json.loads(urllib.request.urlopen(f"{server['PREFECT_API_URL']}/flow_runs/{flow_run_id}").read())
+    assert state["state"]["type"] == "COMPLETED"

@@ -1,0 +1,151 @@
+"""A run killed midway resumes where it stopped; bad input fails clearly and loses nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+import zarr
+from safetensors.torch import save_file
+
+from flows.cli import main
+from tests.flows.flow_helpers import FAST, hole_catalog, tiny_model_file
+
+DSQNET = str(Path(sys.executable).parent / "dsqnet")
+SLOW = {**FAST, "stride": 32}  # four times the windows: blocks take seconds, long enough to be killed
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("resume")
+    catalog, region = hole_catalog(folder / "scenes")
+    return folder, catalog, region, tiny_model_file(folder / "tiny.safetensors")
+
+
+def cli_args(inputs, out: Path, **overrides) -> list[str]:
+    _, catalog, region, model = inputs
+    params = {"region": region, "before": "2021-06-10", "after": "2023-06-12", "catalog": catalog, "model": model,
+              "out": out, "run-name": "spot", "block-size": 512, "workers": 1, **SLOW, **overrides}
+    return [arg for k, v in params.items() for arg in (f"--{k.replace('_', '-')}", str(v))]
+
+
+def env_for(prefect_api: str) -> dict:
+    return {**os.environ, "PREFECT_API_URL": prefect_api, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_killed_run_resumes_with_only_the_missing_blocks_and_the_same_outputs(prefect_api, inputs, tmp_path):
+    out = tmp_path / "runs"
+    done_path = out / ".cache" / "spot" / "change_prob.zarr" / "done"
+    run = subprocess.Popen([DSQNET, "detect", *cli_args(inputs, out)], env=env_for(prefect_api),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    done_at_kill = 0
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and run.poll() is None:
+            if done_path.exists():
+                done_at_kill = int(np.asarray(zarr.open_array(str(done_path), mode="r")[:]).sum())
+                if done_at_kill >= 1:
+                    break
+            time.sleep(0.1)
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)  # the flow process and its Dask workers, mid-inference
+        run.wait()
+    done_at_kill = int(np.asarray(zarr.open_array(str(done_path), mode="r")[:]).sum())
+    assert 1 <= done_at_kill < 4, "the run must be killed with some, not all, blocks done"
+    assert not (out / "spot").exists()  # nothing published by a killed run
+
+    assert main(["detect", *cli_args(inputs, out)]) == 0
+    manifest = json.loads((out / "spot" / "run.json").read_text())
+    assert manifest["blocks"]["computed"] == 4 - done_at_kill
+    assert manifest["blocks"]["reused"] == done_at_kill
+
+    reference = tmp_path / "uninterrupted"
+    assert main(["detect", *cli_args(inputs, reference)]) == 0
+    for name in ("change.tif", "change_prob.tif"):
+        with rasterio.open(out / "spot" / name) as resumed, rasterio.open(reference / "spot" / name) as whole:
+            assert np.array_equal(resumed.read(1), whole.read(1), equal_nan=True), name
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing", "does not exist"),
+    ("text", "not a usable DSQNet model"),
+    ("foreign", "not a DSQNet checkpoint"),
+    ("bands", "trained on bands ['nir', 'red', 'green']"),
+])
+def test_a_bad_model_file_is_refused_before_any_work(prefect_api, inputs, tmp_path, capsys, case, expected):
+    model = tmp_path / "model.safetensors"
+    if case == "text":
+        model.write_text("not a model")
+    elif case == "foreign":
+        save_file({"weight": torch.zeros(2)}, str(model))
+    elif case == "bands":
+        tiny_model_file(model, band_order=["nir", "red", "green"])
+    assert main(["detect", *cli_args(inputs, tmp_path / "runs", model=model)]) == 1
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "runs" / ".cache" / "spot").exists()  # refused before any scene was read
+
+
+def test_an_output_folder_that_cannot_be_written_is_named(prefect_api, inputs, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["detect", *cli_args(inputs, blocker / "runs")]) == 1
+    err = capsys.readouterr().err
+    assert "cannot write to" in err and "--out" in err
+
+
+def test_bad_parameters_are_explained_without_starting_anything(capsys, tmp_path):
+    assert main(["detect", "--region", "1,2,3,4", "--before", "2023-13-01", "--after", "2021-01-01",
+                 "--block-size", "600", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "before: '2023-13-01' is not a date" in err and "block_size: must be a multiple of 512" in err
+    assert main(["detect", "--region", "1,2,3,4", "--out", str(tmp_path)]) == 1
+    assert "missing: before, after" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+DISK_FULL_SCRIPT = """
+set -u
+mount -t tmpfs -o size=24m tmpfs "$MNT"
+"$DSQNET" detect {args} > "$LOGS/first.log" 2>&1 || exit 3
+(cd "$MNT/runs/spot" && find . -type f -exec sha256sum {{}} + | sort) > "$LOGS/before.sha"
+dd if=/dev/zero of="$MNT/filler" bs=64k > /dev/null 2>&1
+"$DSQNET" detect {args} --threshold 0.3 > "$LOGS/second.log" 2>&1
+echo $? > "$LOGS/second.rc"
+(cd "$MNT/runs/spot" && find . -type f -exec sha256sum {{}} + | sort) > "$LOGS/after.sha"
+ls -a "$MNT/runs" > "$LOGS/listing"
+"""
+
+
+def test_a_full_disk_fails_clearly_and_leaves_the_earlier_run_folder_untouched(prefect_api, inputs, tmp_path):
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    args = " ".join(f"'{a}'" for a in cli_args(inputs, mount / "runs", stride=64))
+    script = DISK_FULL_SCRIPT.format(args=args)
+    env = {**env_for(prefect_api), "MNT": str(mount), "LOGS": str(tmp_path), "DSQNET": DSQNET}
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.fail(f"this test needs unprivileged mount namespaces (unshare): {probe.stderr.decode()}")
+    done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "bash", "-c", script], env=env,
+                          capture_output=True, timeout=600)
+    assert done.returncode == 0, (done.stderr.decode(), (tmp_path / "first.log").read_text()[-3000:])
+    second = (tmp_path / "second.log").read_text()
+    assert (tmp_path / "second.rc").read_text().strip() == "1", second[-3000:]
+    assert "the disk is full" in second and "untouched" in second
+    assert (tmp_path / "before.sha").read_text() == (tmp_path / "after.sha").read_text()
+    assert "change.tif" in (tmp_path / "before.sha").read_text()
+    assert not [n for n in (tmp_path / "listing").read_text().split() if ".partial-" in n]

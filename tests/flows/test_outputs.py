@@ -1,0 +1,94 @@
+"""Polygons and COGs from a probability mosaic whose changes are known exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+from rio_cogeo.cogeo import cog_validate
+from shapely.geometry import box
+
+from flows.probability_store import ProbabilityStore
+from flows.rasters import write_change_rasters
+from flows.tiling import plan_blocks
+from flows.vectorize import change_polygons
+from tests.flows.flow_helpers import scenes_store
+
+H, W = 1100, 1200
+
+
+@pytest.fixture
+def known(tmp_path):
+    """A mosaic with: a rectangle across both block seams, a square with an unobserved core, two squares
+    meeting only at a corner across a seam, one lonely pixel, and an unobserved strip."""
+    scenes = scenes_store(tmp_path / "scenes.zarr", H, W)
+    blocks = plan_blocks(H, W, 512)
+    store = ProbabilityStore.prepare(tmp_path / "prob.zarr", scenes, (blocks[-1].row + 1, blocks[-1].col + 1), "k")
+    prob = np.full((H, W), 0.1, np.float32)
+    prob[500:530, 490:560] = 0.7
+    prob[520, 540] = 0.99
+    prob[100:110, 100:110] = 0.8
+    prob[104:106, 104:106] = np.nan
+    prob[1000:1012, 1012:1024] = 0.6  # ends at the block corner (1024, 1024) ...
+    prob[1024:1030, 1024:1030] = 0.6  # ... where this one starts: a diagonal touch, two changes
+    prob[50, 900] = 0.9
+    prob[:, 1190:] = np.nan
+    for block in blocks:
+        store.write_block(block, prob[block.top:block.bottom, block.left:block.right])
+    transform = scenes.rio.transform()
+    return store, blocks, transform, prob
+
+
+def pixel_box(transform, rows: slice, cols: slice):
+    x0, y0 = transform * (cols.start, rows.start)
+    x1, y1 = transform * (cols.stop, rows.stop)
+    return box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+
+
+def test_changes_are_dissolved_across_block_seams_and_placed_exactly(known):
+    store, blocks, transform, _ = known
+    polygons = change_polygons(store, blocks, transform, "EPSG:32633", threshold=0.5, min_area_m2=0.0)
+    assert polygons.crs.to_epsg() == 32633
+    assert len(polygons) == 5
+    big = polygons.iloc[0]
+    assert big.geometry.equals(pixel_box(transform, slice(500, 530), slice(490, 560)))
+    assert big.area_m2 == pytest.approx(30 * 70 * 0.25) and big.perimeter_m == pytest.approx(2 * (15 + 35))
+    assert big.prob_max == pytest.approx(0.99)
+    assert big.prob_mean == pytest.approx((0.7 * (30 * 70 - 1) + 0.99) / (30 * 70), rel=1e-5)
+    assert big.observed_fraction == 1.0
+    corners = polygons[polygons.geometry.intersects(pixel_box(transform, slice(1000, 1030), slice(1012, 1030)))]
+    assert len(corners) == 2  # meeting at one corner is not one change (4-connectivity, as in the raster)
+
+
+def test_an_unobserved_core_is_a_hole_and_lowers_the_observed_fraction(known):
+    store, blocks, transform, _ = known
+    polygons = change_polygons(store, blocks, transform, "EPSG:32633", threshold=0.5, min_area_m2=0.0)
+    ring = polygons[polygons.geometry.intersects(pixel_box(transform, slice(100, 110), slice(100, 110)))].iloc[0]
+    assert ring.area_m2 == pytest.approx(96 * 0.25)
+    assert len(ring.geometry.interiors) == 1
+    assert ring.observed_fraction == pytest.approx(0.96)
+
+
+def test_min_area_and_threshold_filter_polygons(known):
+    store, blocks, transform, _ = known
+    kept = change_polygons(store, blocks, transform, "EPSG:32633", threshold=0.5, min_area_m2=1.0)
+    assert len(kept) == 4 and kept["area_m2"].min() >= 1.0
+    strict = change_polygons(store, blocks, transform, "EPSG:32633", threshold=0.75, min_area_m2=0.0)
+    assert sorted(strict["area_m2"]) == pytest.approx([0.25, 0.25, 24.0])
+
+
+def test_change_rasters_are_cogs_with_three_states(known, tmp_path):
+    store, _, transform, prob = known
+    counts = write_change_rasters(store, "EPSG:32633", transform, tmp_path, threshold=0.5)
+    for name in ("change.tif", "change_prob.tif"):
+        valid, errors, _ = cog_validate(str(tmp_path / name))
+        assert valid, errors
+    with rasterio.open(tmp_path / "change.tif") as src:
+        change = src.read(1)
+        assert src.nodata == 255 and src.dtypes[0] == "uint8" and src.overviews(1) and src.transform == transform
+    with rasterio.open(tmp_path / "change_prob.tif") as src:
+        assert np.array_equal(src.read(1), prob, equal_nan=True)
+    assert (change[:, 1190:] == 255).all() and (change[104:106, 104:106] == 255).all()
+    assert counts.changed_pixels == int((change == 1).sum()) == int((prob >= 0.5).sum())
+    assert counts.observed_pixels == int((~np.isnan(prob)).sum())
+    assert not list(tmp_path.glob(".*strips*"))
