@@ -25,7 +25,7 @@ demo: install
 demo-model: install
 	$(BIN)/dsqnet demo-data --out runs/demo-data
 	$(BIN)/dsqnet train --config demo --data-root runs/demo-data/training
-	cp runs/train/demo/best.safetensors flows/assets/dsqnet_demo.safetensors
+	cp runs/train/demo/last.safetensors flows/assets/dsqnet_demo.safetensors
 
 bench: install
 	$(BIN)/python bench/model_throughput.py

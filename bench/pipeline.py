@@ -33,6 +33,7 @@ import rasterio
 import torch
 from affine import Affine
 from pyproj import Transformer
+from pystac.extensions.eo import Band, EOExtension
 from pystac.extensions.projection import ProjectionExtension
 from pystac.extensions.raster import RasterBand, RasterExtension
 from shapely.geometry import box, mapping
@@ -62,19 +63,24 @@ def write_catalog(folder: Path, size: int) -> tuple[Path, str]:
     footprint = box(ORIGIN[0], ORIGIN[1] - size * RESOLUTION, ORIGIN[0] + size * RESOLUTION, ORIGIN[1])
     lonlat = reproject_geometry(Transformer.from_crs(CRS, "EPSG:4326", always_xy=True).transform, footprint)
     catalog = pystac.Catalog("bench", "generated scenes")
+    collection = pystac.Collection("demo-rgb", "8-bit RGB scenes", pystac.Extent(
+        pystac.SpatialExtent([list(lonlat.bounds)]), pystac.TemporalExtent([[None, None]])))
+    catalog.add_child(collection)
     for k, day in enumerate(("2021-06-10", "2023-06-12")):
         path = folder / f"scene_{k}.tif"
         with rasterio.open(path, "w", driver="COG", width=size, height=size, count=3, dtype="uint8", crs=CRS,
                            transform=transform, nodata=0, compress="deflate", blocksize=512) as dst:
             dst.write(scene(size, k, changes=k == 1))
         when = dt.datetime.fromisoformat(day).replace(hour=10, tzinfo=dt.timezone.utc)
-        item = pystac.Item(f"scene-{k}", mapping(lonlat), list(lonlat.bounds), when, {})
+        item = pystac.Item(f"scene-{k}", mapping(lonlat), list(lonlat.bounds), when, {}, collection="demo-rgb")
         asset = pystac.Asset(str(path), media_type=pystac.MediaType.COG, roles=["data"])
         item.add_asset("visual", asset)
         proj = ProjectionExtension.ext(item, add_if_missing=True)
         proj.code, proj.shape, proj.transform = CRS, [size, size], list(transform)[:6]
         RasterExtension.ext(asset, add_if_missing=True).bands = [RasterBand.create(data_type="uint8", nodata=0)] * 3
-        catalog.add_item(item)
+        EOExtension.ext(asset, add_if_missing=True).bands = [Band.create(name=n, common_name=n)
+                                                             for n in ("red", "green", "blue")]
+        collection.add_item(item)
     catalog.normalize_hrefs(str(folder / "stac"))
     catalog.save(catalog_type=pystac.CatalogType.ABSOLUTE_PUBLISHED)
     inner = footprint.buffer(-2 * RESOLUTION)  # inside the footprint: every pixel observed

@@ -133,6 +133,24 @@ def dsqnet_swin_mini() -> DSQNetConfig:
     )
 
 
+@register_model
+def dsqnet_swin_demo() -> DSQNetConfig:
+    """A 0.63 M-parameter DSQNet (2.5 MB) for the embedded demo: Swin embed 16, depths 2-2-2-2, head width 32, projection head on.
+
+    Trained by ``dsqnet train --config demo`` on the demo's training tiles (the weights shipped as
+    flows/assets/dsqnet_demo.safetensors). The projection head (the reference's unused Mix-FFN
+    ``discriminator``) puts a non-linearity between the FDAF differences and the classifier, so
+    buildings that appear and buildings that disappear can both score as change; without it the
+    classifier is linear in the difference and the two kinds of change cancel (see the README on
+    date exchange), and a model trained from scratch for minutes finds nothing.
+    """
+    return DSQNetConfig(
+        name="dsqnet_swin_demo",
+        backbone=SwinConfig(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), drop_path_rate=0.1),
+        head=DSQHeadConfig(head_width=32, use_projection_head=True),
+    )
+
+
 def list_models() -> list[str]:
     return sorted(_REGISTRY)
 

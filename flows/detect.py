@@ -13,6 +13,7 @@ block), so a rerun after a crash only computes the blocks that are missing; the 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import re
 import time
@@ -117,8 +118,6 @@ def infer_block(job: BlockJob, block: Block) -> dict:
 @flow(name="infer-blocks", validate_parameters=False)
 def infer_blocks(job: BlockJob, blocks: list[Block]) -> list[dict]:
     """Every block that is not done yet, on the Dask workers; GPU workers get the blocks when there are any."""
-    if not blocks:
-        return []
     runner = FlowRunContext.get().task_runner
     resources = {"resources": {"GPU": 1}} if cluster_has_gpus(runner.client) else {}
     with dask.annotate(**resources):
@@ -157,8 +156,6 @@ def vectorise(store: ProbabilityStore, scenes: PreparedScenes, blocks: list[Bloc
 @task(name="publish", cache_policy=NO_CACHE)
 def publish(run: RunFolder, manifest: dict, polygons: gpd.GeoDataFrame) -> Path:
     publish_artifacts(manifest, polygons)
-    import json
-
     (run.staging / "run.json").write_text(json.dumps(manifest, indent=2, default=str))
     return run.commit()
 
@@ -229,8 +226,10 @@ def run_detect(request: DetectRequest) -> dict:
     print(f"{len(blocks.blocks)} blocks of {request.block_size} px, {len(blocks.todo)} to compute "
           f"({len(blocks.blocks) - len(blocks.todo)} already done), {blocks.windows} windows in the scene")
     lap("plan blocks")
-    runner = dask_task_runner(request.dask_address, request.workers)
-    reports = infer_blocks.with_options(task_runner=runner)(blocks.job, blocks.todo)
+    reports = []
+    if blocks.todo:  # a finished store needs no cluster
+        runner = dask_task_runner(request.dask_address, request.workers)
+        reports = infer_blocks.with_options(task_runner=runner)(blocks.job, blocks.todo)
     lap("infer blocks")
 
     store = ProbabilityStore(blocks.job.probabilities)
