@@ -142,7 +142,7 @@ def _add_train(commands) -> None:
     p = _command(commands, "train", "Train or fine-tune DSQNet with the paper's recipe from a YAML config.", _train)
     p.add_argument("--config", required=True,
                    help="a YAML file, or a bundled config: levir-cd_swin-t, s2looking_swin-t, svcd_swin-t, "
-                        "dsifn_swin-t (the paper's recipe) or cpu-small (minutes on a CPU)")
+                        "dsifn_swin-t (the paper's recipe), cpu-small (minutes on a CPU) or demo (the demo model)")
     p.add_argument("--data-root", help="dataset folder (overrides data.root)")
     p.add_argument("--work-dir", help="where checkpoints and logs go (overrides runtime.work_dir)")
     p.add_argument("--backbone-weights", help="local ImageNet Swin weights (Microsoft .pth or timm .safetensors)")
