@@ -127,7 +127,8 @@ def infer_blocks(job: BlockJob, blocks: list[Block]) -> list[dict]:
     for future in as_completed(futures):
         reports.append(future.result())
         progress.advance()
-    return sorted(reports, key=lambda r: r["block"])
+    order = {block.name: k for k, block in enumerate(blocks)}
+    return sorted(reports, key=lambda r: order[r["block"]])  # the plan's row-major order
 
 
 @task(name="mosaic", cache_policy=NO_CACHE)

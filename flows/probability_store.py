@@ -73,10 +73,6 @@ class ProbabilityStore:
     def probability(self) -> zarr.Array:
         return zarr.open_array(str(self.path / "probability"), mode="r")
 
-    def open(self) -> xr.Dataset:
-        """The store as a lazy dataset with its CRS and transform."""
-        return xr.open_zarr(str(self.path), decode_coords="all", consolidated=False)
-
 
 def _template(scenes: xr.Dataset, block_grid: tuple[int, int], key: str) -> xr.Dataset:
     height, width = scenes.sizes["y"], scenes.sizes["x"]
