@@ -2,11 +2,12 @@
 
 For each region size: a generated two-date catalog (two COGs of N x N pixels at 0.5 m), the whole
 ``detect-changes`` flow on it (Prefect, a Dask LocalCluster, scenes.zarr, blocks, COGs, polygons,
-preview), then, in the same process, the network alone on as many windows as the flow ran, in the
-same batches and precision. Reported: end-to-end seconds, megapixels of region per second, model
-seconds, their ratio (the pipeline's overhead), the windows the flow ran against the windows the
-scene needs (block halos recompute the windows that straddle block seams), and the peak resident
-memory of the whole process tree (this process plus the Dask workers), sampled every 0.2 s.
+preview), then, in the same process, the network alone on as many windows as the scene needs (its
+window lattice), in the same batches and precision. Reported: end-to-end seconds, megapixels of
+region per second, model seconds, their ratio (the pipeline's overhead), the windows the flow ran
+(each lattice window exactly once, so equal to the scene's), the seconds the workers spent inside
+the network, and the peak resident memory of the whole process tree (this process plus the Dask
+workers), sampled every 0.2 s.
 
 Goals (issue #5): pipeline <= 1.15 x model time; peak memory of the larger region <= 1.5 x that of
 the smaller one.
@@ -145,7 +146,7 @@ def run(size: int, args: argparse.Namespace, work: Path) -> dict:
     seconds = time.perf_counter() - started
     manifest = json.loads((Path(summary["run_folder"]) / "run.json").read_text())
     threads = os.cpu_count() or 1
-    model_seconds = model_alone(args.model_file, manifest["windows"]["run"], 512, args.batch, args.precision, threads)
+    model_seconds = model_alone(args.model_file, manifest["windows"]["scene"], 512, args.batch, args.precision, threads)
     height, width = manifest["grid"]["shape"]
     return {
         "size": size, "grid": [height, width], "seconds": round(seconds, 2),

@@ -1,8 +1,11 @@
-"""One block of the scene through the network: read it with its halo, run its windows, blend, write.
+"""One block of the scene through the network: read what its windows see, run them, sum them.
 
-This is the body of the ``infer-block`` task and runs on a (GPU) worker. Memory is bounded by the
-block: the inputs are the block plus at most one window around it, the accumulators are the block.
-Pixels not observed in both dates come out as NaN ("not observed"), never as "unchanged".
+This is the body of the ``infer-block`` task and runs on a (GPU) worker. A block runs the windows
+it owns (flows/tiling.py) and keeps their weighted sum over everything they reach: its own pixels
+and a margin of its neighbours'. Those sums go to the probability store; stitching them into
+probabilities happens once every block is in (flows/stitch.py). Memory is bounded by the block:
+the inputs and the sums cover the block plus at most one window around it. A window that sees no
+pixel observed in both dates is not run: it could only inform pixels that come out "not observed".
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 import zarr
 
 from .probability_store import ProbabilityStore
-from .tiling import Block, Lattice, block_windows, reflect_index, window_weight
+from .tiling import Block, Lattice, Reach, block_reach, block_windows, reflect_index, window_weight
 
 # (N, 3, h, w) uint8 before, after -> (N, h, w) float32 probability of change
 WindowModel = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -24,13 +27,12 @@ WindowModel = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 @dataclass(frozen=True)
 class BlockInputs:
-    """Both dates over every window of a block (reflect-padded at the scene's edges)."""
+    """Both dates over the reach of a block's windows (reflect-padded past the scene's edges)."""
 
     before: np.ndarray  # (3, h, w) uint8
     after: np.ndarray
-    top: int  # scene row / col of element [0, 0]; negative where the windows reach past the scene
-    left: int
-    observed: np.ndarray  # (rows, cols) of the block itself: valid in both dates
+    reach: Reach  # scene rows / cols of the arrays; negative or past the end outside the scene
+    observed: np.ndarray  # (h, w): valid in both dates; False outside the scene
 
 
 @dataclass(frozen=True)
@@ -64,45 +66,49 @@ class BlockReport:
 
 def read_block(scenes: zarr.Group, lattice: Lattice, block: Block) -> BlockInputs:
     """The pixels every window of ``block`` needs, read once from ``scenes.zarr``."""
-    windows = block_windows(lattice, block)
-    top = min(t for t, _ in windows)
-    left = min(c for _, c in windows)
-    rows = reflect_index(np.arange(top, max(t for t, _ in windows) + lattice.window), lattice.height)
-    cols = reflect_index(np.arange(left, max(c for _, c in windows) + lattice.window), lattice.width)
+    reach = block_reach(lattice, block)
+    rows = reflect_index(np.arange(reach.top, reach.bottom), lattice.height)
+    cols = reflect_index(np.arange(reach.left, reach.right), lattice.width)
+    observed = np.zeros(reach.shape, bool)
+    if not rows.size or not cols.size:
+        empty = np.zeros((3, *reach.shape), np.uint8)
+        return BlockInputs(empty, empty, reach, observed)
     r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
     image = np.asarray(scenes["image"][:, :, r0:r1, c0:c1])  # (time, band, y, x)
     image = image[:, :, rows - r0][:, :, :, cols - c0]
-    valid = np.asarray(scenes["valid"][:, block.top:block.bottom, block.left:block.right])
-    return BlockInputs(image[0], image[1], top, left, valid.all(axis=0))
+    inside = (slice(max(reach.top, 0), min(reach.bottom, lattice.height)),
+              slice(max(reach.left, 0), min(reach.right, lattice.width)))
+    valid = np.asarray(scenes["valid"][:, inside[0], inside[1]]).all(axis=0)
+    observed[inside[0].start - reach.top:inside[0].stop - reach.top,
+             inside[1].start - reach.left:inside[1].stop - reach.left] = valid
+    return BlockInputs(image[0], image[1], reach, observed)
 
 
-def blend_block(run: WindowModel, inputs: BlockInputs, lattice: Lattice, block: Block, batch_size: int) -> np.ndarray:
-    """Weighted mean of the windows' probabilities over the block's own pixels; NaN where not observed."""
-    size = lattice.window
+def windows_to_run(inputs: BlockInputs, lattice: Lattice, block: Block) -> list[tuple[int, int]]:
+    """The block's windows that see at least one pixel observed in both dates."""
+    size, reach = lattice.window, inputs.reach
+    return [(t, c) for t, c in block_windows(lattice, block)
+            if inputs.observed[t - reach.top:t - reach.top + size, c - reach.left:c - reach.left + size].any()]
+
+
+def window_sums(run: WindowModel, inputs: BlockInputs, lattice: Lattice, windows: list[tuple[int, int]],
+                batch_size: int) -> np.ndarray:
+    """The weighted sum of ``windows``' probabilities over the block's reach, (h, w) float32."""
+    size, reach = lattice.window, inputs.reach
     weight = window_weight(size)
-    # float32 is enough: every pixel sums its windows in the lattice's order, whichever block runs them
-    numer = np.zeros(block.shape, np.float32)
-    denom = np.zeros(block.shape, np.float32)
-    windows = block_windows(lattice, block)
+    sums = np.zeros(reach.shape, np.float32)
     for first in range(0, len(windows), batch_size):
         group = windows[first:first + batch_size]
-        cut = [(slice(t - inputs.top, t - inputs.top + size), slice(c - inputs.left, c - inputs.left + size))
+        cut = [(slice(t - reach.top, t - reach.top + size), slice(c - reach.left, c - reach.left + size))
                for t, c in group]
         probs = run(np.stack([inputs.before[:, r, c] for r, c in cut]), np.stack([inputs.after[:, r, c] for r, c in cut]))
-        for (t, c), prob in zip(group, probs):
-            top, bottom = max(t, block.top), min(t + size, block.bottom)
-            left, right = max(c, block.left), min(c + size, block.right)
-            inside = slice(top - t, bottom - t), slice(left - c, right - c)
-            target = slice(top - block.top, bottom - block.top), slice(left - block.left, right - block.left)
-            numer[target] += weight[inside] * prob[inside]
-            denom[target] += weight[inside]
-    blended = (numer / denom).astype(np.float32)
-    blended[~inputs.observed] = np.nan
-    return blended
+        for (rows, cols), prob in zip(cut, probs):
+            sums[rows, cols] += weight * prob
+    return sums
 
 
 def process_block(job: BlockJob, block: Block, run: WindowModel) -> BlockReport:
-    """Read, infer, blend and write one block, then mark it done (the resume point)."""
+    """Read, infer and sum one block's windows, then store the sums (the resume point)."""
     started = time.perf_counter()
     scenes = zarr.open_group(job.scenes, mode="r")
     height, width = scenes["valid"].shape[-2:]
@@ -117,14 +123,12 @@ def process_block(job: BlockJob, block: Block, run: WindowModel) -> BlockReport:
         model_seconds += time.perf_counter() - tick
         return out
 
-    if inputs.observed.any():
-        probability = blend_block(timed, inputs, lattice, block, job.batch_size)
-        windows = len(block_windows(lattice, block))
-    else:  # nothing seen in both dates: no need to ask the network
-        probability = np.full(block.shape, np.nan, np.float32)
-        windows = 0
-    ProbabilityStore(Path(job.probabilities)).write_block(block, probability)
-    return BlockReport(block.name, windows, int(inputs.observed.sum()), round(model_seconds, 4),
+    windows = windows_to_run(inputs, lattice, block)
+    # nothing seen in both dates: no sums at all rather than a block of zeros
+    sums = window_sums(timed, inputs, lattice, windows, job.batch_size) if windows else None
+    ProbabilityStore(Path(job.probabilities)).write_sums(block, sums)
+    observed = np.asarray(scenes["valid"][:, block.top:block.bottom, block.left:block.right]).all(axis=0)
+    return BlockReport(block.name, len(windows), int(observed.sum()), round(model_seconds, 4),
                        round(time.perf_counter() - started, 4), _worker_address())
 
 

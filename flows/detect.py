@@ -1,13 +1,13 @@
 """``detect-changes``: a region and two dates in, change rasters and polygons out.
 
-    choose scenes -> load scenes.zarr -> plan blocks -> infer blocks (Dask workers) -> mosaic
-    -> vectorise -> publish
+    choose scenes -> load scenes.zarr -> plan blocks -> infer blocks (Dask workers) -> stitch
+    -> mosaic -> vectorise -> publish
 
 Tasks pass paths and small records; pixels stay in the zarr stores. The inference step is a
 subflow so that its Dask cluster (local, or the one at ``dask_address``) is chosen per run. Work
-lands in ``<out>/.cache/<run>/`` (``scenes.zarr``, ``change_prob.zarr`` with a done marker per
-block), so a rerun after a crash only computes the blocks that are missing; the run folder
-``<out>/<run>/`` is staged aside and appears only when every output is written.
+lands in ``<out>/.cache/<run>/`` (``scenes.zarr``; each block's window sums; ``change_prob.zarr``
+with a done marker per stitched block), so a rerun after a crash only computes the blocks that are
+missing; the run folder ``<out>/<run>/`` is staged aside and appears only when every output is written.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 
 import dask
 import geopandas as gpd
+import zarr
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
@@ -47,12 +48,13 @@ from .probability_store import ProbabilityStore
 from .rasters import write_change_rasters
 from .run_folder import OutputError, RunFolder, check_writable, explain_os_error, link_tree
 from .scoring import score_run
+from .stitch import stitch
 from .tiling import Block, Lattice, plan_blocks
 from .vectorize import change_polygons
 from .workers import cluster_has_gpus, dask_task_runner, local_cluster_kwargs, window_model
 
 INFERENCE_CODE = (Path(dsqnet.__file__).parent, Path(__file__).with_name("block_inference.py"),
-                  Path(__file__).with_name("tiling.py"))
+                  Path(__file__).with_name("tiling.py"), Path(__file__).with_name("stitch.py"))
 
 
 @dataclass(frozen=True)
@@ -97,14 +99,14 @@ def plan(request: DetectRequest, scenes: PreparedScenes, model: ModelRecord, wor
                        "stride": request.stride, "batch": request.batch_size, "precision": request.precision,
                        "block_size": request.block_size, "code": code_version(*INFERENCE_CODE)})
     store = ProbabilityStore.prepare(work / "change_prob.zarr", dataset, grid, key)
-    done = store.done_blocks()
+    summed = store.summed_blocks()
     threads = None  # remote workers, or OMP_NUM_THREADS set: torch's own choice
     if not (request.dask_address or os.environ.get("DSQNET_DASK_ADDRESS") or os.environ.get("OMP_NUM_THREADS")):
         threads = max(1, (os.cpu_count() or 1) // local_cluster_kwargs(request.workers)["n_workers"])
     job = BlockJob(scenes=str(scenes.path), probabilities=str(store.path), model_path=model.path,
                    model_hash=model.sha256, window=request.window, stride=request.stride,
                    batch_size=request.batch_size, precision=request.precision, device=request.device, threads=threads)
-    todo = [b for b in blocks if (b.row, b.col) not in done]
+    todo = [] if store.complete else [b for b in blocks if (b.row, b.col) not in summed]
     return BlockPlan(job, blocks, todo, Lattice(height, width, request.window, request.stride).count)
 
 
@@ -131,9 +133,20 @@ def infer_blocks(job: BlockJob, blocks: list[Block]) -> list[dict]:
     return sorted(reports, key=lambda r: order[r["block"]])  # the plan's row-major order
 
 
+@task(name="stitch-blocks", cache_policy=NO_CACHE)
+def stitch_blocks(plan: BlockPlan) -> int:
+    """Every block's window sums -> its probabilities; returns how many blocks were stitched."""
+    store = ProbabilityStore(plan.job.probabilities)
+    if store.complete:
+        return 0
+    height, width = zarr.open_group(plan.job.scenes, mode="r")["valid"].shape[-2:]
+    return stitch(store, plan.job.scenes, Lattice(height, width, plan.job.window, plan.job.stride), plan.blocks)
+
+
 @task(name="mosaic", cache_policy=NO_CACHE)
 def mosaic(store: ProbabilityStore, scenes: PreparedScenes, folder: Path, threshold: float):
     store.mark_complete()
+    store.clear_sums()
     counts = write_change_rasters(store, scenes.grid.crs.to_wkt(), scenes.grid.transform, folder, threshold)
     link_tree(store.path, folder / "change_prob.zarr")
     return counts
@@ -232,6 +245,8 @@ def run_detect(request: DetectRequest) -> dict:
         runner = dask_task_runner(request.dask_address, request.workers)
         reports = infer_blocks.with_options(task_runner=runner)(blocks.job, blocks.todo)
     lap("infer blocks")
+    stitch_blocks(blocks)
+    lap("stitch blocks")
 
     store = ProbabilityStore(blocks.job.probabilities)
     run_id = run_identifier(name)

@@ -2,16 +2,21 @@
 
 Seamless by construction. Windows sit on a single lattice anchored to the scene, not to a block:
 window ``k`` along an axis starts at ``k * stride - margin`` with ``margin = (window - stride) // 2``,
-so the centre ``stride`` pixels of window ``k`` are exactly ``[k * stride, (k + 1) * stride)`` and the
-centres tile the scene. Near the scene's edges windows reach outside it; those pixels are filled by
-mirroring the scene (reflect padding), so every window sees the same pixels whichever block asks
-for it. A block is a rectangle of the scene; its worker runs every lattice window that touches it,
-blends them and keeps only its own pixels. The result cannot depend on how the scene was cut.
+so the centre ``stride`` pixels of window ``k`` (its *cell*) are exactly ``[k * stride, (k + 1) * stride)``
+and the cells tile the scene. Near the scene's edges windows reach outside it; those pixels are
+filled by mirroring the scene (reflect padding), so a window sees the same pixels whoever runs it.
+
+Every window is run exactly once, by the block its cell starts in (the block *owns* it). A block's
+windows reach past the block by up to a window's width; the block keeps the weighted sum of its
+windows over everything they reach, and stitching adds, for each block, the sums of every block
+that reaches into it (flows/stitch.py). So no window is computed twice and the mosaic cannot depend
+on how the scene was cut.
 
 Blending weight: a separable raised cosine, ``w(u) = sin^2(pi * (u + 0.5) / window)`` for pixel
 ``u`` of a window. It favours the window centre (where the network sees the most context), is
 positive everywhere (no pixel is left without weight) and, at the default ``stride = window / 2``,
-two overlapping windows' weights sum to exactly one, so the blend is a plain cross-fade.
+two overlapping windows' weights sum to exactly one, so the blend is a plain cross-fade. Being a
+product of one ramp per axis, the total weight a pixel receives is a product too (``coverage``).
 """
 
 from __future__ import annotations
@@ -46,10 +51,24 @@ class Lattice:
         """Start offsets of the windows along an axis of ``length`` pixels (may be negative)."""
         return np.arange(max(math.ceil(length / self.stride), 1)) * self.stride - self.margin
 
-    def starts_touching(self, length: int, lo: int, hi: int) -> np.ndarray:
-        """Starts of the windows that overlap pixels ``[lo, hi)`` of the axis."""
+    def starts_owned(self, length: int, lo: int, hi: int) -> np.ndarray:
+        """Starts of the windows whose cell begins in pixels ``[lo, hi)`` of the axis."""
         starts = self.starts(length)
-        return starts[(starts < hi) & (starts + self.window > lo)]
+        cells = starts + self.margin
+        return starts[(cells >= lo) & (cells < hi)]
+
+    def coverage(self, length: int, lo: int, hi: int) -> np.ndarray:
+        """The summed ramp of every window over pixels ``[lo, hi)`` of the axis (float64).
+
+        The total blending weight of pixel (y, x) is ``coverage(rows)[y] * coverage(cols)[x]``.
+        """
+        ramp = window_ramp(self.window).astype(np.float64)
+        total = np.zeros(hi - lo)
+        for start in self.starts(length):
+            a, b = max(start, lo), min(start + self.window, hi)
+            if a < b:
+                total[a - lo:b - lo] += ramp[a - start:b - start]
+        return total
 
     @property
     def count(self) -> int:
@@ -87,11 +106,47 @@ def plan_blocks(height: int, width: int, block_size: int) -> list[Block]:
     ]
 
 
+@dataclass(frozen=True)
+class Reach:
+    """The pixels a block's windows cover: rows ``[top, bottom)``, cols ``[left, right)``, possibly
+    past the scene's edges; empty when the block owns no window."""
+
+    top: int
+    bottom: int
+    left: int
+    right: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.bottom - self.top, self.right - self.left
+
+    def overlap(self, block: Block) -> tuple[tuple[slice, slice], tuple[slice, slice]] | None:
+        """Where this reach meets ``block``: (slices into the reach, slices into the block), or None."""
+        top, bottom = max(self.top, block.top), min(self.bottom, block.bottom)
+        left, right = max(self.left, block.left), min(self.right, block.right)
+        if top >= bottom or left >= right:
+            return None
+        return ((slice(top - self.top, bottom - self.top), slice(left - self.left, right - self.left)),
+                (slice(top - block.top, bottom - block.top), slice(left - block.left, right - block.left)))
+
+
 def block_windows(lattice: Lattice, block: Block) -> list[tuple[int, int]]:
-    """(top, left) of every lattice window that touches ``block``, row-major."""
-    rows = lattice.starts_touching(lattice.height, block.top, block.bottom)
-    cols = lattice.starts_touching(lattice.width, block.left, block.right)
+    """(top, left) of every window ``block`` owns (whose cell starts inside it), row-major."""
+    rows = lattice.starts_owned(lattice.height, block.top, block.bottom)
+    cols = lattice.starts_owned(lattice.width, block.left, block.right)
     return [(int(r), int(c)) for r in rows for c in cols]
+
+
+@lru_cache(maxsize=4096)
+def block_reach(lattice: Lattice, block: Block) -> Reach:
+    """The rectangle covered by the windows ``block`` owns."""
+    windows = block_windows(lattice, block)
+    if not windows:
+        return Reach(block.top, block.top, block.left, block.left)
+    top, left = min(t for t, _ in windows), min(c for _, c in windows)
+    bottom = max(t for t, _ in windows) + lattice.window
+    right = max(c for _, c in windows) + lattice.window
+    return Reach(top, bottom, left, right)
 
 
 def reflect_index(index: np.ndarray, length: int) -> np.ndarray:
@@ -105,7 +160,13 @@ def reflect_index(index: np.ndarray, length: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)
+def window_ramp(window: int) -> np.ndarray:
+    """The blending weight along one axis of a window: a raised cosine, positive, peaked at the centre."""
+    return (np.sin(np.pi * (np.arange(window) + 0.5) / window) ** 2).astype(np.float32)
+
+
+@lru_cache(maxsize=8)
 def window_weight(window: int) -> np.ndarray:
-    """The (window, window) blending weight: a raised cosine, positive everywhere, peaked at the centre."""
-    ramp = np.sin(np.pi * (np.arange(window) + 0.5) / window) ** 2
-    return np.outer(ramp, ramp).astype(np.float32)
+    """The (window, window) blending weight: the outer product of the ramps."""
+    ramp = window_ramp(window)
+    return np.outer(ramp, ramp)

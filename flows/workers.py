@@ -8,7 +8,9 @@ existing cluster instead, e.g. GPU machines running ``dask worker tcp://schedule
 
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
 from functools import lru_cache
 from typing import Any
 
@@ -86,7 +88,26 @@ def cached_predictor(model_path: str, model_hash: str, precision: str, device: s
     """
     if threads:
         torch.set_num_threads(threads)
+    reuse_freed_memory()
     return Predictor(load_model_file(model_path), device=worker_device(device), precision=precision)
+
+
+def reuse_freed_memory() -> None:
+    """Let this process's allocator keep freed memory for the next batch, as glibc does by default.
+
+    Dask's nanny starts every worker with ``MALLOC_TRIM_THRESHOLD_=65536`` so that idle workers
+    give memory back quickly. Setting that variable also freezes glibc's mmap threshold at 128 kB,
+    so each activation of a forward pass becomes a fresh mmap that is page-faulted in and unmapped
+    again: measured on 2 CPU cores, a Swin-T batch of two 512 windows took 2.1 s in a Dask worker
+    against 1.2 s in a plain process, and 1.2 s in the worker after this call. A model worker
+    allocates the same sizes every batch, so it is better served by reusing them.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameters from <malloc.h>
+    libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's own ceiling for its adaptive threshold
+    libc.mallopt(m_trim_threshold, 64 << 20)
 
 
 def window_model(model_path: str, model_hash: str, precision: str, device: str = "auto", threads: int | None = None):

@@ -1,4 +1,5 @@
-"""The window lattice, reflect padding and blending: seamless and independent of how the scene is cut."""
+"""The window lattice, reflect padding, blending and stitching: seamless, each window run once, and
+independent of how the scene is cut."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import numpy as np
 import pytest
 import zarr
 
-from flows.block_inference import BlockJob, blend_block, process_block, read_block
+from flows.block_inference import BlockInputs, BlockJob, process_block, read_block, window_sums
 from flows.probability_store import ProbabilityStore
-from flows.tiling import Lattice, block_windows, plan_blocks, reflect_index, window_weight
+from flows.stitch import stitch
+from flows.tiling import Lattice, block_reach, block_windows, plan_blocks, reflect_index, window_weight
 from flows.workers import window_model
 from tests.flows.flow_helpers import content_model, scenes_store, tiny_model_file
 
@@ -21,6 +23,8 @@ def run_blocks(tmp_path, scenes, block_size: int, run, window: int, stride: int,
     job = BlockJob(str(tmp_path / "scenes.zarr"), str(store.path), "", "", window, stride, batch_size)
     for block in reversed(blocks):  # any order
         process_block(job, block, run)
+    assert store.summed_blocks() == {(b.row, b.col) for b in blocks}
+    assert stitch(store, job.scenes, Lattice(height, width, window, stride), blocks) == len(blocks)
     assert store.done_blocks() == {(b.row, b.col) for b in blocks}
     return np.asarray(store.probability()[:])
 
@@ -32,15 +36,19 @@ def test_reflect_index_matches_numpy_reflect_padding_at_any_distance(length):
     assert (reflect_index(np.arange(-pad, length + pad), length) == expected).all()
 
 
-def test_window_centres_tile_the_scene_and_every_window_touching_a_block_is_run():
+def test_window_cells_tile_the_scene_and_every_window_has_exactly_one_block():
     lattice = Lattice(1000, 700, window=512, stride=256)
     starts = lattice.starts(1000)
-    centres = np.concatenate([np.arange(s + lattice.margin, s + lattice.margin + 256) for s in starts])
-    assert (centres[:1000] == np.arange(1000)).all()
-    block = plan_blocks(1000, 700, 512)[3]  # rows 512..1000, cols 512..700
-    wins = block_windows(lattice, block)
-    assert all(t < block.bottom and t + 512 > block.top and c < block.right and c + 512 > block.left for t, c in wins)
-    assert len(wins) == 3 * 2
+    cells = np.concatenate([np.arange(s + lattice.margin, s + lattice.margin + 256) for s in starts])
+    assert (cells[:1000] == np.arange(1000)).all()
+    blocks = plan_blocks(1000, 700, 512)
+    owned = [w for block in blocks for w in block_windows(lattice, block)]
+    assert sorted(owned) == sorted((int(t), int(c)) for t in starts for c in lattice.starts(700))
+    assert len(owned) == len(set(owned)) == lattice.count
+    block = blocks[3]  # rows 512..1000, cols 512..700: owns the cells starting at 512, 768 by 512
+    assert block_windows(lattice, block) == [(384, 384), (640, 384)]
+    reach = block_reach(lattice, block)
+    assert (reach.top, reach.bottom, reach.left, reach.right) == (384, 1152, 384, 896)
 
 
 def test_weights_cross_fade_to_exactly_one_at_half_window_stride():
@@ -50,11 +58,13 @@ def test_weights_cross_fade_to_exactly_one_at_half_window_stride():
     assert np.allclose(w[:32, :32] + w[32:, :32] + w[:32, 32:] + w[32:, 32:], 1.0, atol=1e-6)
 
 
-def test_blending_is_identical_for_any_block_size_and_order(tmp_path):
+def test_blending_is_the_same_for_any_block_size_and_order(tmp_path):
     scenes = scenes_store(tmp_path / "scenes.zarr", 1300, 900, hole=(slice(0, 100), slice(0, 150)))
     results = [run_blocks(tmp_path, scenes, size, content_model, 256, 128) for size in (512, 1024, 2048)]
-    assert np.array_equal(results[0], results[1], equal_nan=True)
-    assert np.array_equal(results[0], results[2], equal_nan=True)
+    # the same windows and weights everywhere; only the order of float32 additions across seams differs
+    for other in results[1:]:
+        assert np.array_equal(np.isnan(results[0]), np.isnan(other))
+        assert np.nanmax(np.abs(results[0] - other)) < 1e-6
     observed = ~np.isnan(results[0])
     assert not observed[:100, :150].any() and observed[100:].all() and observed[:, 150:].all()
 
@@ -72,10 +82,12 @@ def test_reflect_padding_feeds_mirrored_pixels_at_the_scene_edge(tmp_path):
     block = plan_blocks(300, 400, 512)[0]
     inputs = read_block(zarr.open_group(str(tmp_path / "scenes.zarr")), lattice, block)
     image = np.asarray(scenes["image"][0])
-    rows = np.arange(inputs.top, inputs.top + inputs.before.shape[1])
-    cols = np.arange(inputs.left, inputs.left + inputs.before.shape[2])
-    expected = np.pad(image, ((0, 0), (-inputs.top, rows[-1] - 299), (-inputs.left, cols[-1] - 399)), mode="reflect")
-    assert inputs.top < 0 and (inputs.before == expected).all()
+    reach = inputs.reach
+    assert inputs.before.shape[1:] == reach.shape
+    expected = np.pad(image, ((0, 0), (-reach.top, reach.bottom - 300), (-reach.left, reach.right - 400)), mode="reflect")
+    assert reach.top < 0 and reach.bottom > 300 and (inputs.before == expected).all()
+    # outside the scene nothing is observed, whatever the mirrored pixels show
+    assert not inputs.observed[:-reach.top].any() and inputs.observed[-reach.top:300 - reach.top, -reach.left:400 - reach.left].all()
 
 
 def test_block_sizes_agree_with_the_real_network(tmp_path):
@@ -90,19 +102,41 @@ def test_block_sizes_agree_with_the_real_network(tmp_path):
     assert np.nanstd(whole) > 1e-4  # a real map, not a constant
 
 
-def test_blend_uses_only_the_windows_that_touch_the_block():
+def test_window_sums_run_each_owned_window_once_in_batches():
     lattice = Lattice(600, 600, 128, 64)
     block = plan_blocks(600, 600, 512)[0]
     calls = []
 
     def counting(before, after):
         calls.append(len(before))
-        return np.zeros((len(before), 128, 128), np.float32)
+        return np.ones((len(before), 128, 128), np.float32)
 
-    inputs_shape = (3, 128 * 10, 128 * 10)
-    from flows.block_inference import BlockInputs
-    inputs = BlockInputs(np.zeros(inputs_shape, np.uint8), np.zeros(inputs_shape, np.uint8), -32, -32,
-                         np.ones(block.shape, bool))
-    blend_block(counting, inputs, lattice, block, batch_size=7)
-    assert sum(calls) == len(block_windows(lattice, block)) == 9 * 9
-    assert max(calls) == 7
+    reach = block_reach(lattice, block)
+    inputs = BlockInputs(np.zeros((3, *reach.shape), np.uint8), np.zeros((3, *reach.shape), np.uint8), reach,
+                         np.ones(reach.shape, bool))
+    windows = block_windows(lattice, block)
+    sums = window_sums(counting, inputs, lattice, windows, batch_size=7)
+    assert sum(calls) == len(windows) == 8 * 8 and max(calls) == 7
+    # the reach runs from 32 px before the scene to 32 px into the next block; over scene rows
+    # 32..480 two owned windows per axis cross-fade to a total weight of exactly one
+    assert (reach.top, reach.bottom, reach.left, reach.right) == (-32, 544, -32, 544)
+    assert np.allclose(sums[64:512, 64:512], 1.0, atol=1e-5)
+    assert sums[-32:, -32:].max() < 0.5  # where the next block's windows would fade in
+
+
+def test_windows_that_see_nothing_observed_are_not_run(tmp_path):
+    # the after date is missing over the whole first block column: its windows are skipped, except
+    # those reaching across the seam into observed pixels
+    scenes = scenes_store(tmp_path / "scenes.zarr", 512, 1024, hole=(slice(0, 512), slice(0, 512)))
+    runs = []
+
+    def counting(before, after):
+        runs.append(len(before))
+        return content_model(before, after)
+
+    prob = run_blocks(tmp_path, scenes, 512, counting, 128, 64)
+    lattice = Lattice(512, 1024, 128, 64)
+    # windows reach 32 px before their cell and 32 after: in the first block column only the cells
+    # starting at 448 reach col 512
+    assert sum(runs) == lattice.count - 8 * 7
+    assert np.isnan(prob[:, :512]).all() and not np.isnan(prob[:, 512:]).any()
