@@ -1,6 +1,7 @@
 """How fast does DSQNet run, and how close to the machine's matmul peak?
 
-For each device (CPU, and CUDA when present) and precision (fp32, bf16 autocast; fp16 on CUDA):
+For each model (Swin-T and ViTAEv2-S by default), device (CPU, and CUDA when present) and
+precision (fp32, bf16 autocast; fp16 on CUDA):
 pairs/s and megapixels/s on 512 x 512 pairs, forward FLOPs (torch.utils.flop_counter, 2 per
 multiply-add; it counts matmuls and convolutions, not RoIAlign or grid sampling), the same run's
 measured matmul peak for that precision and the fraction achieved, and the head's overhead: the
@@ -10,8 +11,8 @@ Goals (issue #2): fp32 >= 30 % of the fp32 matmul peak, bf16 >= 25 % of the bf16
 overhead <= 15 %. CPU timings suffer badly when another process steals a core, so each row
 records process-CPU/wall time; below ~1.9 on 2 cores the figure is contended.
 
-    python bench/model_throughput.py                 # dsqnet_swin_t, 512 x 512, batch 1
-    python bench/model_throughput.py --batch 4 --json results.json
+    python bench/model_throughput.py                 # dsqnet_swin_t and dsqnet_vitae_s, 512 x 512, batch 1
+    python bench/model_throughput.py --models dsqnet_vitae_s --batch 4 --json results.json
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ def run(model_name: str, device: torch.device, precision: str, size: int, batch:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="dsqnet_swin_t")
+    parser.add_argument("--models", "--model", nargs="+", default=["dsqnet_swin_t", "dsqnet_vitae_s"],
+                        help="registered architectures to measure, side by side (random weights)")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--batch", type=int, default=1, help="image pairs per forward pass")
     parser.add_argument("--repeats", type=int, default=5)
@@ -117,20 +119,20 @@ def main() -> None:
           f"{args.threads} threads, load {os.getloadavg()[0]:.2f}")
     if torch.cuda.is_available():
         print(f"# {torch.cuda.get_device_name()}")
-    header = f"{'device':6} {'prec':5} {'s/batch':>7} {'backbone':>8} {'pairs/s':>8} {'Mpx/s':>7} {'GFLOP/pair':>10} {'TFLOP/s':>8} {'peak':>7} {'of peak':>8} {'head':>6} {'cpu/wall':>8}"
+    header = f"{'model':15} {'device':6} {'prec':5} {'s/batch':>7} {'backbone':>8} {'pairs/s':>8} {'Mpx/s':>7} {'GFLOP/pair':>10} {'TFLOP/s':>8} {'peak':>7} {'of peak':>8} {'head':>6} {'cpu/wall':>8}"
     print(header)
     results = []
-    for device_name in args.devices:
+    for device_name, model_name in ((d, m) for d in args.devices for m in args.models):
         device = torch.device(device_name)
         precisions = ["fp32", "bf16"] + (["fp16"] if device.type == "cuda" else [])
         for precision in precisions:
-            r = run(args.model, device, precision, args.size, args.batch, args.repeats, args.warmup)
+            r = run(model_name, device, precision, args.size, args.batch, args.repeats, args.warmup)
             results.append(r)
             goal = GOALS.get(precision)
             peak_mark = "" if goal is None else (" ok" if r["fraction_of_peak"] >= goal else " LOW")
             head_mark = " ok" if r["head_overhead"] <= HEAD_OVERHEAD_GOAL else " HIGH"
             cpu = f"{r['cpu_per_wall']:.2f}" if r["cpu_per_wall"] is not None else "-"
-            print(f"{device.type:6} {precision:5} {r['seconds_per_batch']:7.3f} {r['backbone_seconds']:8.3f} {r['pairs_per_s']:8.2f} {r['megapixels_per_s']:7.2f} "
+            print(f"{model_name:15} {device.type:6} {precision:5} {r['seconds_per_batch']:7.3f} {r['backbone_seconds']:8.3f} {r['pairs_per_s']:8.2f} {r['megapixels_per_s']:7.2f} "
                   f"{r['gflop_per_pair']:10.1f} {r['achieved_tflops']:8.3f} {r['matmul_peak_tflops']:7.3f} "
                   f"{r['fraction_of_peak']:7.1%}{peak_mark} {r['head_overhead']:5.1%}{head_mark} {cpu:>8}")
     if args.json:

@@ -4,6 +4,7 @@ from .head import DSQHeadConfig
 from .model import DSQNet, DSQNetConfig, build_model, list_models, model_config
 from .predictor import Predictor
 from .swin import SwinConfig
+from .vitae import ViTAEConfig
 
 __all__ = [
     "DSQHeadConfig",
@@ -11,6 +12,7 @@ __all__ = [
     "DSQNetConfig",
     "Predictor",
     "SwinConfig",
+    "ViTAEConfig",
     "build_model",
     "list_models",
     "model_config",

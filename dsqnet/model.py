@@ -18,8 +18,29 @@ from torch import nn
 from .head import DSQHead, DSQHeadConfig
 from .layers import resize
 from .swin import SwinBackbone, SwinConfig
+from .vitae import ViTAEBackbone, ViTAEConfig
 
 PAD_MULTIPLE = 32  # the coarsest backbone stride
+
+BackboneConfig = SwinConfig | ViTAEConfig
+# The name a config file records for each backbone config class, and the module each one builds.
+BACKBONES: dict[str, tuple[type, type[nn.Module]]] = {
+    "swin": (SwinConfig, SwinBackbone),
+    "vitae": (ViTAEConfig, ViTAEBackbone),
+}
+
+
+def backbone_type(config: BackboneConfig) -> str:
+    """``"swin"`` or ``"vitae"``: the backbone family a config describes."""
+    for name, (config_class, _) in BACKBONES.items():
+        if isinstance(config, config_class):
+            return name
+    raise TypeError(f"not a backbone config: {type(config).__name__}")
+
+
+def build_backbone(config: BackboneConfig) -> nn.Module:
+    """The backbone module a config describes (Swin or ViTAE), with its ``out_channels``."""
+    return BACKBONES[backbone_type(config)][1](config)
 
 
 @dataclass(frozen=True)
@@ -27,30 +48,38 @@ class DSQNetConfig:
     """Everything needed to build a DSQNet. ``head.in_channels`` always follows the backbone."""
 
     name: str = "dsqnet_swin_t"
-    backbone: SwinConfig = field(default_factory=SwinConfig)
+    backbone: BackboneConfig = field(default_factory=SwinConfig)
     head: DSQHeadConfig = field(default_factory=DSQHeadConfig)
 
     def __post_init__(self) -> None:
         if self.head.in_channels != self.backbone.out_channels:
             object.__setattr__(self, "head", dataclasses.replace(self.head, in_channels=self.backbone.out_channels))
 
+    @property
+    def backbone_type(self) -> str:
+        return backbone_type(self.backbone)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "backbone_type": "swin", **dataclasses.asdict(self)}
+        return {"name": self.name, "backbone_type": self.backbone_type, **dataclasses.asdict(self)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "DSQNetConfig":
-        backbone_type = data.get("backbone_type", "swin")
-        if backbone_type != "swin":
-            raise ValueError(f"unknown backbone type {backbone_type!r}; this version knows 'swin'")
+        kind = data.get("backbone_type", "swin")  # files written before ViTAE existed say nothing
+        if kind not in BACKBONES:
+            raise ValueError(f"unknown backbone type {kind!r}; this version knows {', '.join(map(repr, BACKBONES))}")
         return cls(
             name=data["name"],
-            backbone=SwinConfig(**_tuples(data["backbone"])),
+            backbone=BACKBONES[kind][0](**_tuples(data["backbone"])),
             head=DSQHeadConfig(**_tuples(data["head"])),
         )
 
     def with_overrides(self, **overrides: Any) -> "DSQNetConfig":
-        """Route each keyword to the backbone or the head config by its field name."""
-        backbone_fields = {f.name for f in dataclasses.fields(SwinConfig)}
+        """Route each keyword to the backbone or the head config by its field name.
+
+        Backbone options are those of this config's backbone family: ``embed_dim``, ``depths``
+        ... for Swin; ``embed_dims``, ``token_dims``, ``NC_depth`` ... for ViTAE.
+        """
+        backbone_fields = {f.name for f in dataclasses.fields(type(self.backbone))}
         head_fields = {f.name for f in dataclasses.fields(DSQHeadConfig)} - {"in_channels"}
         unknown = set(overrides) - backbone_fields - head_fields - {"name"}
         if unknown:
@@ -75,7 +104,7 @@ class DSQNet(nn.Module):
         self.config = config
         # Provenance and input conventions (band order, normalisation); filled by checkpoints.load.
         self.metadata: dict[str, Any] = {}
-        self.backbone = SwinBackbone(config.backbone)
+        self.backbone = build_backbone(config.backbone)
         self.decode_head = DSQHead(config.head)
 
     def forward(self, img_a: torch.Tensor, img_b: torch.Tensor) -> torch.Tensor:
@@ -151,6 +180,12 @@ def dsqnet_swin_demo() -> DSQNetConfig:
     )
 
 
+@register_model
+def dsqnet_vitae_s() -> DSQNetConfig:
+    """The paper's best DSQNet: ViTAEv2-S backbone (19.32 M parameters at head width 128)."""
+    return DSQNetConfig(name="dsqnet_vitae_s", backbone=ViTAEConfig())
+
+
 def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
@@ -171,8 +206,9 @@ def model_config(name: str, **overrides: Any) -> DSQNetConfig:
 def build_model(name: str, pretrained_backbone: str | Path | None = None, **overrides: Any) -> DSQNet:
     """Build a registered DSQNet, e.g. ``build_model("dsqnet_swin_t", head_width=64)``.
 
-    ``pretrained_backbone`` names a local file of ImageNet Swin weights (Microsoft's release or
-    timm's); nothing is ever downloaded.
+    ``pretrained_backbone`` names a local file of ImageNet weights for the model's backbone:
+    Microsoft's or timm's Swin release, or the ViTAE-Transformer project's ViTAEv2 release
+    (``ViTAEv2-S.pth.tar``). Nothing is ever downloaded.
     """
     model = DSQNet(model_config(name, **overrides))
     if pretrained_backbone is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -48,8 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, except that names such as ``levir-cd_vitae-s`` never wrap at a hyphen."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
 def _command(commands, name: str, help: str, handler: Callable[[argparse.Namespace], int | None]) -> argparse.ArgumentParser:
-    sub = commands.add_parser(name, help=help, description=help)
+    sub = commands.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
     sub.set_defaults(handler=handler)
     return sub
 
@@ -142,10 +150,13 @@ def _add_train(commands) -> None:
     p = _command(commands, "train", "Train or fine-tune DSQNet with the paper's recipe from a YAML config.", _train)
     p.add_argument("--config", required=True,
                    help="a YAML file, or a bundled config: levir-cd_swin-t, s2looking_swin-t, svcd_swin-t, "
-                        "dsifn_swin-t (the paper's recipe), cpu-small (minutes on a CPU) or demo (the demo model)")
+                        "dsifn_swin-t, levir-cd_vitae-s, s2looking_vitae-s, svcd_vitae-s, dsifn_vitae-s (the "
+                        "paper's recipe with Swin-T or ViTAEv2-S), cpu-small (minutes on a CPU) or demo (the demo model)")
     p.add_argument("--data-root", help="dataset folder (overrides data.root)")
     p.add_argument("--work-dir", help="where checkpoints and logs go (overrides runtime.work_dir)")
-    p.add_argument("--backbone-weights", help="local ImageNet Swin weights (Microsoft .pth or timm .safetensors)")
+    p.add_argument("--backbone-weights",
+                   help="local ImageNet weights of the model's backbone: Swin (Microsoft .pth or timm .safetensors) "
+                        "or ViTAEv2 (the ViTAE-Transformer release, e.g. ViTAEv2-S.pth.tar)")
     p.add_argument("--init-from", help="start from this checkpoint instead (fine-tuning)")
     p.add_argument("--max-iters", type=int, help="iterations to train (overrides schedule.max_iters)")
     p.add_argument("--batch-size", type=int, help="crops per optimiser step (overrides schedule.batch_size)")
@@ -278,11 +289,12 @@ def _demo_data(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------------
 def _add_init_model(commands) -> None:
     p = _command(commands, "init-model",
-                 "Write a new, untrained DSQNet checkpoint (optionally with an ImageNet Swin backbone).", _init_model)
+                 "Write a new, untrained DSQNet checkpoint (optionally with an ImageNet backbone).", _init_model)
     p.add_argument("architecture", help="a registered architecture, see 'dsqnet architectures'")
     p.add_argument("--out", required=True, type=Path, help="checkpoint to write (.safetensors)")
     p.add_argument("--backbone-weights", type=Path,
-                   help="local ImageNet Swin weights (Microsoft's .pth release or timm's .safetensors)")
+                   help="local ImageNet backbone weights: Swin (Microsoft's .pth release or timm's .safetensors) "
+                        "or ViTAEv2 (the ViTAE-Transformer release, e.g. ViTAEv2-S.pth.tar)")
     p.add_argument("--head-width", type=int, help="head width D (128 or 64 for the paper's variants)")
     p.add_argument("--seed", type=int, default=0, help="random seed for the initial weights (default 0)")
 

@@ -22,7 +22,7 @@ from ..data.transforms import AugmentConfig
 class ModelSection:
     name: str = "dsqnet_swin_t"
     overrides: dict = field(default_factory=dict)  # e.g. {head_width: 64}
-    backbone_weights: str | None = None  # local ImageNet Swin weights
+    backbone_weights: str | None = None  # local ImageNet weights of the backbone (Swin or ViTAEv2)
     init_from: str | None = None  # start from a checkpoint (ours or the authors'), for fine-tuning
 
 

@@ -73,11 +73,12 @@ def test_accumulation_runs_micro_batches_and_keeps_checkpoints_and_metadata(tmp_
     assert all(r["loss"] > 0 and r["lr"] >= 0 for r in records if "loss" in r)
 
 
-def test_bundled_configs_load_and_follow_the_paper():
+@pytest.mark.parametrize("backbone, model", [("swin-t", "dsqnet_swin_t"), ("vitae-s", "dsqnet_vitae_s")])
+def test_bundled_configs_load_and_follow_the_paper(backbone, model):
     assert {"levir-cd_swin-t", "s2looking_swin-t", "svcd_swin-t", "dsifn_swin-t", "cpu-small"} <= set(bundled_configs())
-    for name in ("levir-cd_swin-t", "s2looking_swin-t", "svcd_swin-t", "dsifn_swin-t"):
-        c = load_config(name)
-        assert c.model.name == "dsqnet_swin_t"
+    for dataset in ("levir-cd", "s2looking", "svcd", "dsifn"):
+        c = load_config(f"{dataset}_{backbone}")
+        assert c.model.name == model
         assert (c.optim.lr, c.optim.weight_decay, c.optim.betas) == (1e-4, 0.01, (0.9, 0.999))
         assert (c.schedule.max_iters, c.schedule.batch_size, c.augment.crop_size) == (80_000, 8, 512)
         assert (c.loss.ohem_thresh, c.loss.ohem_min_kept, c.optim.warmup_iters) == (0.7, 100_000, 1000)

@@ -13,7 +13,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from catalog.example_pair import write_example_pair
 from dsqnet.checkpoints import read_metadata
 from flows.cli import main
-from tests.helpers import GOLDEN_D64, golden_file
+from tests.helpers import GOLDEN_D64, GOLDEN_VITAE, golden_file
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +109,25 @@ def test_convert_opencd_checkpoint_to_our_format(tmp_path):
     with torch.no_grad():
         logits = load(out).eval()(g["inputs"]["img_a"], g["inputs"]["img_b"])
     torch.testing.assert_close(logits, g["logits_full"], atol=1e-4, rtol=1e-4)
+
+
+def test_convert_an_authors_vitae_checkpoint(tmp_path):
+    g = golden_file(GOLDEN_VITAE)
+    pth, out = tmp_path / "authors_vitae.pth", tmp_path / "converted.safetensors"
+    torch.save({"state_dict": g["state_dict"], "meta": {"iter": 80000}}, pth)
+    assert main(["convert-opencd", str(pth), "--out", str(out)]) == 0
+    assert read_metadata(out)["config"]["backbone_type"] == "vitae"
+    from dsqnet.checkpoints import load
+
+    with torch.no_grad():
+        logits = load(out).eval()(g["inputs"]["img_a"], g["inputs"]["img_b"])
+    torch.testing.assert_close(logits, g["logits_full"], atol=1e-4, rtol=1e-4)
+
+
+def test_architectures_lists_both_backbones(capsys):
+    assert main(["architectures"]) == 0
+    text = capsys.readouterr().out
+    assert "dsqnet_swin_t" in text and "dsqnet_vitae_s" in text and "ViTAEv2-S" in text
 
 
 def test_help_lists_the_commands(capsys):

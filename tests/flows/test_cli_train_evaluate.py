@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 
+import yaml
+
+from dsqnet.checkpoints import read_metadata
 from flows.cli import main
 from tests.dsqnet.datasets_helpers import generic_dataset
+from tests.helpers import SMALL_VITAE
 
 
 def test_train_then_evaluate_then_score_the_predictions(tmp_path, capsys):
@@ -35,3 +39,30 @@ def test_evaluate_without_a_model_or_predictions_explains_both_ways(capsys):
 def test_train_with_an_unknown_config_lists_the_bundled_ones(capsys):
     assert main(["train", "--config", "levir"]) == 1
     assert "levir-cd_swin-t" in capsys.readouterr().err
+
+
+def test_a_vitae_model_trains_evaluates_and_predicts_by_name(tmp_path, capsys):
+    """The ViTAE backbone goes through the same commands as Swin: named in a config, then by file."""
+    data = generic_dataset(tmp_path / "data", n=2, size=64)
+    work = tmp_path / "run"
+    config = tmp_path / "vitae.yaml"
+    overrides = {k: list(v) for k, v in SMALL_VITAE.items()} | {"head_width": 32}
+    config.write_text(yaml.safe_dump({
+        "model": {"name": "dsqnet_vitae_s", "overrides": overrides},
+        "data": {"layout": "generic", "train_split": None, "val_split": None},
+        "augment": {"crop_size": 64}, "loss": {"ohem_min_kept": 1000}, "eval": {"window": 64, "stride": 64},
+    }))
+    assert main(["train", "--config", str(config), "--data-root", str(data), "--work-dir", str(work),
+                 "--max-iters", "2", "--batch-size", "2", "--num-workers", "0", "--device", "cpu"]) == 0
+    assert "trained 2 iterations" in capsys.readouterr().out
+    model = work / "last.safetensors"
+    meta = read_metadata(model)["config"]
+    assert (meta["name"], meta["backbone_type"], meta["backbone"]["token_dims"]) == ("dsqnet_vitae_s", "vitae", [32, 64, 128, 256])
+
+    assert main(["evaluate", "--model", str(model), "--data", str(data), "--window", "64", "--stride", "64",
+                 "--device", "cpu", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["pixels"] == 2 * 64 * 64
+    out = tmp_path / "change.png"
+    assert main(["predict", "--model", str(model), "--before", str(data / "A" / "pair_00.png"),
+                 "--after", str(data / "B" / "pair_00.png"), "--out", str(out), "--window", "64", "--stride", "32"]) == 0
+    assert out.is_file()
