@@ -30,13 +30,20 @@ def evaluate_model(predictor: Predictor, pairs: ChangeDetectionDataset, window: 
     for item in pairs:
         if item["label"] is None:
             raise DatasetError(f"pair {item['name']} has no label; evaluation needs labels for every pair")
-        before, after = predictor.normalize(item["before"])[0], predictor.normalize(item["after"])[0]
-        logits = slide_logits(predictor.logits, before, after, window=window, stride=stride, batch_size=batch_size)
-        prediction = logits.argmax(dim=0).to(torch.uint8).cpu().numpy()
+        prediction = predict_change(predictor, item["before"], item["after"], window, stride, batch_size)
         matrix.update(prediction, item["label"])
         if out_dir is not None:
             Image.fromarray(prediction * 255).save(out_dir / f"{item['name']}.png")
     return matrix.scores()
+
+
+def predict_change(predictor: Predictor, before: np.ndarray, after: np.ndarray, window: int = 512, stride: int = 256,
+                   batch_size: int = 4) -> np.ndarray:
+    """The test mode's change map of one pair of any size: uint8 (H, W), 1 where "changed" wins the argmax
+    of the window-averaged logits. Every scorer uses this, so the same model gets the same map everywhere."""
+    a, b = predictor.normalize(before)[0], predictor.normalize(after)[0]
+    logits = slide_logits(predictor.logits, a, b, window=window, stride=stride, batch_size=batch_size)
+    return logits.argmax(dim=0).to(torch.uint8).cpu().numpy()
 
 
 def evaluate_folders(predictions: str | Path, labels: str | Path) -> dict:

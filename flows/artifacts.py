@@ -14,12 +14,12 @@ LARGEST = 10
 
 
 class Progress:
-    """A progress artifact that follows the blocks as workers finish them."""
+    """A progress artifact that follows the work (blocks, pairs) as it finishes."""
 
-    def __init__(self, total: int, description: str) -> None:
+    def __init__(self, total: int, description: str, key: str = "detect-progress") -> None:
         self.total = max(total, 1)
         self.done = 0
-        self.id = create_progress_artifact(progress=0.0, key="detect-progress", description=description)
+        self.id = create_progress_artifact(progress=0.0, key=key, description=description)
 
     def advance(self) -> None:
         self.done += 1

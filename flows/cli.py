@@ -43,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dsqnet", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_detect, _add_predict, _add_train, _add_evaluate, _add_scenes, _add_demo_data, _add_init_model, _add_convert,
-                _add_example_pair, _add_architectures):
+    for add in (_add_detect, _add_predict, _add_train, _add_evaluate, _add_evaluate_model, _add_models, _add_scenes,
+                _add_demo_data, _add_init_model, _add_convert, _add_example_pair, _add_architectures):
         add(commands)
     return parser
 
@@ -63,25 +63,32 @@ def _command(commands, name: str, help: str, handler: Callable[[argparse.Namespa
 
 
 # ------------------------------------------------------------------------------------------------
-def _add_detect(commands) -> None:
+def _options_from_fields(p: argparse.ArgumentParser, request_model) -> None:
+    """One ``--option`` per field of a pydantic parameter model; unset options stay None (the model's default)."""
     import types
     from typing import Literal, Union, get_args, get_origin
 
+    for name, field in request_model.model_fields.items():
+        optional = get_origin(field.annotation) in (Union, types.UnionType)
+        kinds = [t for t in get_args(field.annotation) if t is not type(None)] if optional else [field.annotation]
+        options: dict = {"help": f"{field.description} (default: {field.default})"}
+        if kinds[0] is bool:
+            options = {"help": field.description, "action": "store_true"}
+        elif get_origin(kinds[0]) is Literal:
+            options["choices"] = list(get_args(kinds[0]))
+        elif kinds[0] in (int, float):
+            options["type"] = kinds[0]
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, **options)
+
+
+def _add_detect(commands) -> None:
     from .params import DetectRequest
 
     p = _command(commands, "detect",
                  "Find what changed in a region between two dates: STAC scenes -> both dates on one grid -> "
                  "DSQNet on Dask workers -> change.tif, change_prob.tif, changes.parquet, preview.png, run.json. "
                  "With no region and dates it runs the embedded demo.", _detect)
-    for name, field in DetectRequest.model_fields.items():
-        optional = get_origin(field.annotation) in (Union, types.UnionType)
-        kinds = [t for t in get_args(field.annotation) if t is not type(None)] if optional else [field.annotation]
-        options: dict = {"help": f"{field.description} (default: {field.default})"}
-        if get_origin(kinds[0]) is Literal:
-            options["choices"] = list(get_args(kinds[0]))
-        elif kinds[0] in (int, float):
-            options["type"] = kinds[0]
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, **options)
+    _options_from_fields(p, DetectRequest)
 
 
 def _detect(args: argparse.Namespace) -> None:
@@ -98,8 +105,10 @@ def _detect(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------------
 def _add_predict(commands) -> None:
     p = _command(commands, "predict", "Detect change between two co-registered images (PNG or GeoTIFF).", _predict)
-    p.add_argument("--model", required=True, type=Path,
-                   help="model file: a DSQNet .safetensors checkpoint, or an authors' open-cd .pth checkpoint")
+    p.add_argument("--model", required=True,
+                   help="model file (a DSQNet .safetensors checkpoint, or an authors' open-cd .pth checkpoint) "
+                        "or a registry reference name@VERSION / name@ALIAS")
+    p.add_argument("--registry", help=REGISTRY_HELP)
     p.add_argument("--before", required=True, type=Path, help="the earlier image (RGB, uint8 or float on 0-255)")
     p.add_argument("--after", required=True, type=Path, help="the later image, same size and grid as --before")
     p.add_argument("--out", required=True, type=Path,
@@ -124,12 +133,14 @@ def _predict(args: argparse.Namespace) -> None:
     from dsqnet.checkpoints import load_model_file
 
     from .imageio import read_pair, write_raster
+    from .models import locate_model
 
     if not 0.0 <= args.threshold <= 1.0:
         raise ValueError(f"--threshold must lie in [0, 1], got {args.threshold}")
     before, after = read_pair(args.before, args.after)
     started = time.perf_counter()
-    predictor = Predictor(load_model_file(args.model), device=args.device, precision=args.precision)
+    predictor = Predictor(load_model_file(locate_model(args.model, args.registry)[0]), device=args.device,
+                          precision=args.precision)
     probability = predictor.predict_windows(
         before.pixels, after.pixels, window=args.window, stride=args.stride, batch_size=args.batch_size
     )
@@ -193,7 +204,8 @@ def _train(args: argparse.Namespace) -> None:
 def _add_evaluate(commands) -> None:
     p = _command(commands, "evaluate",
                  "Score a model on a labelled dataset (the paper's test mode), or score prediction images.", _evaluate)
-    p.add_argument("--model", help="model file (.safetensors, or an authors' .pth)")
+    p.add_argument("--model", help="model file (.safetensors, or an authors' .pth) or a registry reference name@VERSION")
+    p.add_argument("--registry", help=REGISTRY_HELP)
     p.add_argument("--data", help="dataset folder")
     p.add_argument("--layout", default="generic",
                    help="dataset layout: levir-cd, s2looking, svcd, dsifn or generic (A/, B/, label/; the default)")
@@ -230,12 +242,154 @@ def _evaluate(args: argparse.Namespace) -> None:
         from dsqnet.data.dataset import label_encoding_for
         from dsqnet.evaluation import evaluate_model
 
+        from .labeled_data import folder_label_encoding
+        from .models import locate_model
+
         samples = find_samples(args.data, args.layout, args.split)
-        pairs = ChangeDetectionDataset(samples, label_encoding_for(args.layout, samples))
-        predictor = Predictor(load_model_file(args.model), device=args.device, precision=args.precision)
+        encoding = folder_label_encoding(args.data) or label_encoding_for(args.layout, samples)
+        pairs = ChangeDetectionDataset(samples, encoding)
+        predictor = Predictor(load_model_file(locate_model(args.model, args.registry)[0]), device=args.device,
+                              precision=args.precision)
         scores = evaluate_model(predictor, pairs, window=args.window, stride=args.stride, batch_size=args.batch_size,
                                 save_predictions=args.save_predictions)
     print(json.dumps(scores, indent=2) if args.json else format_table(scores))
+
+
+def _add_evaluate_model(commands) -> None:
+    from .evaluate_params import EvaluateRequest
+
+    p = _command(commands, "evaluate-model",
+                 "Run the evaluate-model flow: score a model on a benchmark folder (--data) or on scenes with label "
+                 "polygons (--catalog --region --before --after --labels), per pixel and per changed object; writes "
+                 "<out>/<run>/evaluation.json and Prefect artifacts.", _evaluate_model)
+    _options_from_fields(p, EvaluateRequest)
+
+
+def _evaluate_model(args: argparse.Namespace) -> None:
+    from .evaluate_params import EvaluateRequest, parse_evaluate_request
+
+    params = {name: getattr(args, name) for name in EvaluateRequest.model_fields if getattr(args, name) is not None}
+    parse_evaluate_request(**params)  # fail on bad parameters before Prefect starts
+    from .evaluate import evaluate_model_flow
+
+    print(evaluate_model_flow(**params)["text"])
+
+
+# ------------------------------------------------------------------------------------------------
+REGISTRY_HELP = ("model registry folder (default: $DSQNET_REGISTRY, else $XDG_DATA_HOME/dsqnet/registry or "
+                 "~/.local/share/dsqnet/registry)")
+
+
+def _add_models(commands) -> None:
+    p = _command(commands, "models", "The model registry: list, show, register and promote versioned models.",
+                 lambda args: p.print_help() or 2)
+    sub = p.add_subparsers(dest="models_command", metavar="ACTION")
+
+    def action(name: str, help: str, handler) -> argparse.ArgumentParser:
+        a = sub.add_parser(name, help=help, description=help)
+        a.set_defaults(handler=handler)
+        a.add_argument("--registry", help=REGISTRY_HELP)
+        return a
+
+    a = action("list", "List the registered models, their versions and aliases.", _models_list)
+    a.add_argument("--name", help="only this model")
+    a.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    a = action("show", "Show one version: file, sha256, metrics, lineage, aliases.", _models_show)
+    a.add_argument("ref", help="name@VERSION, name@ALIAS, name@latest, or name (its production alias, else latest)")
+    a = action("register", "Copy a .safetensors model into the registry as the next version of its name.",
+               _models_register)
+    a.add_argument("file", type=Path, help="the DSQNet .safetensors checkpoint to register")
+    a.add_argument("--name", help="model name (default: the checkpoint's architecture)")
+    a.add_argument("--alias", action="append", default=[], help="point this alias at the new version (repeatable)")
+    a.add_argument("--metrics", type=Path, metavar="JSON",
+                   help="metrics to record: a JSON object, or an evaluation.json of evaluate-model (kept under its "
+                        "folder's name)")
+    a.add_argument("--lineage", action="append", default=[], metavar="KEY=VALUE",
+                   help="lineage to record, e.g. training_data=/data/labels base_model=levir@2 (repeatable)")
+    a = action("promote", "Point an alias (default production) at a version.", _models_promote)
+    a.add_argument("ref", help="the version to promote: name@VERSION or name@ALIAS (e.g. name@candidate)")
+    a.add_argument("--alias", default="production", help="the alias to set (default production)")
+    action("verify", "Re-read every record and file; report any inconsistency (exit 1 if any).", _models_verify)
+
+
+def _registry(args: argparse.Namespace):
+    from .registry import ModelRegistry
+
+    return ModelRegistry(args.registry)
+
+
+def _models_list(args: argparse.Namespace) -> None:
+    import json
+
+    registry = _registry(args)
+    models = registry.list(args.name)
+    if args.name and not models:
+        registry.resolve(args.name)  # raises with what the registry holds
+    if args.json:
+        print(json.dumps([m.to_dict() for m in models], indent=2))
+        return
+    if not models:
+        print(f"no models in {registry.root}; add one with: dsqnet models register FILE --name NAME")
+        return
+    print(f"{'NAME':24s} {'VERSION':>7s}  {'ALIASES':22s} {'REGISTERED':25s} SHA256")
+    for m in models:
+        print(f"{m.name:24s} {m.version:>7d}  {','.join(m.aliases) or '-':22s} {m.registered:25s} {m.sha256[:12]}")
+
+
+def _models_show(args: argparse.Namespace) -> None:
+    import json
+
+    registry = _registry(args)
+    model = registry.resolve(args.ref)
+    print(json.dumps({**model.to_dict(), "registry": str(registry.root),
+                      "alias_history": [h for h in registry.history(model.name)]}, indent=2))
+
+
+def _models_register(args: argparse.Namespace) -> None:
+    import json
+
+    metrics = {}
+    if args.metrics:
+        try:
+            metrics = json.loads(args.metrics.read_text())
+        except (OSError, ValueError) as err:
+            raise ValueError(f"--metrics {args.metrics} is not a readable JSON file ({err})") from None
+        if not isinstance(metrics, dict):
+            raise ValueError(f"--metrics {args.metrics} must hold a JSON object")
+        if {"pixel", "objects", "model"} <= set(metrics):  # an evaluate-model report
+            from .evaluate import registry_metrics
+
+            metrics = {args.metrics.resolve().parent.name: registry_metrics(metrics)}
+    lineage = {}
+    for item in args.lineage:
+        key, eq, value = item.partition("=")
+        if not (key and eq):
+            raise ValueError(f"--lineage {item!r} is not KEY=VALUE, e.g. training_data=/data/labels")
+        lineage[key] = value
+    model = _registry(args).register(args.file, name=args.name, metrics=metrics, lineage=lineage, aliases=args.alias)
+    aliases = f" ({', '.join(model.aliases)})" if model.aliases else ""
+    print(f"registered {model.ref}{aliases}: {model.path} sha256 {model.sha256[:12]}")
+
+
+def _models_promote(args: argparse.Namespace) -> None:
+    from .registry import parse_ref
+
+    name, selector = parse_ref(args.ref)
+    if selector is None:
+        raise ValueError(f"say which version to promote: {name}@VERSION or {name}@ALIAS (e.g. {name}@candidate)")
+    registry = _registry(args)
+    model = registry.promote(name, registry.resolve(args.ref).version, alias=args.alias)
+    print(f"{name}@{args.alias} -> version {model.version} ({model.path})")
+
+
+def _models_verify(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    problems = registry.verify()
+    for problem in problems:
+        print(problem)
+    count = len(registry.list())
+    print(f"{registry.root}: {count} version(s), " + (f"{len(problems)} problem(s)" if problems else "consistent"))
+    return 1 if problems else 0
 
 
 # ------------------------------------------------------------------------------------------------

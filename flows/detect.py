@@ -70,8 +70,8 @@ class BlockPlan:
 
 
 @task(name="check-model", cache_policy=NO_CACHE)
-def check_model(model: str | None) -> ModelRecord:
-    return resolve_model(model)
+def check_model(model: str | None, registry: str | None = None) -> ModelRecord:
+    return resolve_model(model, registry=registry)
 
 
 @task(name="choose-scenes", cache_policy=NO_CACHE)
@@ -202,6 +202,7 @@ def detect_changes(
     workers: int | None = None,
     dask_address: str | None = None,
     truth: str | None = None,
+    registry: str | None = None,
 ) -> dict:
     """Detect what changed in ``region`` between ``before`` and ``after``; with no region and dates, the demo."""
     request = parse_request(**{k: v for k, v in locals().items()})
@@ -228,7 +229,7 @@ def run_detect(request: DetectRequest) -> dict:
     if request.is_demo:
         request = with_demo(request, out_dir / ".cache" / "demo")
         lap("demo data")
-    record = check_model(request.model)
+    record = check_model(request.model, request.registry)
     region_, first, second = choose_scenes(request)
     lap("choose scenes")
     name = request.run_name or run_folder_name(region_.name, request.before, request.after)

@@ -32,7 +32,10 @@ class DetectRequest(BaseModel):
     after: str | None = Field(None, description="the later date, YYYY-MM-DD")
     catalog: str | None = Field(None, description="a static STAC catalog (file) or a STAC API URL")
     regions: str | None = Field(None, description="a regions YAML file that names regions and watch zones")
-    model: str | None = Field(None, description="a model file (.safetensors, or an authors' .pth); default: the demo model")
+    model: str | None = Field(None, description="a model file (.safetensors, or an authors' .pth) or a registry "
+                              "reference name@VERSION / name@ALIAS / name; default: the demo model")
+    registry: str | None = Field(None, description="model registry folder for references in model; default "
+                                 "$DSQNET_REGISTRY, else ~/.local/share/dsqnet/registry")
     out: str = Field("runs", description="folder where the run folder is written")
     run_name: str | None = Field(None, description="name of the run folder; default region_before_after")
     tolerance_days: int = Field(15, ge=0, le=366, description="days either side of each date that still count as it")

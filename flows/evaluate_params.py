@@ -1,0 +1,129 @@
+"""The parameters of ``evaluate-model``, checked before any work starts, with messages a user can act on.
+
+One model serves ``dsqnet evaluate-model``, ``evaluate_model_flow(...)`` calls and deployment runs.
+The labeled data comes one of two ways, and exactly one must be given:
+
+- ``data``: a benchmark folder (``layout`` levir-cd, s2looking, svcd, dsifn or generic; ``split``);
+- ``catalog`` + ``region`` + ``before`` + ``after`` + ``labels``: scenes as detect-changes takes them,
+  with GeoParquet polygons of the true change rasterised onto the scenes' grid.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .params import ParameterError
+
+SCENE_FIELDS = ("catalog", "region", "before", "after", "labels")
+
+
+class EvaluateRequest(BaseModel):
+    """What an evaluate-model run is asked to do."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str | None = Field(None, description="a model file or a registry reference name@VERSION / name@ALIAS / "
+                                                "name; default: the demo model")
+    registry: str | None = Field(None, description="model registry folder for references in model; default "
+                                                   "$DSQNET_REGISTRY, else ~/.local/share/dsqnet/registry")
+    data: str | None = Field(None, description="a labeled benchmark folder (instead of scenes + labels)")
+    layout: str = Field("generic", description="layout of data: levir-cd, s2looking, svcd, dsifn or generic "
+                                               "(A/, B/, label/)")
+    split: str | None = Field("test", description="split folder of data (ignored when a generic folder has none)")
+    catalog: str | None = Field(None, description="scenes route: a static STAC catalog (file) or a STAC API URL")
+    region: str | None = Field(None, description="scenes route: lon/lat bbox 'W,S,E,N', GeoJSON, or a name in regions")
+    regions: str | None = Field(None, description="scenes route: a regions YAML file")
+    before: str | None = Field(None, description="scenes route: the earlier date, YYYY-MM-DD")
+    after: str | None = Field(None, description="scenes route: the later date, YYYY-MM-DD")
+    labels: str | None = Field(None, description="scenes route: GeoParquet polygons of the true change (any CRS)")
+    tolerance_days: int = Field(15, ge=0, le=366, description="scenes route: days either side of each date")
+    crs: str | None = Field(None, description="scenes route: target CRS; default the UTM zone of the region")
+    resolution: float | None = Field(None, gt=0, description="scenes route: target pixel size; default the finest")
+    tile_size: int | None = Field(None, ge=32, description="scenes route: score tiles of this many pixels instead "
+                                                           "of the region as one pair")
+    window: int = Field(512, ge=32, description="network window, pixels (the paper: 512)")
+    stride: int = Field(256, ge=1, description="step between windows, pixels (the paper: 256)")
+    batch_size: int = Field(4, ge=1, description="windows per forward pass")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast precision")
+    device: str = Field("auto", description="'auto' (a GPU when there is one), 'cpu' or 'cuda:N'")
+    iou_threshold: float = Field(0.5, gt=0, le=1, description="IoU from which a predicted object matches a true one")
+    min_object_pixels: int = Field(1, ge=1, description="objects smaller than this (pixels) are not counted")
+    out: str = Field("runs", description="folder where the evaluation folder (evaluation.json) is written")
+    run_name: str | None = Field(None, description="name of the evaluation folder; default <model>_on_<data>")
+    save_predictions: bool = Field(False, description="also write each predicted change map as a 0/255 PNG")
+    record_metrics: bool = Field(False, description="also add the scores to the registry record of the model "
+                                                    "(registry models only)")
+
+    @field_validator("region", mode="before")
+    @classmethod
+    def _geojson_text(cls, value):
+        return json.dumps(value) if isinstance(value, dict) else value  # `-p region={...}` arrives parsed
+
+    @field_validator("before", "after")
+    @classmethod
+    def _iso_date(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return dt.date.fromisoformat(str(value)[:10]).isoformat()
+        except ValueError:
+            raise ValueError(f"{value!r} is not a date; write it as YYYY-MM-DD, e.g. 2023-06-21") from None
+
+    @field_validator("layout")
+    @classmethod
+    def _layout(cls, value: str) -> str:
+        from dsqnet.data import LAYOUTS  # imports torch: only when a request is checked, not for --help
+
+        if value not in LAYOUTS:
+            raise ValueError(f"unknown layout {value!r}; use one of {', '.join(sorted(LAYOUTS))}")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+            raise ValueError(f"{value!r} is not a device; use 'auto', 'cpu' or 'cuda:N'")
+        return value
+
+    @model_validator(mode="after")
+    def _one_route(self) -> EvaluateRequest:
+        given = [name for name in SCENE_FIELDS if getattr(self, name) is not None]
+        if self.data and given:
+            raise ValueError(f"give either data (a benchmark folder) or scenes and labels, not both "
+                             f"(data and {', '.join(given)} were given)")
+        if not self.data and len(given) < len(SCENE_FIELDS):
+            missing = [name for name in SCENE_FIELDS if name not in given]
+            raise ValueError("give the labeled data: data (a benchmark folder), or catalog, region, before, after "
+                             f"and labels (scenes and their true change; missing: {', '.join(missing)})")
+        if self.data and self.tile_size is not None:
+            raise ValueError("tile_size cuts scenes into tiles; a benchmark folder (data) is scored as it is")
+        if self.stride > self.window:
+            raise ValueError(f"stride {self.stride} is larger than the window {self.window}: pixels would be skipped")
+        if self.before and self.after and self.before >= self.after:
+            raise ValueError(f"before ({self.before}) must be earlier than after ({self.after})")
+        return self
+
+    @property
+    def route(self) -> str:
+        """``benchmark`` (a folder) or ``scenes`` (scenes + label polygons)."""
+        return "benchmark" if self.data else "scenes"
+
+
+def parse_evaluate_request(**params) -> EvaluateRequest:
+    """An ``EvaluateRequest``, or a ``ParameterError`` that lists every problem in plain words."""
+    try:
+        return EvaluateRequest(**params)
+    except ValidationError as err:
+        lines = []
+        for problem in err.errors():
+            where = ".".join(str(p) for p in problem["loc"]) or "parameters"
+            message = problem["msg"].removeprefix("Value error, ")
+            if problem["type"] == "extra_forbidden":
+                message = f"unknown parameter; known ones: {', '.join(EvaluateRequest.model_fields)}"
+            lines.append(f"  {where}: {message}")
+        raise ParameterError("invalid evaluate-model parameters:\n" + "\n".join(lines)) from None
