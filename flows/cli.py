@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dsqnet", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_detect, _add_predict, _add_train, _add_evaluate, _add_evaluate_model, _add_models, _add_scenes,
+    for add in (_add_detect, _add_predict, _add_train, _add_evaluate, _add_evaluate_model, _add_retrain, _add_models, _add_scenes,
                 _add_demo_data, _add_init_model, _add_convert, _add_example_pair, _add_architectures):
         add(commands)
     return parser
@@ -72,6 +72,8 @@ def _options_from_fields(p: argparse.ArgumentParser, request_model) -> None:
         optional = get_origin(field.annotation) in (Union, types.UnionType)
         kinds = [t for t in get_args(field.annotation) if t is not type(None)] if optional else [field.annotation]
         options: dict = {"help": f"{field.description} (default: {field.default})"}
+        if field.is_required():
+            options = {"help": f"{field.description} (required)", "required": True}
         if kinds[0] is bool:
             options = {"help": field.description, "action": "store_true"}
         elif get_origin(kinds[0]) is Literal:
@@ -273,6 +275,26 @@ def _evaluate_model(args: argparse.Namespace) -> None:
     from .evaluate import evaluate_model_flow
 
     print(evaluate_model_flow(**params)["text"])
+
+
+def _add_retrain(commands) -> None:
+    from .retrain_params import RetrainRequest
+
+    p = _command(commands, "retrain",
+                 "Run the retrain-model flow: fine-tune NAME@production on new labels (--data, or --catalog --region "
+                 "--before --after --labels), score it and the base on the same holdout, register the candidate and "
+                 "promote it only if it is better; writes <out>/<run>/retrain.json and Prefect artifacts.", _retrain)
+    _options_from_fields(p, RetrainRequest)
+
+
+def _retrain(args: argparse.Namespace) -> None:
+    from .retrain_params import RetrainRequest, parse_retrain_request
+
+    params = {name: getattr(args, name) for name in RetrainRequest.model_fields if getattr(args, name) is not None}
+    parse_retrain_request(**params)  # fail on bad parameters before Prefect starts
+    from .retrain import retrain_model
+
+    print(retrain_model(**params)["text"])
 
 
 # ------------------------------------------------------------------------------------------------

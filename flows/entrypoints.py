@@ -6,5 +6,6 @@ package module names, so Dask workers can unpickle their tasks (``flows.detect..
 
 from flows.detect import detect_changes
 from flows.evaluate import evaluate_model_flow
+from flows.retrain import retrain_model
 
-__all__ = ["detect_changes", "evaluate_model_flow"]
+__all__ = ["detect_changes", "evaluate_model_flow", "retrain_model"]

@@ -15,9 +15,9 @@ import json
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .params import ParameterError
+from .params import parse_parameters
 
 SCENE_FIELDS = ("catalog", "region", "before", "after", "labels")
 
@@ -116,14 +116,4 @@ class EvaluateRequest(BaseModel):
 
 def parse_evaluate_request(**params) -> EvaluateRequest:
     """An ``EvaluateRequest``, or a ``ParameterError`` that lists every problem in plain words."""
-    try:
-        return EvaluateRequest(**params)
-    except ValidationError as err:
-        lines = []
-        for problem in err.errors():
-            where = ".".join(str(p) for p in problem["loc"]) or "parameters"
-            message = problem["msg"].removeprefix("Value error, ")
-            if problem["type"] == "extra_forbidden":
-                message = f"unknown parameter; known ones: {', '.join(EvaluateRequest.model_fields)}"
-            lines.append(f"  {where}: {message}")
-        raise ParameterError("invalid evaluate-model parameters:\n" + "\n".join(lines)) from None
+    return parse_parameters(EvaluateRequest, "evaluate-model", params)

@@ -60,3 +60,9 @@ def write_json_atomic(path: str | Path, data: Any) -> Path:
             tmp.unlink()
     fsync_dir(path.parent)
     return path
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON file written by ``write_json_atomic`` (or any JSON file)."""
+    with open(path) as f:
+        return json.load(f)

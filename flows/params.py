@@ -9,11 +9,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .probability_store import CHUNK
+
+RequestT = TypeVar("RequestT", bound=BaseModel)
 
 DEMO_BEFORE, DEMO_AFTER = "2021-06-14", "2023-06-21"
 
@@ -105,14 +107,19 @@ class DetectRequest(BaseModel):
 
 def parse_request(**params) -> DetectRequest:
     """A ``DetectRequest``, or a ``ParameterError`` that lists every problem in plain words."""
+    return parse_parameters(DetectRequest, "detect", params)
+
+
+def parse_parameters(request_model: type[RequestT], what: str, params: dict[str, Any]) -> RequestT:
+    """``request_model(**params)``, or a ``ParameterError`` that lists every problem in plain words."""
     try:
-        return DetectRequest(**params)
+        return request_model(**params)
     except ValidationError as err:
         lines = []
         for problem in err.errors():
             where = ".".join(str(p) for p in problem["loc"]) or "parameters"
             message = problem["msg"].removeprefix("Value error, ")
             if problem["type"] == "extra_forbidden":
-                message = f"unknown parameter; known ones: {', '.join(DetectRequest.model_fields)}"
+                message = f"unknown parameter; known ones: {', '.join(request_model.model_fields)}"
             lines.append(f"  {where}: {message}")
-        raise ParameterError("invalid detect parameters:\n" + "\n".join(lines)) from None
+        raise ParameterError(f"invalid {what} parameters:\n" + "\n".join(lines)) from None

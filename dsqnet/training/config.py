@@ -33,6 +33,9 @@ class DataSection:
     train_split: str = "train"
     val_split: str | None = "val"
     num_workers: int = 4
+    # "zero-one" or "threshold" overrides the layout's rule; needed for 0/1/255 labels that happen to
+    # hold no 1 (the auto rule would read such 255s as change rather than ignore)
+    label_encoding: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,8 @@ class TrainConfig:
         s = self.schedule
         if s.batch_size % s.accumulate:
             raise ValueError(f"schedule.batch_size {s.batch_size} is not a multiple of schedule.accumulate {s.accumulate}")
+        if self.data.label_encoding not in (None, "zero-one", "threshold"):
+            raise ValueError(f"data.label_encoding must be zero-one or threshold (or left out), got {self.data.label_encoding!r}")
         if self.runtime.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"runtime.precision must be auto, fp32, bf16 or fp16, got {self.runtime.precision!r}")
         if s.max_iters <= 0 or s.batch_size <= 0:

@@ -138,7 +138,7 @@ class Trainer:
     def _dataset(self, split: str | None) -> ChangeDetectionDataset:
         d = self.config.data
         samples = find_samples(d.root, d.layout, split)
-        return ChangeDetectionDataset(samples, label_encoding_for(d.layout, samples))
+        return ChangeDetectionDataset(samples, d.label_encoding or label_encoding_for(d.layout, samples))
 
     def _set_lr(self, optimizer: torch.optim.Optimizer, step: int) -> float:
         o, s = self.config.optim, self.config.schedule

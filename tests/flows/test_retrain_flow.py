@@ -1,0 +1,152 @@
+"""retrain-model on the demo: better labels make a better model that is promoted, bad labels do not;
+a run killed while training resumes from its checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from catalog.demo import build_demo
+from dsqnet.checkpoints import load_model_file, save
+from flows.cli import main
+from flows.models import DEMO_MODEL
+from flows.registry import ModelRegistry
+from flows.retrain import decide, retrain_model, split_names
+
+DSQNET = str(Path(sys.executable).parent / "dsqnet")
+FAST = {"window": 256, "stride": 128}  # one window per 256-px tile
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return build_demo(tmp_path_factory.mktemp("retrain") / "demo", size_px=1200)
+
+
+def weak_model(path: Path) -> Path:
+    """The demo model with its classifier re-initialised: good features, a poor change map."""
+    model = load_model_file(DEMO_MODEL)
+    torch.manual_seed(0)
+    torch.nn.init.normal_(model.decode_head.conv_seg.weight, std=0.01)
+    torch.nn.init.zeros_(model.decode_head.conv_seg.bias)
+    return save(model, path, metadata={"band_order": ["red", "green", "blue"]})
+
+
+def scene_args(demo, registry: Path, out: Path) -> list[str]:
+    before, after = demo.dates[0], demo.dates[2]
+    params = {"name": "demo", "registry": registry, "catalog": demo.catalog, "region": demo.region_name,
+              "regions": demo.regions, "before": before, "after": after, "labels": demo.truth[(before, after)][1],
+              "max-iters": 40, "out": out, **FAST}
+    return [arg for k, v in params.items() for arg in (f"--{k}", str(v))]
+
+
+def test_the_split_is_seeded_and_keeps_both_sides_non_empty():
+    names = [f"t{k:02d}" for k in range(10)]
+    train, held = split_names(names, 0.25, seed=3)
+    assert len(held) == 2 and sorted(train + held) == names
+    assert split_names(names, 0.25, seed=3) == (train, held)
+    assert split_names(names[:2], 0.9, seed=0)[0]  # never everything held out
+    with pytest.raises(ValueError, match="cannot be split"):
+        split_names(names[:1], 0.25, seed=0)
+
+
+def test_the_decision_needs_the_margin_and_no_loss_on_the_reference():
+    base = {"holdout": {"f1": 0.70}, "reference": {"f1": 0.80}}
+    assert decide(base, {"holdout": {"f1": 0.72}, "reference": {"f1": 0.80}}, 0.01, 0.0).promote
+    assert not decide(base, {"holdout": {"f1": 0.705}, "reference": {"f1": 0.80}}, 0.01, 0.0).promote
+    worse_reference = decide(base, {"holdout": {"f1": 0.9}, "reference": {"f1": 0.78}}, 0.01, 0.0)
+    assert not worse_reference.promote and "reference F1 falls" in worse_reference.reasons[1]
+    assert decide(base, {"holdout": {"f1": 0.9}, "reference": {"f1": 0.78}}, 0.01, 0.05).promote
+    assert not decide({"holdout": {"f1": None}}, {"holdout": {"f1": None}}, 0.0, 0.0).promote
+
+
+def test_better_labels_are_learned_and_promoted_and_a_killed_run_resumes(prefect_api, demo, tmp_path):
+    registry_dir, out = tmp_path / "registry", tmp_path / "runs"
+    registry = ModelRegistry(registry_dir)
+    registry.register(weak_model(tmp_path / "weak.safetensors"), name="demo", aliases=("production",))
+
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    run = subprocess.Popen([DSQNET, "retrain", *scene_args(demo, registry_dir, out)], env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline and run.poll() is None and not list(out.glob(".cache/*/train/train_state.pt")):
+            time.sleep(0.2)
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)  # mid-training: the first checkpoint (step 25 of 40) is written
+        run.wait()
+    assert list(out.glob(".cache/*/train/train_state.pt")), "the run must be killed after its first checkpoint"
+    assert not list(out.glob("retrain_*")) and registry.versions("demo") == [1]  # nothing published or registered
+
+    assert main(["retrain", *scene_args(demo, registry_dir, out)]) == 0
+    report = json.loads(next(out.glob("retrain_*/retrain.json")).read_text())
+    assert report["training"]["resumed_from_step"] == 25 and report["training"]["steps"] == 40
+    base, candidate = report["scores"]["base"]["holdout"], report["scores"]["candidate"]["holdout"]
+    assert base["pairs"] == candidate["pairs"] == len(report["data"]["source"]["holdout"]) > 0
+    assert candidate["f1"] > base["f1"] + 0.1, (base, candidate)
+    assert report["decision"]["promoted"]
+
+    assert registry.aliases("demo") == {"production": 2, "candidate": 2}
+    promoted = registry.resolve("demo@production")
+    assert promoted.lineage["base_model"] == "demo@1" and promoted.lineage["training_data"]["kind"] == "scenes"
+    assert promoted.metrics["retrain"]["candidate"]["holdout"]["f1"] == candidate["f1"]
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        table = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["retrain-comparison"])))
+        decision = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["retrain-decision"])))
+    rows = json.loads(table[0].data) if isinstance(table[0].data, str) else table[0].data
+    assert {"set": "holdout", "metric": "f1", "base": base["f1"], "candidate": candidate["f1"],
+            "gain": round(candidate["f1"] - base["f1"], 4)} in rows
+    assert "demo@2 **promoted** to `production`" in decision[0].data
+
+
+def shuffled_training_set(training: Path, folder: Path) -> tuple[Path, Path]:
+    """Two thirds of the demo's training tiles with each label moved to the next tile (wrong labels),
+    and the last third with its true labels (the holdout)."""
+    names = sorted(p.name for p in (training / "A").iterdir())
+    cut = 2 * len(names) // 3
+    train, holdout = folder / "shuffled", folder / "holdout"
+    for root, chosen in ((train, names[:cut]), (holdout, names[cut:])):
+        for sub in ("A", "B", "label"):
+            (root / sub).mkdir(parents=True)
+            for name in chosen:
+                shutil.copy(training / sub / name, root / sub / name)
+    for name, wrong in zip(names[:cut], names[1:cut] + names[:1]):
+        shutil.copy(training / "label" / wrong, train / "label" / name)
+    return train, holdout
+
+
+def test_wrong_labels_make_a_candidate_that_is_registered_but_not_promoted(prefect_api, demo, tmp_path):
+    registry = ModelRegistry(tmp_path / "registry")
+    registry.register(DEMO_MODEL, name="demo", aliases=("production",))
+    train, holdout = shuffled_training_set(demo.training, tmp_path)
+    params = dict(name="demo", registry=str(registry.root), data=str(train), holdout=str(holdout),
+                  reference=str(holdout), max_iters=30, lr=0.002, out=str(tmp_path / "runs"), **FAST)
+
+    report = retrain_model(**params)
+    base, candidate = report["scores"]["base"], report["scores"]["candidate"]
+    # wrong labels teach it to call nothing change (F1 undefined: None) or to call the wrong things
+    assert base["holdout"]["f1"] > 0.5 and (candidate["holdout"]["f1"] or 0.0) < base["holdout"]["f1"]
+    assert not report["decision"]["promoted"]
+    assert "short of the margin" in report["decision"]["reasons"][0]
+    assert "reference F1" in report["decision"]["reasons"][1]
+    assert registry.aliases("demo") == {"production": 1, "candidate": 2}
+    assert registry.resolve("demo@2").lineage["training_data"] == {
+        "kind": "benchmark", "root": str(train.resolve()), "layout": "generic", "split": None,
+        "pairs": len(list((train / "A").iterdir())), "train": sorted(p.stem for p in (train / "A").iterdir()),
+        "holdout": []}
+
+    again = retrain_model(**params)  # the same inputs: nothing retrained, the same weights registered once
+    assert again["training"]["resumed_from_step"] == 30 and registry.versions("demo") == [1, 2]
+    assert again["candidate"]["ref"] == "demo@2" and registry.aliases("demo") == {"production": 1, "candidate": 2}
