@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 DESCRIPTION = """\
 DSQNet change detection between two images of the same place.
@@ -17,6 +17,7 @@ DSQNet change detection between two images of the same place.
 Start here:
   dsqnet detect                               the whole job on the embedded demo (no network, no GPU)
   dsqnet detect --region 16.3,48.1,16.5,48.3 --before 2021-06-01 --after 2023-06-01 --catalog CATALOG
+  dsqnet monitor --regions regions.yaml --catalog CATALOG --state monitor-state   new acquisitions, once each
   dsqnet example-pair --out example/          write a small synthetic before/after pair
   dsqnet init-model dsqnet_swin_mini --out example/model.safetensors
   dsqnet predict --model example/model.safetensors \\
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dsqnet", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_detect, _add_predict, _add_train, _add_evaluate, _add_scenes, _add_demo_data, _add_init_model, _add_convert,
+    for add in (_add_detect, _add_monitor, _add_predict, _add_train, _add_evaluate, _add_scenes, _add_demo_data, _add_init_model, _add_convert,
                 _add_example_pair, _add_architectures):
         add(commands)
     return parser
@@ -55,17 +56,12 @@ def _command(commands, name: str, help: str, handler: Callable[[argparse.Namespa
 
 
 # ------------------------------------------------------------------------------------------------
-def _add_detect(commands) -> None:
+def _add_fields(parser, fields: dict) -> None:
+    """One ``--option`` per pydantic field, typed and documented from the field (defaults stay the model's)."""
     import types
     from typing import Literal, Union, get_args, get_origin
 
-    from .params import DetectRequest
-
-    p = _command(commands, "detect",
-                 "Find what changed in a region between two dates: STAC scenes -> both dates on one grid -> "
-                 "DSQNet on Dask workers -> change.tif, change_prob.tif, changes.parquet, preview.png, run.json. "
-                 "With no region and dates it runs the embedded demo.", _detect)
-    for name, field in DetectRequest.model_fields.items():
+    for name, field in fields.items():
         optional = get_origin(field.annotation) in (Union, types.UnionType)
         kinds = [t for t in get_args(field.annotation) if t is not type(None)] if optional else [field.annotation]
         options: dict = {"help": f"{field.description} (default: {field.default})"}
@@ -73,7 +69,17 @@ def _add_detect(commands) -> None:
             options["choices"] = list(get_args(kinds[0]))
         elif kinds[0] in (int, float):
             options["type"] = kinds[0]
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, **options)
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, **options)
+
+
+def _add_detect(commands) -> None:
+    from .params import DetectRequest
+
+    p = _command(commands, "detect",
+                 "Find what changed in a region between two dates: STAC scenes -> both dates on one grid -> "
+                 "DSQNet on Dask workers -> change.tif, change_prob.tif, changes.parquet, preview.png, run.json. "
+                 "With no region and dates it runs the embedded demo.", _detect)
+    _add_fields(p, DetectRequest.model_fields)
 
 
 def _detect(args: argparse.Namespace) -> None:
@@ -85,6 +91,47 @@ def _detect(args: argparse.Namespace) -> None:
 
     summary = detect_changes(**params)
     print(summary["text"])
+
+
+# ------------------------------------------------------------------------------------------------
+def _add_monitor(commands) -> None:
+    from .monitor_config import DETECT_OPTIONS, MonitorRequest
+    from .params import DetectRequest
+
+    p = _command(commands, "monitor",
+                 "Watch regions for change: run detect on every new acquisition pair of each region in a regions "
+                 "file (once each), keep a history of the change polygons, alert when a watch zone changes too "
+                 "much. With no regions file it watches the embedded demo.", _monitor)
+    fields = MonitorRequest.model_fields
+    _add_fields(p, {"regions": fields["regions"]})
+    p.add_argument("--region", dest="region_names", action="append", metavar="NAME",
+                   help="watch only this region of the regions file (repeatable; default: every region)")
+    _add_fields(p, {k: fields[k] for k in ("catalog", "model", "state", "out", "baseline", "since", "min_coverage",
+                                           "alert_area_m2", "alert_polygons", "webhook_url", "notify_block")})
+    detect = p.add_argument_group("detect options", "passed to detect-changes for every pair "
+                                                    "(--threshold is the change probability, not an alert threshold)")
+    _add_fields(detect, {k: DetectRequest.model_fields[k] for k in DETECT_OPTIONS})
+
+
+def _monitor(args: argparse.Namespace) -> int:
+    from .monitor_config import DETECT_OPTIONS, MonitorRequest, parse_monitor_request, watch_list
+
+    params = {k: getattr(args, k) for k in MonitorRequest.model_fields if getattr(args, k, None) is not None}
+    options = {k: getattr(args, k) for k in DETECT_OPTIONS if getattr(args, k) is not None}
+    if options:
+        params["detect_options"] = options
+    request = parse_monitor_request(**params)  # fail on bad parameters or regions before Prefect starts
+    if request.regions:
+        watch_list(request, request.regions)
+    from .monitor import MonitorError, monitor_region
+
+    try:
+        summary = monitor_region(**params)
+    except MonitorError as err:  # some regions failed; the others were processed and are in the message
+        print(f"dsqnet monitor: error: {err}", file=sys.stderr)
+        return 1
+    print(summary["text"])
+    return 0
 
 
 # ------------------------------------------------------------------------------------------------

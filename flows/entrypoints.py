@@ -5,5 +5,6 @@ package module names, so Dask workers can unpickle their tasks (``flows.detect..
 """
 
 from flows.detect import detect_changes
+from flows.monitor import monitor_region
 
-__all__ = ["detect_changes"]
+__all__ = ["detect_changes", "monitor_region"]
