@@ -9,8 +9,8 @@ import argparse
 import sys
 import textwrap
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 DESCRIPTION = """\
 DSQNet change detection between two images of the same place.
@@ -18,6 +18,7 @@ DSQNet change detection between two images of the same place.
 Start here:
   dsqnet detect                               the whole job on the embedded demo (no network, no GPU)
   dsqnet detect --region 16.3,48.1,16.5,48.3 --before 2021-06-01 --after 2023-06-01 --catalog CATALOG
+  dsqnet monitor --regions regions.yaml --catalog CATALOG --state monitor-state   new acquisitions, once each
   dsqnet example-pair --out example/          write a small synthetic before/after pair
   dsqnet init-model dsqnet_swin_mini --out example/model.safetensors
   dsqnet predict --model example/model.safetensors \\
@@ -43,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dsqnet", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_detect, _add_predict, _add_train, _add_evaluate, _add_evaluate_model, _add_retrain, _add_models, _add_scenes,
-                _add_demo_data, _add_init_model, _add_convert, _add_example_pair, _add_architectures):
+    for add in (_add_detect, _add_monitor, _add_predict, _add_train, _add_evaluate, _add_evaluate_model, _add_retrain,
+                _add_models, _add_scenes, _add_demo_data, _add_init_model, _add_convert, _add_example_pair,
+                _add_architectures):
         add(commands)
     return parser
 
@@ -63,12 +65,13 @@ def _command(commands, name: str, help: str, handler: Callable[[argparse.Namespa
 
 
 # ------------------------------------------------------------------------------------------------
-def _options_from_fields(p: argparse.ArgumentParser, request_model) -> None:
-    """One ``--option`` per field of a pydantic parameter model; unset options stay None (the model's default)."""
+def _add_fields(parser: argparse.ArgumentParser, fields: dict) -> None:
+    """One ``--option`` per pydantic field, typed and documented from the field; unset options stay None
+    (the model's default)."""
     import types
     from typing import Literal, Union, get_args, get_origin
 
-    for name, field in request_model.model_fields.items():
+    for name, field in fields.items():
         optional = get_origin(field.annotation) in (Union, types.UnionType)
         kinds = [t for t in get_args(field.annotation) if t is not type(None)] if optional else [field.annotation]
         options: dict = {"help": f"{field.description} (default: {field.default})"}
@@ -80,7 +83,7 @@ def _options_from_fields(p: argparse.ArgumentParser, request_model) -> None:
             options["choices"] = list(get_args(kinds[0]))
         elif kinds[0] in (int, float):
             options["type"] = kinds[0]
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, **options)
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, **options)
 
 
 def _add_detect(commands) -> None:
@@ -90,7 +93,7 @@ def _add_detect(commands) -> None:
                  "Find what changed in a region between two dates: STAC scenes -> both dates on one grid -> "
                  "DSQNet on Dask workers -> change.tif, change_prob.tif, changes.parquet, preview.png, run.json. "
                  "With no region and dates it runs the embedded demo.", _detect)
-    _options_from_fields(p, DetectRequest)
+    _add_fields(p, DetectRequest.model_fields)
 
 
 def _detect(args: argparse.Namespace) -> None:
@@ -102,6 +105,47 @@ def _detect(args: argparse.Namespace) -> None:
 
     summary = detect_changes(**params)
     print(summary["text"])
+
+
+# ------------------------------------------------------------------------------------------------
+def _add_monitor(commands) -> None:
+    from .monitor_config import DETECT_OPTIONS, MonitorRequest
+    from .params import DetectRequest
+
+    p = _command(commands, "monitor",
+                 "Watch regions for change: run detect on every new acquisition pair of each region in a regions "
+                 "file (once each), keep a history of the change polygons, alert when a watch zone changes too "
+                 "much. With no regions file it watches the embedded demo.", _monitor)
+    fields = MonitorRequest.model_fields
+    _add_fields(p, {"regions": fields["regions"]})
+    p.add_argument("--region", dest="region_names", action="append", metavar="NAME",
+                   help="watch only this region of the regions file (repeatable; default: every region)")
+    _add_fields(p, {k: fields[k] for k in ("catalog", "model", "state", "out", "baseline", "since", "min_coverage",
+                                           "alert_area_m2", "alert_polygons", "webhook_url", "notify_block")})
+    detect = p.add_argument_group("detect options", "passed to detect-changes for every pair "
+                                                    "(--threshold is the change probability, not an alert threshold)")
+    _add_fields(detect, {k: DetectRequest.model_fields[k] for k in DETECT_OPTIONS})
+
+
+def _monitor(args: argparse.Namespace) -> int:
+    from .monitor_config import DETECT_OPTIONS, MonitorRequest, parse_monitor_request, watch_list
+
+    params = {k: getattr(args, k) for k in MonitorRequest.model_fields if getattr(args, k, None) is not None}
+    options = {k: getattr(args, k) for k in DETECT_OPTIONS if getattr(args, k) is not None}
+    if options:
+        params["detect_options"] = options
+    request = parse_monitor_request(**params)  # fail on bad parameters or regions before Prefect starts
+    if request.regions:
+        watch_list(request, request.regions)
+    from .monitor import MonitorError, monitor_region
+
+    try:
+        summary = monitor_region(**params)
+    except MonitorError as err:  # some regions failed; the others were processed and are in the message
+        print(f"dsqnet monitor: error: {err}", file=sys.stderr)
+        return 1
+    print(summary["text"])
+    return 0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -264,7 +308,7 @@ def _add_evaluate_model(commands) -> None:
                  "Run the evaluate-model flow: score a model on a benchmark folder (--data) or on scenes with label "
                  "polygons (--catalog --region --before --after --labels), per pixel and per changed object; writes "
                  "<out>/<run>/evaluation.json and Prefect artifacts.", _evaluate_model)
-    _options_from_fields(p, EvaluateRequest)
+    _add_fields(p, EvaluateRequest.model_fields)
 
 
 def _evaluate_model(args: argparse.Namespace) -> None:
@@ -284,7 +328,7 @@ def _add_retrain(commands) -> None:
                  "Run the retrain-model flow: fine-tune NAME@production on new labels (--data, or --catalog --region "
                  "--before --after --labels), score it and the base on the same holdout, register the candidate and "
                  "promote it only if it is better; writes <out>/<run>/retrain.json and Prefect artifacts.", _retrain)
-    _options_from_fields(p, RetrainRequest)
+    _add_fields(p, RetrainRequest.model_fields)
 
 
 def _retrain(args: argparse.Namespace) -> None:

@@ -6,6 +6,7 @@ package module names, so Dask workers can unpickle their tasks (``flows.detect..
 
 from flows.detect import detect_changes
 from flows.evaluate import evaluate_model_flow
+from flows.monitor import monitor_region
 from flows.retrain import retrain_model
 
-__all__ = ["detect_changes", "evaluate_model_flow", "retrain_model"]
+__all__ = ["detect_changes", "evaluate_model_flow", "monitor_region", "retrain_model"]
