@@ -70,6 +70,7 @@ def test_deploy_run_and_work_the_detect_deployment(server, tmp_path):
     deployed = prefect(server, "--no-prompt", "deploy", "--all")
     assert "detect-changes/detect-changes" in deployed and "detect-changes/detect-changes-gpu" in deployed
     assert "evaluate-model/evaluate-model" in deployed and "retrain-model/retrain-model" in deployed
+    assert "monitor-region/monitor-demo-town" in deployed and "monitor-region/monitor-vienna-north" in deployed
     params = {"region": json.loads(region), "before": "2021-06-10", "after": "2023-06-12", "catalog": str(catalog),
               "model": str(model), "out": str(out), "run_name": "spot", "block_size": 512, "workers": 1, **FAST}
     started = prefect(server, "deployment", "run", "detect-changes/detect-changes", "--params", json.dumps(params))
