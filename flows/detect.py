@@ -51,7 +51,7 @@ from .scoring import score_run
 from .stitch import stitch
 from .tiling import Block, Lattice, plan_blocks
 from .vectorize import change_polygons
-from .workers import cluster_has_gpus, dask_task_runner, local_cluster_kwargs, window_model
+from .workers import DASK_ADDRESS_ENV, cluster_has_gpus, dask_task_runner, local_worker_threads, window_model
 
 INFERENCE_CODE = (Path(dsqnet.__file__).parent, Path(__file__).with_name("block_inference.py"),
                   Path(__file__).with_name("tiling.py"), Path(__file__).with_name("stitch.py"))
@@ -100,9 +100,8 @@ def plan(request: DetectRequest, scenes: PreparedScenes, model: ModelRecord, wor
                        "block_size": request.block_size, "code": code_version(*INFERENCE_CODE)})
     store = ProbabilityStore.prepare(work / "change_prob.zarr", dataset, grid, key)
     summed = store.summed_blocks()
-    threads = None  # remote workers, or OMP_NUM_THREADS set: torch's own choice
-    if not (request.dask_address or os.environ.get("DSQNET_DASK_ADDRESS") or os.environ.get("OMP_NUM_THREADS")):
-        threads = max(1, (os.cpu_count() or 1) // local_cluster_kwargs(request.workers)["n_workers"])
+    remote = request.dask_address or os.environ.get(DASK_ADDRESS_ENV)
+    threads = None if remote else local_worker_threads(request.workers)  # remote workers: their own choice
     job = BlockJob(scenes=str(scenes.path), probabilities=str(store.path), model_path=model.path,
                    model_hash=model.sha256, window=request.window, stride=request.stride,
                    batch_size=request.batch_size, precision=request.precision, device=request.device, threads=threads)

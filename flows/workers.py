@@ -21,6 +21,9 @@ from dsqnet import Predictor
 from dsqnet.checkpoints import load_model_file
 
 DASK_ADDRESS_ENV = "DSQNET_DASK_ADDRESS"
+# Read once, at import: starting a local cluster makes Dask's nanny write OMP_NUM_THREADS=1 into this
+# process's own environment, so by the next run the variable no longer says what the user asked for.
+USER_THREADS = os.environ.get("OMP_NUM_THREADS")
 
 
 def dask_task_runner(address: str | None = None, workers: int | None = None):
@@ -56,6 +59,13 @@ def local_cluster_kwargs(workers: int | None = None) -> dict[str, Any]:
     cores = os.cpu_count() or 1
     # a worker's torch uses several cores; more workers than cores/4 only adds memory
     return {**common, "n_workers": workers or max(1, cores // 4)}
+
+
+def local_worker_threads(workers: int | None = None) -> int:
+    """Torch threads per local worker: the user's OMP_NUM_THREADS, else the cores split between workers."""
+    if USER_THREADS and USER_THREADS.isdigit() and int(USER_THREADS) > 0:
+        return int(USER_THREADS)
+    return max(1, (os.cpu_count() or 1) // local_cluster_kwargs(workers)["n_workers"])
 
 
 def cluster_has_gpus(client) -> bool:
