@@ -6,6 +6,7 @@ Each subcommand imports what it needs when it runs, so ``dsqnet --help`` answers
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import textwrap
 import time
@@ -87,24 +88,28 @@ def _add_fields(parser: argparse.ArgumentParser, fields: dict) -> None:
 
 
 def _add_detect(commands) -> None:
-    from .params import DetectRequest
-
-    p = _command(commands, "detect",
-                 "Find what changed in a region between two dates: STAC scenes -> both dates on one grid -> "
-                 "DSQNet on Dask workers -> change.tif, change_prob.tif, changes.parquet, preview.png, run.json. "
-                 "With no region and dates it runs the embedded demo.", _detect)
-    _add_fields(p, DetectRequest.model_fields)
+    _flow_command(commands, "detect",
+                  "Find what changed in a region between two dates: STAC scenes -> both dates on one grid -> "
+                  "DSQNet on Dask workers -> change.tif, change_prob.tif, changes.parquet, preview.png, run.json. "
+                  "With no region and dates it runs the embedded demo.",
+                  "flows.params:DetectRequest", "flows.detect:detect_changes")
 
 
-def _detect(args: argparse.Namespace) -> None:
-    from .params import DetectRequest, parse_request
+def _flow_command(commands, name: str, help: str, request: str, flow: str) -> None:
+    """A subcommand that runs a flow (``module:function``), with one option per field of its parameter
+    model (``module:Class``); parameters are checked before Prefect starts."""
+    module, cls = request.split(":")
+    request_model = getattr(importlib.import_module(module), cls)
 
-    params = {name: getattr(args, name) for name in DetectRequest.model_fields if getattr(args, name) is not None}
-    parse_request(**params)  # fail on bad parameters before Prefect starts
-    from .detect import detect_changes
+    def run(args: argparse.Namespace) -> None:
+        from .params import parse_parameters
 
-    summary = detect_changes(**params)
-    print(summary["text"])
+        params = {k: getattr(args, k) for k in request_model.model_fields if getattr(args, k) is not None}
+        parse_parameters(request_model, name, params)
+        flow_module, function = flow.split(":")
+        print(getattr(importlib.import_module(flow_module), function)(**params)["text"])
+
+    _add_fields(_command(commands, name, help, run), request_model.model_fields)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -302,43 +307,19 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _add_evaluate_model(commands) -> None:
-    from .evaluate_params import EvaluateRequest
-
-    p = _command(commands, "evaluate-model",
-                 "Run the evaluate-model flow: score a model on a benchmark folder (--data) or on scenes with label "
-                 "polygons (--catalog --region --before --after --labels), per pixel and per changed object; writes "
-                 "<out>/<run>/evaluation.json and Prefect artifacts.", _evaluate_model)
-    _add_fields(p, EvaluateRequest.model_fields)
-
-
-def _evaluate_model(args: argparse.Namespace) -> None:
-    from .evaluate_params import EvaluateRequest, parse_evaluate_request
-
-    params = {name: getattr(args, name) for name in EvaluateRequest.model_fields if getattr(args, name) is not None}
-    parse_evaluate_request(**params)  # fail on bad parameters before Prefect starts
-    from .evaluate import evaluate_model_flow
-
-    print(evaluate_model_flow(**params)["text"])
+    _flow_command(commands, "evaluate-model",
+                  "Run the evaluate-model flow: score a model on a benchmark folder (--data) or on scenes with label "
+                  "polygons (--catalog --region --before --after --labels), per pixel and per changed object; writes "
+                  "<out>/<run>/evaluation.json and Prefect artifacts.",
+                  "flows.evaluate_params:EvaluateRequest", "flows.evaluate:evaluate_model_flow")
 
 
 def _add_retrain(commands) -> None:
-    from .retrain_params import RetrainRequest
-
-    p = _command(commands, "retrain",
-                 "Run the retrain-model flow: fine-tune NAME@production on new labels (--data, or --catalog --region "
-                 "--before --after --labels), score it and the base on the same holdout, register the candidate and "
-                 "promote it only if it is better; writes <out>/<run>/retrain.json and Prefect artifacts.", _retrain)
-    _add_fields(p, RetrainRequest.model_fields)
-
-
-def _retrain(args: argparse.Namespace) -> None:
-    from .retrain_params import RetrainRequest, parse_retrain_request
-
-    params = {name: getattr(args, name) for name in RetrainRequest.model_fields if getattr(args, name) is not None}
-    parse_retrain_request(**params)  # fail on bad parameters before Prefect starts
-    from .retrain import retrain_model
-
-    print(retrain_model(**params)["text"])
+    _flow_command(commands, "retrain",
+                  "Run the retrain-model flow: fine-tune NAME@production on new labels (--data, or --catalog --region "
+                  "--before --after --labels), score it and the base on the same holdout, register the candidate and "
+                  "promote it only if it is better; writes <out>/<run>/retrain.json and Prefect artifacts.",
+                  "flows.retrain_params:RetrainRequest", "flows.retrain:retrain_model")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ import datetime as dt
 import json
 import os
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,13 +39,13 @@ from catalog.store import inputs_hash, open_scenes
 from .artifacts import Progress, publish_artifacts
 from .block_inference import BlockJob, process_block
 from .demo import demo_inputs
-from .manifest import code_version, package_versions, stac_item
+from .manifest import StepTimer, code_version, package_versions, stac_item
 from .models import ModelRecord, resolve_model
 from .params import DetectRequest, parse_request
 from .preview import write_preview
 from .probability_store import ProbabilityStore
 from .rasters import write_change_rasters
-from .run_folder import OutputError, RunFolder, check_writable, explain_os_error, link_tree
+from .run_folder import RunFolder, check_writable, link_tree, with_output_errors
 from .scoring import score_run
 from .stitch import stitch
 from .tiling import Block, Lattice, plan_blocks
@@ -205,23 +204,12 @@ def detect_changes(
 ) -> dict:
     """Detect what changed in ``region`` between ``before`` and ``after``; with no region and dates, the demo."""
     request = parse_request(**{k: v for k, v in locals().items()})
-    try:
-        return run_detect(request)
-    except OutputError:
-        raise
-    except OSError as err:  # the disk filling up, a folder vanishing: say what it means for the outputs
-        raise explain_os_error(err, Path(request.out)) from None
+    return with_output_errors(run_detect, request, Path(request.out))
 
 
 def run_detect(request: DetectRequest) -> dict:
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(step: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[step] = round(now - clock, 3)
-        clock = now
+    timer = StepTimer()
+    lap, timings = timer.lap, timer.timings
 
     out_dir = Path(request.out)
     check_writable(out_dir)

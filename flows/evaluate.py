@@ -51,12 +51,12 @@ from .labeled_data import (
     labeled_scenes_to_folder,
     prepare_labeled_scenes,
 )
-from .manifest import package_versions
+from .manifest import StepTimer, package_versions
 from .models import ModelRecord, resolve_model
 from .objects import ObjectCounts, object_counts
 from .params import ParameterError
 from .registry import ModelRegistry
-from .run_folder import OutputError, RunFolder, check_writable, explain_os_error
+from .run_folder import RunFolder, check_writable, with_output_errors
 
 REPORT = "evaluation.json"
 PIXEL_KEYS = ("precision", "recall", "f1", "iou", "kappa", "miou", "mf1", "overall_accuracy", "pixels",
@@ -267,23 +267,12 @@ def evaluate_model_flow(
 ) -> dict:
     """Score a model on labeled data (a benchmark folder, or scenes + label polygons): pixel and object metrics."""
     request = parse_evaluate_request(**{k: v for k, v in locals().items()})
-    try:
-        return run_evaluation(request)
-    except OutputError:
-        raise
-    except OSError as err:
-        raise explain_os_error(err, Path(request.out)) from None
+    return with_output_errors(run_evaluation, request, Path(request.out))
 
 
 def run_evaluation(request: EvaluateRequest) -> dict:
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(step: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[step] = round(now - clock, 3)
-        clock = now
+    timer = StepTimer()
+    lap, timings = timer.lap, timer.timings
 
     out_dir = Path(request.out)
     check_writable(out_dir)

@@ -10,14 +10,12 @@ The labeled data comes one of two ways, and exactly one must be given:
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .params import parse_parameters
+from .params import IsoDate, RegionText, parse_parameters
 
 SCENE_FIELDS = ("catalog", "region", "before", "after", "labels")
 
@@ -36,10 +34,10 @@ class EvaluateRequest(BaseModel):
                                                "(A/, B/, label/)")
     split: str | None = Field("test", description="split folder of data (ignored when a generic folder has none)")
     catalog: str | None = Field(None, description="scenes route: a static STAC catalog (file) or a STAC API URL")
-    region: str | None = Field(None, description="scenes route: lon/lat bbox 'W,S,E,N', GeoJSON, or a name in regions")
+    region: RegionText = Field(None, description="scenes route: lon/lat bbox 'W,S,E,N', GeoJSON, or a name in regions")
     regions: str | None = Field(None, description="scenes route: a regions YAML file")
-    before: str | None = Field(None, description="scenes route: the earlier date, YYYY-MM-DD")
-    after: str | None = Field(None, description="scenes route: the later date, YYYY-MM-DD")
+    before: IsoDate = Field(None, description="scenes route: the earlier date, YYYY-MM-DD")
+    after: IsoDate = Field(None, description="scenes route: the later date, YYYY-MM-DD")
     labels: str | None = Field(None, description="scenes route: GeoParquet polygons of the true change (any CRS)")
     tolerance_days: int = Field(15, ge=0, le=366, description="scenes route: days either side of each date")
     crs: str | None = Field(None, description="scenes route: target CRS; default the UTM zone of the region")
@@ -59,21 +57,6 @@ class EvaluateRequest(BaseModel):
     record_metrics: bool = Field(False, description="also add the scores to the registry record of the model "
                                                     "(registry models only)")
 
-    @field_validator("region", mode="before")
-    @classmethod
-    def _geojson_text(cls, value):
-        return json.dumps(value) if isinstance(value, dict) else value  # `-p region={...}` arrives parsed
-
-    @field_validator("before", "after")
-    @classmethod
-    def _iso_date(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            return dt.date.fromisoformat(str(value)[:10]).isoformat()
-        except ValueError:
-            raise ValueError(f"{value!r} is not a date; write it as YYYY-MM-DD, e.g. 2023-06-21") from None
-
     @field_validator("layout")
     @classmethod
     def _layout(cls, value: str) -> str:
@@ -92,26 +75,31 @@ class EvaluateRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_route(self) -> EvaluateRequest:
-        given = [name for name in SCENE_FIELDS if getattr(self, name) is not None]
-        if self.data and given:
-            raise ValueError(f"give either data (a benchmark folder) or scenes and labels, not both "
-                             f"(data and {', '.join(given)} were given)")
-        if not self.data and len(given) < len(SCENE_FIELDS):
-            missing = [name for name in SCENE_FIELDS if name not in given]
-            raise ValueError("give the labeled data: data (a benchmark folder), or catalog, region, before, after "
-                             f"and labels (scenes and their true change; missing: {', '.join(missing)})")
+        check_labeled_data(self, "the labeled data")
         if self.data and self.tile_size is not None:
             raise ValueError("tile_size cuts scenes into tiles; a benchmark folder (data) is scored as it is")
-        if self.stride > self.window:
-            raise ValueError(f"stride {self.stride} is larger than the window {self.window}: pixels would be skipped")
-        if self.before and self.after and self.before >= self.after:
-            raise ValueError(f"before ({self.before}) must be earlier than after ({self.after})")
         return self
 
     @property
     def route(self) -> str:
         """``benchmark`` (a folder) or ``scenes`` (scenes + label polygons)."""
         return "benchmark" if self.data else "scenes"
+
+
+def check_labeled_data(request: BaseModel, what: str) -> None:
+    """Labeled data comes one way: ``data``, or every one of the scene fields; windows and dates make sense."""
+    given = [name for name in SCENE_FIELDS if getattr(request, name) is not None]
+    if request.data and given:
+        raise ValueError(f"give either data (a benchmark folder) or scenes and labels, not both "
+                         f"(data and {', '.join(given)} were given)")
+    if not request.data and len(given) < len(SCENE_FIELDS):
+        missing = [name for name in SCENE_FIELDS if name not in given]
+        raise ValueError(f"give {what}: data (a benchmark folder), or catalog, region, before, after "
+                         f"and labels (scenes and their true change; missing: {', '.join(missing)})")
+    if request.stride > request.window:
+        raise ValueError(f"stride {request.stride} is larger than the window {request.window}: pixels would be skipped")
+    if request.before and request.after and request.before >= request.after:
+        raise ValueError(f"before ({request.before}) must be earlier than after ({request.after})")
 
 
 def parse_evaluate_request(**params) -> EvaluateRequest:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import time
 import importlib.metadata
 from pathlib import Path
 
@@ -55,3 +56,16 @@ def stac_item(run_id: str, geometry: dict, bbox: list[float], grid: dict, start:
         key = name.replace(".zarr", "_zarr").split(".")[0]
         item.add_asset(key, pystac.Asset(href=f"./{name}", media_type=media, roles=roles, title=title))
     return item.to_dict(include_self_link=False, transform_hrefs=False)
+
+
+class StepTimer:
+    """Seconds per step of a run, for ``run.json`` and the summaries: ``lap(name)`` closes a step."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._clock = time.perf_counter()
+
+    def lap(self, step: str) -> None:
+        now = time.perf_counter()
+        self.timings[step] = round(now - self._clock, 3)
+        self._clock = now

@@ -32,7 +32,7 @@ from catalog.acquisitions import DEFAULT_MIN_COVERAGE
 from catalog.errors import CatalogError
 from catalog.regions import Region, load_regions
 
-from .params import DetectRequest, ParameterError
+from .params import DetectRequest, parse_parameters
 
 # detect-changes parameters the monitor sets itself for every pair
 MONITOR_SETS = ("region", "before", "after", "catalog", "regions", "model", "out", "run_name", "tolerance_days", "truth")
@@ -159,17 +159,7 @@ class MonitorRequest(Thresholds):
 
 def parse_monitor_request(**params) -> MonitorRequest:
     """A ``MonitorRequest``, or a ``ParameterError`` that lists every problem in plain words."""
-    try:
-        return MonitorRequest(**params)
-    except ValidationError as err:
-        lines = []
-        for problem in err.errors():
-            where = ".".join(str(p) for p in problem["loc"]) or "parameters"
-            message = problem["msg"].removeprefix("Value error, ")
-            if problem["type"] == "extra_forbidden":
-                message = f"unknown parameter; known ones: {', '.join(MonitorRequest.model_fields)}"
-            lines.append(f"  {where}: {message}")
-        raise ParameterError("invalid monitor parameters:\n" + "\n".join(lines)) from None
+    return parse_parameters(MonitorRequest, "monitor", params)
 
 
 @dataclass(frozen=True)

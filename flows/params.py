@@ -9,13 +9,31 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .probability_store import CHUNK
 
 RequestT = TypeVar("RequestT", bound=BaseModel)
+
+
+def _geojson_text(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, dict) else value  # `-p region={...}` arrives parsed
+
+
+def _iso_date(value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(str(value)[:10]).isoformat()  # a date from YAML, or text
+    except ValueError:
+        raise ValueError(f"{value!r} is not a date; write it as YYYY-MM-DD, e.g. 2023-06-21") from None
+
+
+# Field types shared by the flows' parameter models.
+RegionText = Annotated[str | None, BeforeValidator(_geojson_text)]
+IsoDate = Annotated[str | None, BeforeValidator(_iso_date)]
 
 DEMO_BEFORE, DEMO_AFTER = "2021-06-14", "2023-06-21"
 
@@ -29,9 +47,9 @@ class DetectRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    region: str | None = Field(None, description="lon/lat bbox 'W,S,E,N', GeoJSON (inline or file), or a name in the regions file")
-    before: str | None = Field(None, description="the earlier date, YYYY-MM-DD")
-    after: str | None = Field(None, description="the later date, YYYY-MM-DD")
+    region: RegionText = Field(None, description="lon/lat bbox 'W,S,E,N', GeoJSON (inline or file), or a name in the regions file")
+    before: IsoDate = Field(None, description="the earlier date, YYYY-MM-DD")
+    after: IsoDate = Field(None, description="the later date, YYYY-MM-DD")
     catalog: str | None = Field(None, description="a static STAC catalog (file) or a STAC API URL")
     regions: str | None = Field(None, description="a regions YAML file that names regions and watch zones")
     model: str | None = Field(None, description="a model file (.safetensors, or an authors' .pth) or a registry "
@@ -54,21 +72,6 @@ class DetectRequest(BaseModel):
     workers: int | None = Field(None, ge=1, description="local Dask workers; default one per GPU or cores/4")
     dask_address: str | None = Field(None, description="scheduler of an existing Dask cluster, e.g. tcp://host:8786")
     truth: str | None = Field(None, description="true change (GeoParquet polygons or a raster) to score the run against")
-
-    @field_validator("region", mode="before")
-    @classmethod
-    def _geojson_text(cls, value):
-        return json.dumps(value) if isinstance(value, dict) else value  # `-p region={...}` arrives parsed
-
-    @field_validator("before", "after")
-    @classmethod
-    def _iso_date(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            return dt.date.fromisoformat(str(value)[:10]).isoformat()
-        except ValueError:
-            raise ValueError(f"{value!r} is not a date; write it as YYYY-MM-DD, e.g. 2023-06-21") from None
 
     @field_validator("block_size")
     @classmethod

@@ -45,7 +45,7 @@ from .manifest import code_version, package_versions
 from .models import ModelRecord, file_sha256, resolve_model
 from .registry import ModelRegistry, RegisteredModel
 from .retrain_params import RetrainRequest, parse_retrain_request
-from .run_folder import OutputError, RunFolder, check_writable, explain_os_error
+from .run_folder import RunFolder, check_writable, with_output_errors
 
 REPORT = "retrain.json"
 PREPARED = "prepared.json"
@@ -324,12 +324,7 @@ def retrain_model(
 ) -> dict:
     """Fine-tune ``base`` (default NAME@production) on new labels; register the candidate, promote it if better."""
     request = parse_retrain_request(**{k: v for k, v in locals().items()})
-    try:
-        return run_retrain(request)
-    except OutputError:
-        raise
-    except OSError as err:
-        raise explain_os_error(err, Path(request.out)) from None
+    return with_output_errors(run_retrain, request, Path(request.out))
 
 
 def run_retrain(request: RetrainRequest) -> dict:

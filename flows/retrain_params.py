@@ -7,15 +7,12 @@ polygons (``catalog`` + ``region`` + ``before`` + ``after`` + ``labels``), cut i
 
 from __future__ import annotations
 
-import json
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .evaluate_params import EvaluateRequest
-from .params import parse_parameters
-
-SCENE_FIELDS = ("catalog", "region", "before", "after", "labels")
+from .evaluate_params import EvaluateRequest, check_labeled_data
+from .params import IsoDate, RegionText, parse_parameters
 
 
 class RetrainRequest(BaseModel):
@@ -33,10 +30,10 @@ class RetrainRequest(BaseModel):
     split: str | None = Field(None, description="split folder of data to learn from (default: the whole folder, "
                                                 "or its train split for layouts with splits)")
     catalog: str | None = Field(None, description="scenes route: a static STAC catalog (file) or a STAC API URL")
-    region: str | None = Field(None, description="scenes route: lon/lat bbox 'W,S,E,N', GeoJSON, or a name in regions")
+    region: RegionText = Field(None, description="scenes route: lon/lat bbox 'W,S,E,N', GeoJSON, or a name in regions")
     regions: str | None = Field(None, description="scenes route: a regions YAML file")
-    before: str | None = Field(None, description="scenes route: the earlier date, YYYY-MM-DD")
-    after: str | None = Field(None, description="scenes route: the later date, YYYY-MM-DD")
+    before: IsoDate = Field(None, description="scenes route: the earlier date, YYYY-MM-DD")
+    after: IsoDate = Field(None, description="scenes route: the later date, YYYY-MM-DD")
     labels: str | None = Field(None, description="scenes route: GeoParquet polygons of the true change (any CRS)")
     tolerance_days: int = Field(15, ge=0, le=366, description="scenes route: days either side of each date")
     tile_size: int = Field(256, ge=32, description="scenes route: tiles of this many pixels become the labeled pairs")
@@ -63,16 +60,6 @@ class RetrainRequest(BaseModel):
     out: str = Field("runs", description="folder where the retrain folder (retrain.json) is written")
     run_name: str | None = Field(None, description="name of the retrain folder; default retrain_<name>_<inputs hash>")
 
-    @field_validator("region", mode="before")
-    @classmethod
-    def _geojson_text(cls, value):
-        return json.dumps(value) if isinstance(value, dict) else value
-
-    @field_validator("before", "after")
-    @classmethod
-    def _iso_date(cls, value: str | None) -> str | None:
-        return EvaluateRequest._iso_date(value)
-
     @field_validator("layout")
     @classmethod
     def _layout(cls, value: str) -> str:
@@ -85,18 +72,7 @@ class RetrainRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_route(self) -> RetrainRequest:
-        given = [name for name in SCENE_FIELDS if getattr(self, name) is not None]
-        if self.data and given:
-            raise ValueError(f"give either data (a benchmark folder) or scenes and labels, not both "
-                             f"(data and {', '.join(given)} were given)")
-        if not self.data and len(given) < len(SCENE_FIELDS):
-            missing = [name for name in SCENE_FIELDS if name not in given]
-            raise ValueError("give the new labels: data (a benchmark folder), or catalog, region, before, after "
-                             f"and labels (scenes and their true change; missing: {', '.join(missing)})")
-        if self.stride > self.window:
-            raise ValueError(f"stride {self.stride} is larger than the window {self.window}: pixels would be skipped")
-        if self.before and self.after and self.before >= self.after:
-            raise ValueError(f"before ({self.before}) must be earlier than after ({self.after})")
+        check_labeled_data(self, "the new labels")
         return self
 
     @property

@@ -11,7 +11,12 @@ import errno
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+RequestT = TypeVar("RequestT")
+ResultT = TypeVar("ResultT")
 
 
 class OutputError(OSError):
@@ -71,3 +76,13 @@ def link_tree(source: Path, target: Path) -> None:
             shutil.copy2(src, dst)
 
     shutil.copytree(source, target, copy_function=link_or_copy)
+
+
+def with_output_errors(run: Callable[[RequestT], ResultT], request: RequestT, out: Path) -> ResultT:
+    """``run(request)``, with OS errors (a full disk, a folder vanishing) said in terms of the outputs."""
+    try:
+        return run(request)
+    except OutputError:
+        raise
+    except OSError as err:
+        raise explain_os_error(err, out) from None
