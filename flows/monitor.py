@@ -29,7 +29,6 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -47,7 +46,7 @@ from .detect import detect_changes
 from .monitor_alerts import Alert, ZoneChange, send_alert, zone_changes, zone_overlaps, zones_of_each_polygon
 from .monitor_config import MonitorRequest, WatchedRegion, parse_monitor_request, watch_list
 from .monitor_state import RegionBusy, RegionState, RegionStore, geometry_hash, pair_key
-from .run_folder import OutputError, check_writable
+from .run_folder import check_writable
 
 EPOCH = "1970-01-01"
 
@@ -279,14 +278,7 @@ def nothing_new(state: RegionState, days: list[str], found: Acquisitions) -> str
 
 def check_state_folder(folder: Path) -> None:
     """Fail before any work if the state cannot be written: a monitor that cannot remember repeats itself."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise OutputError(err.errno, f"cannot write the monitor state under {folder} ({err.strerror or err}); "
-                                     "choose a writable folder with --state (parameter 'state')") from None
+    check_writable(folder, "the monitor state", option="state")
 
 
 def with_demo(request: MonitorRequest, folder: Path) -> MonitorRequest:

@@ -23,16 +23,16 @@ class OutputError(OSError):
     """The output folder cannot be written; the message says which folder and what to do."""
 
 
-def check_writable(folder: Path) -> None:
-    """Fail now, before hours of work, if ``folder`` cannot hold outputs."""
+def check_writable(folder: Path, what: str = "", option: str = "out") -> None:
+    """Fail now, before hours of work, if ``folder`` cannot hold outputs (``what``, set with ``--option``)."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-test-{uuid.uuid4().hex[:8]}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
-        raise OutputError(err.errno, f"cannot write to {folder} ({err.strerror or err}); "
-                                     "choose a writable folder with --out (parameter 'out')") from None
+        raise OutputError(err.errno, f"cannot write {what + ' ' if what else ''}to {folder} ({err.strerror or err}); "
+                                     f"choose a writable folder with --{option} (parameter '{option}')") from None
 
 
 def explain_os_error(err: OSError, where: Path) -> OutputError:

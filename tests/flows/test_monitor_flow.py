@@ -384,7 +384,7 @@ def test_a_region_whose_geometry_changed_is_not_mixed_into_its_old_history(first
 
 def test_a_state_folder_that_cannot_be_written_is_refused(prefect_api, world, tmp_path):
     (tmp_path / "state").write_text("a file, not a folder")
-    with pytest.raises(OutputError, match="cannot write the monitor state under .*--state"):
+    with pytest.raises(OutputError, match="cannot write the monitor state to .*--state"):
         monitor(world, state=str(tmp_path / "state"))
 
 
