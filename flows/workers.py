@@ -34,9 +34,14 @@ def dask_task_runner(address: str | None = None, workers: int | None = None):
     if address:
         return DaskTaskRunner(address=address)
     kwargs = local_cluster_kwargs(workers)
+    # Every local worker starts with the same thread settings, whatever an earlier cluster wrote into
+    # this process's environment: the numerics of a forward pass depend on them, and a resumed run
+    # must reproduce an uninterrupted one bit for bit.
+    threads = str(local_worker_threads(workers))
+    kwargs["env"] = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
     api_url = _current_api_url()
     if api_url:  # workers report to this run's API, not to a temporary server each of their own
-        kwargs["env"] = {"PREFECT_API_URL": api_url}
+        kwargs["env"]["PREFECT_API_URL"] = api_url
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=kwargs)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import xarray as xr
 from catalog.store import write_scenes
 from dsqnet import build_model
 from dsqnet.checkpoints import save
+from flows.workers import local_worker_threads
 from tests.catalog.stac_helpers import SPOT, WORLD_CRS, region_around, utc, write_catalog, write_scene
 
 # A DSQNet small enough that a few hundred 128-px windows take seconds on two CPU cores.
@@ -19,6 +21,13 @@ TINY = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), head_widt
 # Fast windows for tests; the flow's defaults are the paper's 512 / 256.
 FAST = dict(window=128, stride=64, batch_size=16, min_area_m2=0.0)
 SCENE_PX, HOLE_PX, REGION_HALF_M = 640, 200, 140.0
+
+
+def cli_env(prefect_api: str) -> dict:
+    """The environment of a ``dsqnet`` subprocess: this session's Prefect API, and the torch threads this
+    process's own runs give their workers (not OMP_NUM_THREADS as a local cluster has rewritten it here),
+    so a run started there computes the same numbers as one started here."""
+    return {**os.environ, "PREFECT_API_URL": prefect_api, "OMP_NUM_THREADS": str(local_worker_threads(1))}
 
 
 def tiny_model_file(path: Path, seed: int = 0, **metadata) -> Path:

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 from flows.cli import main
-from tests.flows.flow_helpers import FAST, hole_catalog, tiny_model_file
+from tests.flows.flow_helpers import FAST, cli_env, hole_catalog, tiny_model_file
 
 DSQNET = str(Path(sys.executable).parent / "dsqnet")
 SLOW = {**FAST, "stride": 32}  # four times the windows: blocks take seconds, long enough to be killed
@@ -38,10 +38,6 @@ def cli_args(inputs, out: Path, **overrides) -> list[str]:
     return [arg for k, v in params.items() for arg in (f"--{k.replace('_', '-')}", str(v))]
 
 
-def env_for(prefect_api: str) -> dict:
-    return {**os.environ, "PREFECT_API_URL": prefect_api, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-
-
 def digest(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
@@ -54,7 +50,7 @@ def test_a_killed_run_resumes_with_only_the_missing_blocks_and_the_same_outputs(
     def blocks_inferred() -> int:
         return len(list(sums.glob("block-*.npy")))
 
-    run = subprocess.Popen([DSQNET, "detect", *cli_args(inputs, out)], env=env_for(prefect_api),
+    run = subprocess.Popen([DSQNET, "detect", *cli_args(inputs, out)], env=cli_env(prefect_api),
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
     try:
@@ -136,7 +132,7 @@ def test_a_full_disk_fails_clearly_and_leaves_the_earlier_run_folder_untouched(p
     mount.mkdir()
     args = " ".join(f"'{a}'" for a in cli_args(inputs, mount / "runs", stride=64))
     script = DISK_FULL_SCRIPT.format(args=args)
-    env = {**env_for(prefect_api), "MNT": str(mount), "LOGS": str(tmp_path), "DSQNET": DSQNET}
+    env = {**cli_env(prefect_api), "MNT": str(mount), "LOGS": str(tmp_path), "DSQNET": DSQNET}
     probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True)
     if probe.returncode != 0:
         pytest.fail(f"this test needs unprivileged mount namespaces (unshare): {probe.stderr.decode()}")

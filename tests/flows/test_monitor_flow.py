@@ -34,7 +34,7 @@ from flows.monitor_config import MonitorConfigError, Thresholds, parse_monitor_r
 from flows.monitor_state import RegionStore
 from flows.params import ParameterError
 from flows.run_folder import OutputError
-from tests.flows.flow_helpers import FAST
+from tests.flows.flow_helpers import FAST, cli_env
 from tests.flows.monitor_helpers import (
     DAYS,
     PARTIAL_DAY,
@@ -247,7 +247,7 @@ def test_a_second_run_with_nothing_new_does_nothing_and_says_so(first, world):
 def test_a_restarted_process_carries_on_from_the_saved_state(first, world, prefect_api):
     """A fresh process (the CLI), same state folder: nothing is processed again."""
     before = digest(world.state)
-    env = {**os.environ, "PREFECT_API_URL": prefect_api, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    env = cli_env(prefect_api)
     args = ["monitor", "--regions", str(world.regions), "--catalog", str(world.catalog), "--model", str(world.model),
             "--state", str(world.state), "--out", str(world.root / "runs"), "--region", "town",
             "--window", "128", "--stride", "64", "--workers", "1", "--block-size", "512"]

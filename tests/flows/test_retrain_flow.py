@@ -21,6 +21,7 @@ from flows.cli import main
 from flows.models import DEMO_MODEL
 from flows.registry import ModelRegistry
 from flows.retrain import decide, retrain_model, split_names
+from tests.flows.flow_helpers import cli_env
 
 DSQNET = str(Path(sys.executable).parent / "dsqnet")
 FAST = {"window": 256, "stride": 128}  # one window per 256-px tile
@@ -73,7 +74,7 @@ def test_better_labels_are_learned_and_promoted_and_a_killed_run_resumes(prefect
     registry = ModelRegistry(registry_dir)
     registry.register(weak_model(tmp_path / "weak.safetensors"), name="demo", aliases=("production",))
 
-    env = {**os.environ, "PREFECT_API_URL": prefect_api, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    env = cli_env(prefect_api)
     run = subprocess.Popen([DSQNET, "retrain", *scene_args(demo, registry_dir, out)], env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 600
