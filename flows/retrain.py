@@ -159,19 +159,11 @@ def fine_tune(request: RetrainRequest, base: ModelRecord, labels: PreparedLabels
         runtime={"work_dir": str(work / "train"), "seed": request.seed},
         **({"optim": {"lr": request.lr}} if request.lr else {}),
     )
-    state = work / "train" / "train_state.pt"
-    resumed_from = _checkpoint_step(state) if state.is_file() else 0
     started = time.perf_counter()
-    result = Trainer(config, progress=False).run(resume=state.is_file())
-    return {"weights": str(result.last), "steps": result.step, "resumed_from_step": resumed_from,
+    result = Trainer(config, progress=False).run(resume=(work / "train" / "train_state.pt").is_file())
+    return {"weights": str(result.last), "steps": result.step, "resumed_from_step": result.resumed_from,
             "seconds": round(time.perf_counter() - started, 2), "config": request.config,
             "recipe": config.to_dict()}
-
-
-def _checkpoint_step(state: Path) -> int:
-    from dsqnet.checkpoints import safe_torch_load
-
-    return int(safe_torch_load(state)["step"])
 
 
 def judge(model: str, labels: PreparedLabels, request: RetrainRequest, registry: str | None) -> dict[str, Any]:

@@ -40,7 +40,8 @@ def stitch_block(store: ProbabilityStore, scenes: zarr.Group, lattice: Lattice, 
 
 def stitch(store: ProbabilityStore, scenes_path: str, lattice: Lattice, blocks: list[Block]) -> int:
     """Write the probabilities of every block not yet done; returns how many were stitched."""
-    missing = [b.name for b in blocks if (b.row, b.col) not in store.summed_blocks()]
+    summed = store.summed_blocks()
+    missing = [b.name for b in blocks if (b.row, b.col) not in summed]
     if missing:
         raise RuntimeError(f"cannot stitch: {len(missing)} block(s) have no window sums yet ({', '.join(missing[:5])})")
     scenes = zarr.open_group(scenes_path, mode="r")

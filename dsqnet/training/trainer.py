@@ -44,6 +44,7 @@ class TrainResult:
     last: Path
     best: Path | None
     best_miou: float | None
+    resumed_from: int = 0  # the step a resumed run continued from (0: it started afresh)
 
 
 class Trainer:
@@ -123,7 +124,7 @@ class Trainer:
         log.close()
         best_path = self.work_dir / "best.safetensors"
         return TrainResult(cfg.schedule.max_iters, self.work_dir, self.work_dir / "last.safetensors",
-                           best_path if best_path.exists() else None, best["miou"])
+                           best_path if best_path.exists() else None, best["miou"], resumed_from=start)
 
     # --------------------------------------------------------------------------------------------
     def _build_model(self) -> DSQNet:

@@ -20,7 +20,7 @@ from dsqnet.checkpoints import (
     save,
     timm_to_reference_swin,
 )
-from tests.helpers import GOLDEN_D64, golden_file
+from tests.helpers import GOLDEN_D64, CodePayload, golden_file
 
 
 def test_round_trip_rebuilds_the_model_and_gives_bit_identical_outputs(tmp_path):
@@ -43,22 +43,12 @@ def test_metadata_says_how_to_use_the_model(tmp_path):
     assert meta["band_order"] == ["red", "green", "blue"]
 
 
-class _Payload:
-    """Unpickling this would create a file: proof that code ran."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
-
-
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_a_pickle_that_carries_code_is_refused_and_never_runs(tmp_path):
     marker = tmp_path / "code-ran"
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
-        torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": _Payload(marker)}, f)
+        torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": CodePayload(marker)}, f)
     marker.unlink(missing_ok=True)  # torch.save does not run __reduce__'s callable, but be sure
     with pytest.raises(CheckpointError, match="refused to load .*could execute arbitrary code"):
         safe_torch_load(path)
@@ -67,7 +57,7 @@ def test_a_pickle_that_carries_code_is_refused_and_never_runs(tmp_path):
     assert not marker.exists()
     # And a raw (non-torch) pickle fails the same way.
     raw = tmp_path / "raw.pkl"
-    raw.write_bytes(pickle.dumps(_Payload(marker)))
+    raw.write_bytes(pickle.dumps(CodePayload(marker)))
     with pytest.raises(CheckpointError, match="refused"):
         safe_torch_load(raw)
     assert not marker.exists()

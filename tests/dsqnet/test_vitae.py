@@ -15,7 +15,7 @@ from dsqnet.checkpoints import CheckpointError, load, load_opencd, read_metadata
 from dsqnet.model import DSQNet
 from dsqnet.vitae import ViTAEBackbone, drop_path_rates
 from tests.dsqnet.test_architecture import BOX_PATH_PARAMETERS, UNUSED_REFERENCE_PARAMETERS
-from tests.helpers import GOLDEN_VITAE, SMALL_VITAE, golden_file, vitae_golden_names, vitae_sizes
+from tests.helpers import GOLDEN_VITAE, SMALL_VITAE, CodePayload, golden_file, vitae_golden_names, vitae_sizes
 
 VITAE_GOLDEN = vitae_golden_names()
 
@@ -306,26 +306,16 @@ def test_vitae_weights_of_another_size_are_refused_with_the_differences(tmp_path
         small_model(pretrained_backbone=swin)
 
 
-class _Payload:
-    """Unpickling this would create a file: proof that code ran."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
-
-
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_an_imagenet_file_that_carries_code_is_refused_and_never_runs(tmp_path):
     marker = tmp_path / "code-ran"
-    path = _imagenet_file(tmp_path, small_model().backbone, payload=_Payload(marker))
+    path = _imagenet_file(tmp_path, small_model().backbone, payload=CodePayload(marker))
     marker.unlink(missing_ok=True)
     with pytest.raises(CheckpointError, match="refused to load .*could execute arbitrary code"):
         small_model(pretrained_backbone=path)
     assert not marker.exists()
     raw = tmp_path / "raw.pth.tar"
-    raw.write_bytes(pickle.dumps(_Payload(marker)))
+    raw.write_bytes(pickle.dumps(CodePayload(marker)))
     with pytest.raises(CheckpointError, match="refused"):
         small_model(pretrained_backbone=raw)
     assert not marker.exists()
