@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 import zarr
 
 from .probability_store import ProbabilityStore
 from .tiling import Block, Lattice, Reach, block_reach, block_windows, reflect_index, window_weight
 
-# (N, 3, h, w) uint8 before, after -> (N, h, w) float32 probability of change
-WindowModel = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# (N, 3, h, w) uint8 before, after -> (N, h, w) float32 probability of change, as tensors on the block's device
+WindowModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class BlockReport:
     model_seconds: float
     seconds: float
     worker: str
+    device: str
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -92,23 +94,35 @@ def windows_to_run(inputs: BlockInputs, lattice: Lattice, block: Block) -> list[
 
 
 def window_sums(run: WindowModel, inputs: BlockInputs, lattice: Lattice, windows: list[tuple[int, int]],
-                batch_size: int) -> np.ndarray:
-    """The weighted sum of ``windows``' probabilities over the block's reach, (h, w) float32."""
+                batch_size: int, device: str = "cpu") -> np.ndarray:
+    """The weighted sum of ``windows``' probabilities over the block's reach, (h, w) float32.
+
+    The block's pixels go to ``device`` once; windows are cut, run and blended there, and only the
+    sums come back. On a GPU this keeps the card busy: copying each batch of windows out and their
+    probabilities back would cost about as much as the network itself.
+    """
     size, reach = lattice.window, inputs.reach
-    weight = window_weight(size)
-    sums = np.zeros(reach.shape, np.float32)
+    device_ = torch.device(device)
+    before = torch.from_numpy(inputs.before).to(device_)
+    after = torch.from_numpy(inputs.after).to(device_)
+    weight = torch.from_numpy(window_weight(size)).to(device_)
+    sums = torch.zeros(reach.shape, dtype=torch.float32, device=device_)
     for first in range(0, len(windows), batch_size):
         group = windows[first:first + batch_size]
         cut = [(slice(t - reach.top, t - reach.top + size), slice(c - reach.left, c - reach.left + size))
                for t, c in group]
-        probs = run(np.stack([inputs.before[:, r, c] for r, c in cut]), np.stack([inputs.after[:, r, c] for r, c in cut]))
+        probs = run(torch.stack([before[:, r, c] for r, c in cut]), torch.stack([after[:, r, c] for r, c in cut]))
         for (rows, cols), prob in zip(cut, probs):
             sums[rows, cols] += weight * prob
-    return sums
+    return sums.cpu().numpy()
 
 
-def process_block(job: BlockJob, block: Block, run: WindowModel) -> BlockReport:
-    """Read, infer and sum one block's windows, then store the sums (the resume point)."""
+def process_block(job: BlockJob, block: Block, run: WindowModel, device: str = "cpu") -> BlockReport:
+    """Read, infer and sum one block's windows, then store the sums (the resume point).
+
+    ``device`` is where ``run`` computes, recorded in the report so that ``run.json`` says which
+    card (or the CPU) ran each block.
+    """
     started = time.perf_counter()
     scenes = zarr.open_group(job.scenes, mode="r")
     height, width = scenes["valid"].shape[-2:]
@@ -116,20 +130,23 @@ def process_block(job: BlockJob, block: Block, run: WindowModel) -> BlockReport:
     inputs = read_block(scenes, lattice, block)
     model_seconds = 0.0
 
-    def timed(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    finish = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+
+    def timed(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
         nonlocal model_seconds
         tick = time.perf_counter()
-        out = run(before, after)  # numpy out: the device has finished
+        out = run(before, after)
+        finish()  # a GPU runs asynchronously: count the time until it is done
         model_seconds += time.perf_counter() - tick
         return out
 
     windows = windows_to_run(inputs, lattice, block)
     # nothing seen in both dates: no sums at all rather than a block of zeros
-    sums = window_sums(timed, inputs, lattice, windows, job.batch_size) if windows else None
+    sums = window_sums(timed, inputs, lattice, windows, job.batch_size, device) if windows else None
     ProbabilityStore(Path(job.probabilities)).write_sums(block, sums)
     observed = np.asarray(scenes["valid"][:, block.top:block.bottom, block.left:block.right]).all(axis=0)
     return BlockReport(block.name, len(windows), int(observed.sum()), round(model_seconds, 4),
-                       round(time.perf_counter() - started, 4), _worker_address())
+                       round(time.perf_counter() - started, 4), _worker_address(), device)
 
 
 def _worker_address() -> str:

@@ -1,7 +1,7 @@
 """``detect-changes``: a region and two dates in, change rasters and polygons out.
 
     choose scenes -> load scenes.zarr -> plan blocks -> infer blocks (Dask workers) -> stitch
-    -> mosaic -> vectorise -> publish
+    -> {mosaic, vectorise, preview} at once -> publish
 
 Tasks pass paths and small records; pixels stay in the zarr stores. The inference step is a
 subflow so that its Dask cluster (local, or the one at ``dask_address``) is chosen per run. Work
@@ -50,7 +50,7 @@ from .scoring import score_run
 from .stitch import stitch
 from .tiling import Block, Lattice, plan_blocks
 from .vectorize import change_polygons
-from .workers import DASK_ADDRESS_ENV, cluster_has_gpus, dask_task_runner, local_worker_threads, window_model
+from .workers import DASK_ADDRESS_ENV, cached_predictor, cluster_has_gpus, dask_task_runner, local_worker_threads
 
 INFERENCE_CODE = (Path(dsqnet.__file__).parent, Path(__file__).with_name("block_inference.py"),
                   Path(__file__).with_name("tiling.py"), Path(__file__).with_name("stitch.py"))
@@ -111,8 +111,8 @@ def plan(request: DetectRequest, scenes: PreparedScenes, model: ModelRecord, wor
 @task(name="infer-block", cache_policy=NO_CACHE, task_run_name="infer-block-{block.row}-{block.col}")
 def infer_block(job: BlockJob, block: Block) -> dict:
     """One block on a worker; the model is loaded once per worker process and reused."""
-    run = window_model(job.model_path, job.model_hash, job.precision, job.device, job.threads)
-    return process_block(job, block, run).to_dict()
+    predictor = cached_predictor(job.model_path, job.model_hash, job.precision, job.device, job.threads)
+    return process_block(job, block, predictor.predict_proba, device=str(predictor.device)).to_dict()
 
 
 @flow(name="infer-blocks", validate_parameters=False)
@@ -143,8 +143,6 @@ def stitch_blocks(plan: BlockPlan) -> int:
 
 @task(name="mosaic", cache_policy=NO_CACHE)
 def mosaic(store: ProbabilityStore, scenes: PreparedScenes, folder: Path, threshold: float):
-    store.mark_complete()
-    store.clear_sums()
     counts = write_change_rasters(store, scenes.grid.crs.to_wkt(), scenes.grid.transform, folder, threshold)
     link_tree(store.path, folder / "change_prob.zarr")
     return counts
@@ -239,15 +237,16 @@ def run_detect(request: DetectRequest) -> dict:
     store = ProbabilityStore(blocks.job.probabilities)
     run_id = run_identifier(name)
     with RunFolder(out_dir / name) as run:
-        counts = mosaic(store, scenes, run.staging, request.threshold)
-        lap("mosaic")
-        polygons = vectorise(store, scenes, blocks.blocks, request, record, run_id, run.staging)
-        lap("vectorise")
+        store.mark_complete()  # from here on the probabilities are only read, by three steps at once
+        store.clear_sums()
+        rasters = mosaic.submit(store, scenes, run.staging, request.threshold)
+        shapes = vectorise.submit(store, scenes, blocks.blocks, request, record, run_id, run.staging)
         write_preview(scenes.path, store.probability(), request.threshold, (request.before, request.after),
                       run.staging / "preview.png")
         metrics = (score_run(store, blocks.blocks, scenes.grid.transform, scenes.grid.crs.to_wkt(),
                              request.threshold, request.truth) if request.truth else None)
-        lap("preview and score")
+        counts, polygons = rasters.result(), shapes.result()
+        lap("mosaic, vectorise, preview")
         manifest = build_manifest(request, region_, scenes, record, blocks, reports, counts, polygons, metrics,
                                   timings, run_id, out_dir / name)
         folder = publish(run, manifest, polygons)

@@ -18,7 +18,8 @@ from rasterio.windows import Window
 from .probability_store import CHUNK, ProbabilityStore
 
 UNCHANGED, CHANGED, NOT_OBSERVED = 0, 1, 255
-COG_OPTIONS = {"driver": "COG", "compress": "deflate", "blocksize": 512, "bigtiff": "IF_SAFER"}
+COG_OPTIONS = {"driver": "COG", "compress": "deflate", "blocksize": 512, "bigtiff": "IF_SAFER",
+               "num_threads": "ALL_CPUS"}
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,8 @@ def write_change_rasters(store: ProbabilityStore, crs, transform: Affine, folder
     probability = store.probability()
     height, width = probability.shape
     base = {"driver": "GTiff", "height": height, "width": width, "count": 1, "crs": crs, "transform": transform,
-            "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate", "bigtiff": "IF_SAFER"}
+            "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate", "zlevel": 1,
+            "num_threads": "ALL_CPUS", "bigtiff": "IF_SAFER"}
     strips = {"prob": folder / ".change_prob.strips.tif", "change": folder / ".change.strips.tif"}
     observed = changed = 0
     try:

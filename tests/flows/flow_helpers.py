@@ -54,10 +54,10 @@ def hole_pixels_in_region() -> tuple[slice, slice]:
     return slice(0, HOLE_PX - inset), slice(0, HOLE_PX - inset)
 
 
-def content_model(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+def content_model(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
     """A stand-in network whose output depends only on a window's pixels (for exact tiling checks)."""
-    diff = np.abs(before.astype(np.float32) - after.astype(np.float32)).mean(axis=1) / 255.0
-    return (diff + 0.01 * before[:, 0].astype(np.float32) / 255.0).astype(np.float32)
+    diff = (before.float() - after.float()).abs().mean(dim=1) / 255.0
+    return diff + 0.01 * before[:, 0].float() / 255.0
 
 
 def scenes_store(path, height: int, width: int, seed: int = 0, hole: tuple[slice, slice] | None = None) -> xr.Dataset:

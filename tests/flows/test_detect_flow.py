@@ -14,6 +14,7 @@ import numpy as np
 import pystac
 import pytest
 import rasterio
+import torch
 import xarray as xr
 from rio_cogeo.cogeo import cog_validate
 
@@ -100,10 +101,15 @@ def test_manifest_records_inputs_scenes_model_versions_and_a_stac_item(first_run
     assert manifest["grid"]["crs"] == "EPSG:32633" and manifest["grid"]["shape"] == [561, 561]
     assert manifest["model"]["sha256"] and manifest["model"]["name"] == "dsqnet_swin_mini"
     assert manifest["blocks"]["total"] == 4 and manifest["blocks"]["computed"] == 4
+    reports = manifest["blocks"]["reports"]
+    # a CPU worker has a process of its own; the worker of a one-GPU machine runs in the flow's process
+    gpu = torch.cuda.device_count() == 1
+    assert all(r["worker"].startswith("inproc://" if gpu else "tcp://") for r in reports)
+    assert {r["device"] for r in reports} == ({"cuda:0"} if gpu else {"cpu"})
     rows, cols = hole_pixels_in_region()
     assert manifest["pixels"]["total"] == 561 * 561  # the region's bounds snapped outwards to whole pixels
     assert manifest["pixels"]["observed"] == 561 * 561 - (rows.stop - rows.start) * (cols.stop - cols.start)
-    assert set(manifest["timings"]) >= {"choose scenes", "load scenes", "infer blocks", "mosaic", "vectorise"}
+    assert set(manifest["timings"]) >= {"choose scenes", "load scenes", "infer blocks", "mosaic, vectorise, preview"}
     assert manifest["versions"]["torch"] and manifest["versions"]["prefect"]
     item = pystac.Item.from_dict(manifest["stac_item"])
     assert set(item.assets) == {"change", "change_prob", "changes", "preview", "change_prob_zarr"}

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 import zarr
 
 from flows.block_inference import BlockInputs, BlockJob, process_block, read_block, window_sums
 from flows.probability_store import ProbabilityStore
 from flows.stitch import stitch
 from flows.tiling import Lattice, block_reach, block_windows, plan_blocks, reflect_index, window_weight
-from flows.workers import window_model
+from flows.workers import cached_predictor
 from tests.flows.flow_helpers import content_model, scenes_store, tiny_model_file
 
 
@@ -93,7 +94,7 @@ def test_reflect_padding_feeds_mirrored_pixels_at_the_scene_edge(tmp_path):
 def test_block_sizes_agree_with_the_real_network(tmp_path):
     scenes = scenes_store(tmp_path / "scenes.zarr", 1100, 600, hole=(slice(900, 1100), slice(0, 200)))
     model = tiny_model_file(tmp_path / "tiny.safetensors")
-    run = window_model(str(model), "test", "fp32", "cpu")
+    run = cached_predictor(str(model), "test", "fp32", "cpu", None).predict_proba
     whole, halves, quarters = (run_blocks(tmp_path, scenes, size, run, 128, 64, batch_size=16)
                                for size in (1536, 1024, 512))
     assert np.isnan(whole[900:, :200]).all() and not np.isnan(whole[:900]).any()
@@ -109,7 +110,7 @@ def test_window_sums_run_each_owned_window_once_in_batches():
 
     def counting(before, after):
         calls.append(len(before))
-        return np.ones((len(before), 128, 128), np.float32)
+        return torch.ones((len(before), 128, 128))
 
     reach = block_reach(lattice, block)
     inputs = BlockInputs(np.zeros((3, *reach.shape), np.uint8), np.zeros((3, *reach.shape), np.uint8), reach,
