@@ -98,15 +98,16 @@ def window_sums(run: WindowModel, inputs: BlockInputs, lattice: Lattice, windows
     """The weighted sum of ``windows``' probabilities over the block's reach, (h, w) float32.
 
     The block's pixels go to ``device`` once; windows are cut, run and blended there, and only the
-    sums come back. On a GPU this keeps the card busy: copying each batch of windows out and their
-    probabilities back would cost about as much as the network itself.
+    sums come back, instead of every batch crossing to the card and back (measured on an H200, per
+    2048-px block at batch 16: 0.92 s with batches through numpy, 0.88 s now; of those, 0.36 s is
+    still reading the block from zarr and storing its sums, on one CPU core, while the GPU waits).
     """
     size, reach = lattice.window, inputs.reach
-    device_ = torch.device(device)
-    before = torch.from_numpy(inputs.before).to(device_)
-    after = torch.from_numpy(inputs.after).to(device_)
-    weight = torch.from_numpy(window_weight(size)).to(device_)
-    sums = torch.zeros(reach.shape, dtype=torch.float32, device=device_)
+    target = torch.device(device)
+    before = torch.from_numpy(inputs.before).to(target)
+    after = torch.from_numpy(inputs.after).to(target)
+    weight = torch.from_numpy(window_weight(size)).to(target)
+    sums = torch.zeros(reach.shape, dtype=torch.float32, device=target)
     for first in range(0, len(windows), batch_size):
         group = windows[first:first + batch_size]
         cut = [(slice(t - reach.top, t - reach.top + size), slice(c - reach.left, c - reach.left + size))
@@ -130,7 +131,8 @@ def process_block(job: BlockJob, block: Block, run: WindowModel, device: str = "
     inputs = read_block(scenes, lattice, block)
     model_seconds = 0.0
 
-    finish = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    on_gpu = torch.device(device).type == "cuda"
+    finish = (lambda: torch.cuda.synchronize(device)) if on_gpu else (lambda: None)
 
     def timed(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
         nonlocal model_seconds

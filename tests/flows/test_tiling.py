@@ -72,7 +72,7 @@ def test_blending_is_the_same_for_any_block_size_and_order(tmp_path):
 
 def test_a_constant_network_gives_a_constant_map_up_to_the_edges(tmp_path):
     scenes = scenes_store(tmp_path / "scenes.zarr", 300, 530)  # smaller than a window, not a multiple of the stride
-    prob = run_blocks(tmp_path, scenes, 512, lambda a, b: np.full(a.shape[:1] + a.shape[2:], 0.25, np.float32), 512, 256)
+    prob = run_blocks(tmp_path, scenes, 512, lambda a, b: torch.full((a.shape[0], *a.shape[2:]), 0.25), 512, 256)
     assert prob.shape == (300, 530)
     assert np.allclose(prob, 0.25, atol=1e-6)
 
