@@ -56,24 +56,22 @@ def _current_api_url() -> str | None:
 
 
 def local_cluster_kwargs(workers: int | None = None) -> dict[str, Any]:
-    """One worker per GPU, or CPU worker processes with the cores split between them.
+    """One worker per GPU, or CPU workers with the cores split between them.
 
-    A machine with one GPU runs its worker inside this process (Dask threads): starting a worker
-    process that imports torch and CUDA took 13 s on an H200 machine, 20 times what the network
-    needs for a 2048² region, and the model then stays loaded for the next run of this process
-    (``monitor-region`` runs one detect per pair). CPU workers keep a process of their own, which
-    also isolates their memory: in this process, 8192² on 2 cores took 823 s end to end against
-    764 s with a worker process, more than the 9 s a process takes to start (the network's speed on
-    that machine varies by up to 20 % between runs, so this is a tendency, not a law).
+    A single worker runs inside this process (Dask threads, no worker process). Starting a worker
+    process that imports torch took 9-11 s on the 2-core CPU and 13 s on an H200 machine, more than
+    the network needs for a 2048² region there (44 s and 0.6 s). In this process the model also
+    stays loaded for the next run (``monitor-region`` runs one detect per pair), and memory is
+    lower (2.6 GB against 3.4-3.6 GB at 2048²). Long runs went as fast either way (8192² on 2
+    cores: 759 s and 823 s in this process, 764 s with a worker process; the network's speed on
+    that machine varies by up to 20 % between runs). Several workers get a process each, so that
+    they do not share a GIL.
     """
     gpus = torch.cuda.device_count()
-    if gpus:
-        n_workers = workers or gpus
-        return {"n_workers": n_workers, "threads_per_worker": 1, "processes": n_workers > 1,
-                "dashboard_address": None, "resources": {"GPU": 1}}
     # a CPU worker's torch uses several cores; more workers than cores/4 only adds memory
-    n_workers = workers or max(1, (os.cpu_count() or 1) // 4)
-    return {"n_workers": n_workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
+    n_workers = workers or gpus or max(1, (os.cpu_count() or 1) // 4)
+    kwargs = {"n_workers": n_workers, "threads_per_worker": 1, "processes": n_workers > 1, "dashboard_address": None}
+    return {**kwargs, "resources": {"GPU": 1}} if gpus else kwargs
 
 
 def local_worker_threads(workers: int | None = None) -> int:
