@@ -1,8 +1,8 @@
 """The workers that run blocks: which Dask cluster, which device, and one model per worker process.
 
 By default each run starts a local Dask cluster sized to the machine: one worker per GPU (each
-advertising a ``GPU`` resource and using its own card) or, without GPUs, worker processes that
-share the CPU cores between them. ``dask_address`` (or ``DSQNET_DASK_ADDRESS``) attaches to an
+advertising a ``GPU`` resource and using its own card) or, without GPUs, workers that share the
+CPU cores between them; a single worker runs in the flow's own process. ``dask_address`` (or ``DSQNET_DASK_ADDRESS``) attaches to an
 existing cluster instead, e.g. GPU machines running ``dask worker tcp://scheduler:8786 --resources GPU=1``.
 """
 
