@@ -74,7 +74,9 @@ def _item(acq: Acquisition, grid: Grid, cog: Path) -> pystac.Item:
 
 def write_stac(grids: Sequence[Grid], cogs: Sequence[Path], stac_dir: Path) -> Path:
     """A self-contained static catalog: catalog -> collection 'demo-rgb' -> one item per date."""
-    items = [_item(acq, grid, cog) for acq, grid, cog in zip(ACQUISITIONS, grids, cogs)]
+    # absolute paths first: pystac only makes absolute hrefs relative, and a path relative to the
+    # working directory would be kept as if it were relative to its item (a moved folder then breaks)
+    items = [_item(acq, grid, cog.resolve()) for acq, grid, cog in zip(ACQUISITIONS, grids, cogs)]
     collection = pystac.Collection(
         id=COLLECTION_ID, description="Synthetic RGB aerial scenes of demo-town (0.5-0.6 m, UTM 33N/34N).",
         extent=pystac.Extent.from_items(items), license="CC0-1.0",
@@ -82,7 +84,7 @@ def write_stac(grids: Sequence[Grid], cogs: Sequence[Path], stac_dir: Path) -> P
     collection.add_items(items)
     catalog = pystac.Catalog(id="dsqnet-demo", description="The embedded default catalog: synthetic, reproducible.")
     catalog.add_child(collection)
-    catalog.normalize_hrefs(str(stac_dir))
+    catalog.normalize_hrefs(str(stac_dir.resolve()))
     catalog.make_all_asset_hrefs_relative()  # save() leaves asset hrefs absolute; the folder must move as one
     catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
     return stac_dir / "catalog.json"

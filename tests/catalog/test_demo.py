@@ -150,6 +150,18 @@ def test_same_seed_same_pixels_other_seed_other_pixels(tmp_path):
     assert not np.array_equal(pixels(first, 0), pixels(other, 0))
 
 
+def test_a_demo_written_to_a_relative_folder_can_be_moved(tmp_path, monkeypatch):
+    """``dsqnet detect --out runs`` builds the demo under a relative, temporary folder, then renames it."""
+    monkeypatch.chdir(tmp_path)
+    demo.build_demo(Path("staging") / "demo", seed=3, size_px=600)
+    Path("staging/demo").rename("moved")
+    items = list(pystac.Catalog.from_file(str(tmp_path / "moved" / "stac" / "catalog.json")).get_items(recursive=True))
+    assert len(items) == len(demo.DATES)
+    for item in items:
+        assert not Path(item.assets["visual"].href).is_absolute()
+        assert Path(item.assets["visual"].get_absolute_href()).is_file(), item.assets["visual"].href
+
+
 def test_truth_polygons_and_raster_agree_for_every_pair(data, items):
     grids = {i.datetime.date().isoformat(): i.properties["proj:transform"][:6] for i in items}
     assert set(data.truth) == set(itertools.combinations(data.dates, 2))
