@@ -130,7 +130,7 @@ def model_alone(model_path: Path, windows: int, window: int, batch: int, precisi
     rng = np.random.default_rng(0)
     a = rng.integers(0, 255, (batch, 3, window, window), dtype=np.uint8)
     b = rng.integers(0, 255, (batch, 3, window, window), dtype=np.uint8)
-    predictor.predict_proba(a[:1], b[:1])  # warm-up, as the workers' first block has
+    predictor.predict_proba(a[:1], b[:1])  # warm-up outside the timing; the flow's figure has its own in it
     started = time.perf_counter()
     for first in range(0, windows, batch):
         n = min(batch, windows - first)

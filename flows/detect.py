@@ -110,7 +110,7 @@ def plan(request: DetectRequest, scenes: PreparedScenes, model: ModelRecord, wor
 
 @task(name="infer-block", cache_policy=NO_CACHE, task_run_name="infer-block-{block.row}-{block.col}")
 def infer_block(job: BlockJob, block: Block) -> dict:
-    """One block on a worker; the model is loaded once per worker process and reused."""
+    """One block on a worker; the model is loaded once per process and reused."""
     predictor = cached_predictor(job.model_path, job.model_hash, job.precision, job.device, job.threads)
     return process_block(job, block, predictor.predict_proba, device=str(predictor.device)).to_dict()
 

@@ -98,7 +98,7 @@ def dissolve(pieces: Iterable[Piece]) -> list[Piece]:
     Only the outer rings are unioned, and each piece's holes are put back afterwards: a hole lies
     inside its own block and no other seam piece can reach into it, so it stays a hole of the
     merged change. Unioning rings without their holes is what makes this fast on noisy maps
-    (measured: 8.2 s -> 3 s for 320 seam pieces with 4,300 holes).
+    (measured on a random-weight map: 7.1 s -> 3.9 s for 320 seam pieces with 4,300 holes).
     """
     whole, at_seam = [], []
     for piece in pieces:

@@ -2,8 +2,9 @@
 
 By default each run starts a local Dask cluster sized to the machine: one worker per GPU (each
 advertising a ``GPU`` resource and using its own card) or, without GPUs, workers that share the
-CPU cores between them; a single worker runs in the flow's own process. ``dask_address`` (or ``DSQNET_DASK_ADDRESS``) attaches to an
-existing cluster instead, e.g. GPU machines running ``dask worker tcp://scheduler:8786 --resources GPU=1``.
+CPU cores between them; a single worker runs in the flow's own process. ``dask_address`` (or
+``DSQNET_DASK_ADDRESS``) attaches to an existing cluster instead, e.g. GPU machines running
+``dask worker tcp://scheduler:8786 --resources GPU=1``.
 """
 
 from __future__ import annotations
