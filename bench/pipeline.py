@@ -17,8 +17,15 @@ reported as ``prefect_api_start_s`` rather than charged to whichever size happen
 Goals (issue #5): pipeline <= 1.15 x model time; peak memory of the larger region <= 1.5 x that of
 the smaller one.
 
+``--stand-in-ms M`` replaces the network, in the flow and in the model-alone figure alike, by a
+stand-in that waits M ms per window without holding the CPU, as an accelerator does, and then
+marks the generated changes (a clean map, unlike random weights'). It shows what the pipeline costs
+around a fast network (an H200 runs Swin-T in bf16 at 6-9 ms per window) on a machine without one;
+its rows say ``"network": "stand-in"``.
+
     python bench/pipeline.py                                  # dsqnet_swin_t, 2048^2 and 8192^2
     python bench/pipeline.py --sizes 1024 2048 --precision bf16 --block-size 2048 --json out.json
+    python bench/pipeline.py --sizes 2048 8192 --batch 16 --stand-in-ms 8     # the pipeline around a fast network
 """
 
 from __future__ import annotations
@@ -122,11 +129,29 @@ class PeakMemory:
         self._thread.join()
 
 
-def model_alone(model_path: Path, windows: int, window: int, batch: int, precision: str, threads: int) -> float:
+class StandInNetwork:
+    """Waits ``ms_per_window`` per window with the CPU free, then marks what turned bright in the after date.
+
+    That finds exactly the rectangles ``scene`` adds, so the outputs are those of a clean change map.
+    """
+
+    device = torch.device("cpu")
+
+    def __init__(self, ms_per_window: float) -> None:
+        self.seconds_per_window = ms_per_window / 1000
+
+    def predict_proba(self, before, after) -> torch.Tensor:
+        time.sleep(self.seconds_per_window * len(before))
+        darkest_band = torch.as_tensor(after).amin(dim=1).float()
+        return torch.sigmoid((darkest_band - 222) / 2)  # fields stay under 212, the new rectangles are 235
+
+
+def model_alone(model_path: Path, windows: int, window: int, batch: int, precision: str, threads: int,
+                stand_in: StandInNetwork | None = None) -> float:
     torch.set_num_threads(threads)
     from dsqnet.checkpoints import load
 
-    predictor = Predictor(load(model_path), precision=precision)
+    predictor = stand_in or Predictor(load(model_path), precision=precision)
     rng = np.random.default_rng(0)
     a = rng.integers(0, 255, (batch, 3, window, window), dtype=np.uint8)
     b = rng.integers(0, 255, (batch, 3, window, window), dtype=np.uint8)
@@ -155,6 +180,11 @@ def run(size: int, args: argparse.Namespace, work: Path) -> dict:
     from flows.detect import detect_changes
 
     catalog, region = write_catalog(work / f"scenes_{size}", size)
+    stand_in = StandInNetwork(args.stand_in_ms) if args.stand_in_ms is not None else None
+    if stand_in:  # the flow's single worker runs in this process, so it picks this up
+        import flows.detect
+
+        flows.detect.cached_predictor = lambda *_, **__: stand_in
     started = time.perf_counter()
     with PeakMemory() as memory:
         summary = detect_changes(region=region, before="2021-06-10", after="2023-06-12", catalog=str(catalog),
@@ -164,10 +194,11 @@ def run(size: int, args: argparse.Namespace, work: Path) -> dict:
     seconds = time.perf_counter() - started
     manifest = json.loads((Path(summary["run_folder"]) / "run.json").read_text())
     threads = os.cpu_count() or 1
-    model_seconds = model_alone(args.model_file, manifest["windows"]["scene"], 512, args.batch, args.precision, threads)
+    model_seconds = model_alone(args.model_file, manifest["windows"]["scene"], 512, args.batch, args.precision, threads,
+                                stand_in)
     height, width = manifest["grid"]["shape"]
     return {
-        "size": size, "grid": [height, width], "seconds": round(seconds, 2),
+        "size": size, "network": "stand-in" if stand_in else args.model, "grid": [height, width], "seconds": round(seconds, 2),
         "mpx_per_s": round(height * width / 1e6 / seconds, 4),
         "model_seconds": round(model_seconds, 2), "ratio": round(seconds / model_seconds, 3),
         "model_seconds_in_workers": manifest["model_seconds"],
@@ -183,6 +214,8 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--block-size", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--stand-in-ms", type=float, help="replace the network by a stand-in taking this many "
+                        "ms per window with the CPU free (the pipeline around an accelerator)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="dsqnet-bench-") as tmp:

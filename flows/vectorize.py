@@ -18,9 +18,10 @@ from dataclasses import dataclass
 import geopandas as gpd
 import numpy as np
 import rasterio.features
+import scipy.ndimage
 import shapely
 from affine import Affine
-from shapely.geometry import Polygon, shape
+from shapely.geometry import Polygon
 
 from .probability_store import ProbabilityStore
 from .tiling import Block
@@ -51,45 +52,127 @@ class Piece:
 
 
 def block_pieces(probability: np.ndarray, block: Block, transform: Affine, scene_shape: tuple[int, int],
-                 threshold: float) -> list[Piece]:
-    """The changed regions of one block as polygons in the grid's CRS, with their sums."""
+                 threshold: float, min_area_m2: float = 0.0) -> list[Piece]:
+    """The changed regions of one block as polygons in the grid's CRS, with their sums.
+
+    The regions are labelled first (4-connected) and every sum is taken per label in one pass over
+    the block; each label then traces to exactly one polygon. A region smaller than ``min_area_m2``
+    that does not reach a seam is dropped before it becomes a geometry (its area is its pixels: the
+    outlines follow pixel edges). Earlier, the polygons were rasterised back to find their pixels:
+    on a noisy map that cost 11 s for a 2048² block with 54,000 regions.
+    """
     observed = ~np.isnan(probability)
     changed = observed & (probability >= threshold)
-    if not changed.any():
+    labels, count = scipy.ndimage.label(changed, structure=FOUR_CONNECTED)
+    if count == 0:
         return []
+    flat = labels.ravel()
+    pixels = np.bincount(flat, minlength=count + 1)
+    prob_sum = np.bincount(flat, weights=np.where(changed, probability, 0.0).ravel(), minlength=count + 1)
+    prob_max = np.zeros(count + 1)
+    prob_max[1:] = np.asarray(scipy.ndimage.maximum(probability, labels, np.arange(1, count + 1)))
+    at_seam = np.zeros(count + 1, bool)
+    at_seam[_labels_at_inner_edges(labels, block, scene_shape)] = True
+    pixel_area = abs(transform.a * transform.e)
+    keep = at_seam | (pixels * pixel_area >= min_area_m2)
+    keep[0] = False
+
     local = transform * Affine.translation(block.left, block.top)
-    polygons = [shape(geom) for geom, _ in rasterio.features.shapes(
-        changed.astype(np.uint8), mask=changed, transform=local, connectivity=4)]
-    labels = rasterio.features.rasterize(
-        ((p, i + 1) for i, p in enumerate(polygons)), out_shape=changed.shape, transform=local, dtype=np.int32)
-    outlines = rasterio.features.rasterize(
-        ((Polygon(p.exterior), i + 1) for i, p in enumerate(polygons)), out_shape=changed.shape,
-        transform=local, dtype=np.int32)
-    n = len(polygons) + 1
-    prob = np.where(changed, probability, 0.0).astype(np.float64)  # ufunc.at is slow when it must cast
-    pixels = np.bincount(labels.ravel(), minlength=n)
-    prob_sum = np.bincount(labels.ravel(), weights=prob.ravel(), minlength=n)
-    prob_max = np.zeros(n)
-    np.maximum.at(prob_max, labels.ravel(), prob.ravel())
-    outline_pixels = np.bincount(outlines.ravel(), minlength=n)
-    outline_observed = np.bincount(outlines.ravel(), weights=observed.ravel(), minlength=n)
-    seams = _inner_edges(block, scene_shape)
-    return [
-        Piece(p, int(pixels[i]), float(prob_sum[i]), float(prob_max[i]), int(outline_pixels[i]),
-              int(outline_observed[i]), _at_seam(labels, i, seams))
-        for i, p in enumerate(polygons, start=1)
-    ]
+    found = [(int(value), geometry["coordinates"])  # the dropped regions are not even traced
+             for geometry, value in rasterio.features.shapes(labels, mask=keep[labels], transform=local,
+                                                             connectivity=4)]
+    polygons = _polygons([rings for _, rings in found])
+    unobserved = _Counter(~observed)
+    pieces = []
+    for (label, _), polygon in zip(found, polygons):
+        outline_pixels = outline_observed = int(pixels[label])
+        if polygon.interiors:  # what the holes enclose counts too, observed or not
+            outline = Polygon(polygon.exterior)
+            outline_pixels = round(outline.area / pixel_area)
+            outline_observed = outline_pixels - unobserved.inside(outline, local)
+        pieces.append(Piece(polygon, int(pixels[label]), float(prob_sum[label]), float(prob_max[label]),
+                            outline_pixels, outline_observed, bool(at_seam[label])))
+    return pieces
 
 
-def _inner_edges(block: Block, scene_shape: tuple[int, int]) -> dict[str, bool]:
-    """Which sides of the block border another block (only there can a change continue)."""
+def _polygons(rings_of_each: list[list]) -> np.ndarray:
+    """GeoJSON-style polygon coordinates (rings of (x, y)) -> shapely polygons, built in one call.
+
+    Three times faster than one ``shape()`` per polygon, which dominated a noisy block's time.
+    """
+    if not rings_of_each:
+        return np.zeros(0, object)
+    points, ring_sizes, ring_owners = [], [], []
+    for owner, rings in enumerate(rings_of_each):
+        for ring in rings:
+            points.extend(ring)
+            ring_sizes.append(len(ring))
+            ring_owners.append(owner)
+    rings = shapely.linearrings(np.asarray(points, float), indices=np.repeat(np.arange(len(ring_sizes)), ring_sizes))
+    return shapely.polygons(rings, indices=ring_owners)
+
+
+FOUR_CONNECTED = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)
+
+
+def _labels_at_inner_edges(labels: np.ndarray, block: Block, scene_shape: tuple[int, int]) -> np.ndarray:
+    """The labels touching a side of the block that borders another block (only there can a change continue)."""
     height, width = scene_shape
-    return {"top": block.top > 0, "bottom": block.bottom < height, "left": block.left > 0, "right": block.right < width}
+    edges = [labels[0] if block.top > 0 else None, labels[-1] if block.bottom < height else None,
+             labels[:, 0] if block.left > 0 else None, labels[:, -1] if block.right < width else None]
+    found = [np.unique(edge) for edge in edges if edge is not None]
+    return np.concatenate(found).astype(np.intp) if found else np.zeros(0, np.intp)
 
 
-def _at_seam(labels: np.ndarray, label: int, seams: dict[str, bool]) -> bool:
-    edges = {"top": labels[0], "bottom": labels[-1], "left": labels[:, 0], "right": labels[:, -1]}
-    return any(seams[side] and bool((edges[side] == label).any()) for side in edges)
+class _Counter:
+    """Counts the pixels of a mask under a polygon, quickly where the mask is empty around it."""
+
+    def __init__(self, mask: np.ndarray) -> None:
+        self.mask = mask
+        self.table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), np.int64)  # summed-area table
+        self.table[1:, 1:] = mask.cumsum(0).cumsum(1)
+
+    def inside(self, polygon: Polygon, transform: Affine) -> int:
+        r0, r1, c0, c1 = _pixel_bounds(polygon, transform, self.mask.shape)
+        t = self.table
+        if t[r1, c1] - t[r0, c1] - t[r1, c0] + t[r0, c0] == 0:
+            return 0
+        return _count_under(polygon, self.mask[r0:r1, c0:c1], transform * Affine.translation(c0, r0))
+
+
+def _pixel_bounds(polygon: Polygon, transform: Affine, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Rows and columns ``r0, r1, c0, c1`` of a raster under ``transform`` that hold the polygon's bounding box."""
+    left, bottom, right, top = polygon.bounds
+    (c0, r0), (c1, r1) = ~transform * (left, top), ~transform * (right, bottom)
+    r0, r1 = sorted((round(r0), round(r1)))
+    c0, c1 = sorted((round(c0), round(c1)))
+    return max(r0, 0), min(r1, shape[0]), max(c0, 0), min(c1, shape[1])
+
+
+def _count_under(polygon: Polygon, mask: np.ndarray, transform: Affine) -> int:
+    """Pixels of ``mask`` (a window with ``transform``) whose centres lie inside ``polygon``."""
+    inside = rasterio.features.rasterize([(polygon, 1)], out_shape=mask.shape, transform=transform, dtype=np.uint8)
+    return int((mask & (inside == 1)).sum())
+
+
+def _count_new_holes(changes: list[Piece], probability, transform: Affine) -> None:
+    """Recount the outline of changes that enclose more than their pieces did.
+
+    A hole can cross a seam: in each block it is a notch open to the block's edge, and only the
+    dissolved change closes it. Its pixels (and whether they were observed) are in no piece's
+    sums, so such outlines are counted again from the mosaic, over the change's bounding box only.
+    """
+    pixel_area = abs(transform.a * transform.e)
+    geometries = np.array([p.geometry for p in changes], dtype=object)
+    outlines = shapely.polygons(shapely.get_exterior_ring(geometries)) if len(changes) else geometries
+    enclosed = np.rint(shapely.area(outlines) / pixel_area).astype(np.int64)
+    for piece, outline, pixels in zip(changes, outlines, enclosed):
+        if pixels == piece.outline_pixels:
+            continue
+        r0, r1, c0, c1 = _pixel_bounds(outline, transform, probability.shape)
+        unobserved = np.isnan(np.asarray(probability[r0:r1, c0:c1]))
+        piece.outline_pixels = int(pixels)
+        piece.outline_observed = int(pixels) - _count_under(outline, unobserved, transform * Affine.translation(c0, r0))
 
 
 def dissolve(pieces: Iterable[Piece]) -> list[Piece]:
@@ -131,11 +214,13 @@ def change_polygons(store: ProbabilityStore, blocks: list[Block], transform: Aff
 
     def pieces_of(block: Block) -> list[Piece]:
         values = np.asarray(probability[block.top:block.bottom, block.left:block.right])
-        return block_pieces(values, block, transform, scene_shape, threshold)
+        return block_pieces(values, block, transform, scene_shape, threshold, min_area_m2)
 
     with ThreadPoolExecutor(max_workers=max(1, min(len(blocks), os.cpu_count() or 1, BLOCKS_AT_ONCE))) as pool:
         pieces = [piece for found in pool.map(pieces_of, blocks) for piece in found]
-    changes = [p for p in dissolve(pieces) if p.geometry.area >= min_area_m2]
+    pixel_area = abs(transform.a * transform.e)
+    changes = [p for p in dissolve(pieces) if p.pixels * pixel_area >= min_area_m2]
+    _count_new_holes(changes, probability, transform)
     frame = gpd.GeoDataFrame({
         "area_m2": [p.geometry.area for p in changes],
         "perimeter_m": [p.geometry.length for p in changes],
