@@ -77,13 +77,19 @@ def read_block(scenes: zarr.Group, lattice: Lattice, block: Block) -> BlockInput
         return BlockInputs(empty, empty, reach, observed)
     r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
     image = np.asarray(scenes["image"][:, :, r0:r1, c0:c1])  # (time, band, y, x)
-    image = image[:, :, rows - r0][:, :, :, cols - c0]
+    if not (_in_order(rows) and _in_order(cols)):  # the reach crosses the scene's edge: mirror it
+        image = image[:, :, rows - r0][:, :, :, cols - c0]
     inside = (slice(max(reach.top, 0), min(reach.bottom, lattice.height)),
               slice(max(reach.left, 0), min(reach.right, lattice.width)))
     valid = np.asarray(scenes["valid"][:, inside[0], inside[1]]).all(axis=0)
     observed[inside[0].start - reach.top:inside[0].stop - reach.top,
              inside[1].start - reach.left:inside[1].stop - reach.left] = valid
     return BlockInputs(image[0], image[1], reach, observed)
+
+
+def _in_order(index: np.ndarray) -> bool:
+    """Whether ``index`` is a plain run of consecutive pixels (no reflection), so the read needs no reordering."""
+    return bool(index[-1] - index[0] == len(index) - 1 and (np.diff(index) == 1).all())
 
 
 def windows_to_run(inputs: BlockInputs, lattice: Lattice, block: Block) -> list[tuple[int, int]]:
@@ -146,7 +152,8 @@ def process_block(job: BlockJob, block: Block, run: WindowModel, device: str = "
     # nothing seen in both dates: no sums at all rather than a block of zeros
     sums = window_sums(timed, inputs, lattice, windows, job.batch_size, device) if windows else None
     ProbabilityStore(Path(job.probabilities)).write_sums(block, sums)
-    observed = np.asarray(scenes["valid"][:, block.top:block.bottom, block.left:block.right]).all(axis=0)
+    reach = inputs.reach
+    observed = inputs.observed[block.top - reach.top:block.bottom - reach.top, block.left - reach.left:block.right - reach.left]
     return BlockReport(block.name, len(windows), int(observed.sum()), round(model_seconds, 4),
                        round(time.perf_counter() - started, 4), _worker_address(), device)
 

@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 
 import geopandas as gpd
 import numpy as np
@@ -66,11 +67,11 @@ def block_pieces(probability: np.ndarray, block: Block, transform: Affine, scene
     labels, count = scipy.ndimage.label(changed, structure=FOUR_CONNECTED)
     if count == 0:
         return []
-    flat = labels.ravel()
-    pixels = np.bincount(flat, minlength=count + 1)
-    prob_sum = np.bincount(flat, weights=np.where(changed, probability, 0.0).ravel(), minlength=count + 1)
+    region, values = labels[changed], probability[changed].astype(np.float64)  # ufunc.at is slow when it must cast
+    pixels = np.bincount(region, minlength=count + 1)
+    prob_sum = np.bincount(region, weights=values, minlength=count + 1)
     prob_max = np.zeros(count + 1)
-    prob_max[1:] = np.asarray(scipy.ndimage.maximum(probability, labels, np.arange(1, count + 1)))
+    np.maximum.at(prob_max, region, values)
     at_seam = np.zeros(count + 1, bool)
     at_seam[_labels_at_inner_edges(labels, block, scene_shape)] = True
     pixel_area = abs(transform.a * transform.e)
@@ -129,8 +130,13 @@ class _Counter:
 
     def __init__(self, mask: np.ndarray) -> None:
         self.mask = mask
-        self.table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), np.int64)  # summed-area table
-        self.table[1:, 1:] = mask.cumsum(0).cumsum(1)
+
+    @cached_property
+    def table(self) -> np.ndarray:
+        """The summed-area table of the mask, made on first use: most blocks have no polygon with holes."""
+        table = np.zeros((self.mask.shape[0] + 1, self.mask.shape[1] + 1), np.int64)
+        table[1:, 1:] = self.mask.cumsum(0).cumsum(1)
+        return table
 
     def inside(self, polygon: Polygon, transform: Affine) -> int:
         r0, r1, c0, c1 = _pixel_bounds(polygon, transform, self.mask.shape)

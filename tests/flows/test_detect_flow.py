@@ -108,6 +108,7 @@ def test_manifest_records_inputs_scenes_model_versions_and_a_stac_item(first_run
     rows, cols = hole_pixels_in_region()
     assert manifest["pixels"]["total"] == 561 * 561  # the region's bounds snapped outwards to whole pixels
     assert manifest["pixels"]["observed"] == 561 * 561 - (rows.stop - rows.start) * (cols.stop - cols.start)
+    assert sum(r["observed_pixels"] for r in reports) == manifest["pixels"]["observed"]  # each block its own
     assert set(manifest["timings"]) >= {"choose scenes", "load scenes", "infer blocks", "mosaic, vectorise, preview"}
     assert manifest["versions"]["torch"] and manifest["versions"]["prefect"]
     item = pystac.Item.from_dict(manifest["stac_item"])
