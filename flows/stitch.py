@@ -6,21 +6,16 @@ block's probabilities are: the sums of every block whose reach meets it, added i
 divided by the total window weight there (the lattice's coverage, a product of one sum per axis),
 and NaN where the pixel is not observed in both dates. Stitching a block reads only its own pixels
 of each sum (the files are memory-mapped) and writes only its own chunks, so it runs per block and
-a crash costs at most the blocks in hand (a few, in threads).
+a crash costs at most the block in hand.
 """
 
 from __future__ import annotations
-
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import zarr
 
 from .probability_store import ProbabilityStore
 from .tiling import Block, Lattice, block_reach
-
-BLOCKS_AT_ONCE = 4  # each holds a block's sums and probabilities in memory
 
 
 def stitch_block(store: ProbabilityStore, scenes: zarr.Group, lattice: Lattice, blocks: list[Block],
@@ -52,12 +47,6 @@ def stitch(store: ProbabilityStore, scenes_path: str, lattice: Lattice, blocks: 
     scenes = zarr.open_group(scenes_path, mode="r")
     done = store.done_blocks()
     todo = [b for b in blocks if (b.row, b.col) not in done]
-
-    def stitch_one(block: Block) -> None:
+    for block in todo:
         store.write_block(block, stitch_block(store, scenes, lattice, blocks, block))
-
-    # blocks write disjoint chunks; threads overlap one block's reading with another's writing
-    with ThreadPoolExecutor(max_workers=max(1, min(len(todo), os.cpu_count() or 1, BLOCKS_AT_ONCE))) as pool:
-        for _ in pool.map(stitch_one, todo):  # consumed, so that an error is raised here
-            pass
     return len(todo)
