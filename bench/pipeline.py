@@ -7,7 +7,8 @@ window lattice), in the same batches and precision. Reported: end-to-end seconds
 region per second, model seconds, their ratio (the pipeline's overhead), the windows the flow ran
 (each lattice window exactly once, so equal to the scene's), the seconds the workers spent inside
 the network, and the peak resident memory of the whole process tree (this process plus the Dask
-workers), sampled every 0.2 s.
+workers), sampled every 0.2 s; and, for the flow and for the network alone, the CPU seconds per
+wall second and the seconds the VM's host took from this machine's cores (``CpuUse``).
 
 Every size runs on a Prefect API that is already up, as a deployment run on a Prefect server does.
 Without PREFECT_API_URL, a bare ``dsqnet detect`` first starts a temporary API in its own process
@@ -146,6 +147,48 @@ class StandInNetwork:
         return torch.sigmoid((darkest_band - 222) / 2)  # fields stay under 212, the new rectangles are 235
 
 
+class CpuUse:
+    """CPU seconds of this process tree and of the machine's stolen time over a span.
+
+    On a shared VM the network's speed varies between runs; CPU seconds per wall second below the
+    thread count, or stolen seconds, show when a row was slowed by something other than the code.
+    """
+
+    def __enter__(self) -> "CpuUse":
+        self.wall, self.cpu, self.steal = time.perf_counter(), _tree_cpu_seconds(), _stolen_seconds()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall = time.perf_counter() - self.wall
+        self.cpu = _tree_cpu_seconds() - self.cpu
+        self.steal = None if self.steal is None else _stolen_seconds() - self.steal
+
+    def summary(self) -> dict:
+        return {"cpu_per_wall": round(self.cpu / self.wall, 2),
+                "stolen_s": None if self.steal is None else round(self.steal, 1)}
+
+
+def _tree_cpu_seconds() -> float:
+    total = 0.0
+    me = psutil.Process()
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def _stolen_seconds() -> float | None:
+    """All cores' stolen time so far (Linux /proc/stat), or None where the kernel does not say."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def model_alone(model_path: Path, windows: int, window: int, batch: int, precision: str, threads: int,
                 stand_in: StandInNetwork | None = None) -> float:
     torch.set_num_threads(threads)
@@ -186,7 +229,7 @@ def run(size: int, args: argparse.Namespace, work: Path) -> dict:
 
         flows.detect.cached_predictor = lambda *_, **__: stand_in
     started = time.perf_counter()
-    with PeakMemory() as memory:
+    with PeakMemory() as memory, CpuUse() as flow_cpu:
         summary = detect_changes(region=region, before="2021-06-10", after="2023-06-12", catalog=str(catalog),
                                  model=str(args.model_file), out=str(work / f"runs_{size}"), run_name="bench",
                                  block_size=args.block_size, batch_size=args.batch, precision=args.precision,
@@ -194,8 +237,9 @@ def run(size: int, args: argparse.Namespace, work: Path) -> dict:
     seconds = time.perf_counter() - started
     manifest = json.loads((Path(summary["run_folder"]) / "run.json").read_text())
     threads = os.cpu_count() or 1
-    model_seconds = model_alone(args.model_file, manifest["windows"]["scene"], 512, args.batch, args.precision, threads,
-                                stand_in)
+    with CpuUse() as model_cpu:
+        model_seconds = model_alone(args.model_file, manifest["windows"]["scene"], 512, args.batch, args.precision,
+                                    threads, stand_in)
     height, width = manifest["grid"]["shape"]
     return {
         "size": size, "network": "stand-in" if stand_in else args.model, "grid": [height, width], "seconds": round(seconds, 2),
@@ -204,6 +248,7 @@ def run(size: int, args: argparse.Namespace, work: Path) -> dict:
         "model_seconds_in_workers": manifest["model_seconds"],
         "windows_run": manifest["windows"]["run"], "windows_scene": manifest["windows"]["scene"],
         "peak_rss_gb": round(memory.peak / 2**30, 3), "timings": manifest["timings"],
+        "cpu": {"flow": flow_cpu.summary(), "model_alone": model_cpu.summary()},
     }
 
 
