@@ -4,7 +4,8 @@ A model that does not fit a region (or random weights) speckles the map with ten
 small regions, many of them holes in larger ones. The outputs must stay cheap then too. This writes
 such a map into a real ``change_prob.zarr`` (the scenes' grid, block done-markers and all), then
 times the steps of ``detect-changes`` that read it, one after another in this process: the two COGs,
-and the change polygons (their blocks polygonised in threads, then dissolved across the seams).
+and the change polygons (their blocks polygonised in threads, then dissolved across the seams),
+and the process's peak resident memory so far (sizes run smallest first).
 
 The map: 64-px fields of random level plus per-pixel noise, thresholded at 0.5, so about half the
 pixels change, in regions of every size; 0.2 % of the pixels are unobserved.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -69,7 +71,8 @@ def run(size: int, block_size: int, min_area: float, work: Path) -> dict:
     vectors = time.perf_counter() - started
     return {"size": size, "blocks": len(blocks), "min_area_m2": min_area, "cogs_s": round(rasters, 2),
             "polygons_s": round(vectors, 2), "polygons": len(polygons),
-            "holes": int(sum(len(g.interiors) for g in polygons.geometry))}
+            "holes": int(sum(len(g.interiors) for g in polygons.geometry)),
+            "peak_rss_gb_so_far": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}  # kB on Linux
 
 
 def main() -> None:

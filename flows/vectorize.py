@@ -1,11 +1,12 @@
 """Change polygons from the probability mosaic, block by block, dissolved across block boundaries.
 
-Each block's changed pixels (probability >= threshold, observed) become polygons with
-``rasterio.features.shapes`` (4-connected, so diagonal neighbours are separate changes, as in the
-raster). Per-polygon sums (probability, pixels, observed pixels under the outline) are taken in the
-same block pass. Polygons that reach a block's inner edge may continue in the next block: those are
-unioned, their pieces' sums added, and the rest are kept as they are. Memory is a few blocks at a
-time (``BLOCKS_AT_ONCE``), whatever the scene.
+Each block's changed pixels (probability >= threshold, observed) are labelled as regions
+(4-connected, so diagonal neighbours are separate changes, as in the raster), and each region is
+traced into one polygon with ``rasterio.features.shapes``. Per-region sums (probability, pixels,
+observed pixels under the outline) are taken from the labels in the same block pass. Polygons that
+reach a block's inner edge may continue in the next block: those are unioned, their pieces' sums
+added, and the rest are kept as they are. Memory is a few blocks at a time (``BLOCKS_AT_ONCE``),
+whatever the scene. ``bench/outputs.py`` times this on a speckled map.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from shapely.geometry import Polygon
 from .probability_store import ProbabilityStore
 from .tiling import Block
 
-# Blocks polygonised at once, in threads (GDAL and GEOS release the GIL): more cores go faster, but
-# each block in flight holds ~8 arrays of its size, so memory is capped by this, not by the cores.
+# Blocks polygonised at once, in threads: more cores go faster, but each block in flight holds
+# several arrays of its size, so memory is capped by this, not by the cores.
 BLOCKS_AT_ONCE = 4
 
 
@@ -67,32 +68,45 @@ def block_pieces(probability: np.ndarray, block: Block, transform: Affine, scene
     labels, count = scipy.ndimage.label(changed, structure=FOUR_CONNECTED)
     if count == 0:
         return []
-    region, values = labels[changed], probability[changed].astype(np.float64)  # ufunc.at is slow when it must cast
-    pixels = np.bincount(region, minlength=count + 1)
-    prob_sum = np.bincount(region, weights=values, minlength=count + 1)
-    prob_max = np.zeros(count + 1)
-    np.maximum.at(prob_max, region, values)
-    at_seam = np.zeros(count + 1, bool)
-    at_seam[_labels_at_inner_edges(labels, block, scene_shape)] = True
+    label, values = labels[changed], probability[changed].astype(np.float64)  # ufunc.at is slow when it must cast
+    regions = _Regions(pixels=np.bincount(label, minlength=count + 1),
+                       prob_sum=np.bincount(label, weights=values, minlength=count + 1),
+                       prob_max=np.zeros(count + 1), at_seam=np.zeros(count + 1, bool))
+    np.maximum.at(regions.prob_max, label, values)
+    regions.at_seam[_labels_at_inner_edges(labels, block, scene_shape)] = True
     pixel_area = abs(transform.a * transform.e)
-    keep = at_seam | (pixels * pixel_area >= min_area_m2)
+    keep = regions.at_seam | (regions.pixels * pixel_area >= min_area_m2)
     keep[0] = False
 
     local = transform * Affine.translation(block.left, block.top)
-    found = [(int(value), geometry["coordinates"])  # the dropped regions are not even traced
-             for geometry, value in rasterio.features.shapes(labels, mask=keep[labels], transform=local,
-                                                             connectivity=4)]
-    polygons = _polygons([rings for _, rings in found])
+    traced = rasterio.features.shapes(labels, mask=keep[labels], transform=local, connectivity=4)  # kept ones only
     unobserved = _Counter(~observed)
+    return _pieces(list(traced), regions, unobserved, local, pixel_area)
+
+
+@dataclass(frozen=True)
+class _Regions:
+    """Per-label sums of a block's changed regions (index 0 is the background)."""
+
+    pixels: np.ndarray
+    prob_sum: np.ndarray
+    prob_max: np.ndarray
+    at_seam: np.ndarray
+
+
+def _pieces(traced: list, regions: _Regions, unobserved: "_Counter", transform: Affine,
+            pixel_area: float) -> list[Piece]:
     pieces = []
-    for (label, _), polygon in zip(found, polygons):
-        outline_pixels = outline_observed = int(pixels[label])
+    for (_, value), polygon in zip(traced, _polygons([geometry["coordinates"] for geometry, _ in traced])):
+        label = int(value)
+        outline_pixels = outline_observed = int(regions.pixels[label])
         if polygon.interiors:  # what the holes enclose counts too, observed or not
             outline = Polygon(polygon.exterior)
             outline_pixels = round(outline.area / pixel_area)
-            outline_observed = outline_pixels - unobserved.inside(outline, local)
-        pieces.append(Piece(polygon, int(pixels[label]), float(prob_sum[label]), float(prob_max[label]),
-                            outline_pixels, outline_observed, bool(at_seam[label])))
+            outline_observed = outline_pixels - unobserved.inside(outline, transform)
+        pieces.append(Piece(polygon, int(regions.pixels[label]), float(regions.prob_sum[label]),
+                            float(regions.prob_max[label]), outline_pixels, outline_observed,
+                            bool(regions.at_seam[label])))
     return pieces
 
 
