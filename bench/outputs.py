@@ -46,7 +46,8 @@ def noisy_map(size: int, seed: int = 0) -> np.ndarray:
 
 def grid(size: int) -> xr.Dataset:
     transform = Affine(RESOLUTION, 0, ORIGIN[0], 0, -RESOLUTION, ORIGIN[1])
-    coords = {"y": ORIGIN[1] - RESOLUTION * (np.arange(size) + 0.5), "x": ORIGIN[0] + RESOLUTION * (np.arange(size) + 0.5)}
+    centres = np.arange(size) + 0.5
+    coords = {"y": ORIGIN[1] - RESOLUTION * centres, "x": ORIGIN[0] + RESOLUTION * centres}
     ds = xr.Dataset({"valid": (("y", "x"), np.zeros((size, size), bool))}, coords=coords)
     return ds.rio.write_crs(CRS).rio.write_transform(transform)
 
@@ -55,8 +56,8 @@ def run(size: int, block_size: int, min_area: float, work: Path) -> dict:
     probability = noisy_map(size)
     blocks = plan_blocks(size, size, block_size)
     scenes = grid(size)
-    store = ProbabilityStore.prepare(work / f"change_prob_{size}.zarr", scenes, (blocks[-1].row + 1, blocks[-1].col + 1),
-                                     f"noisy-{size}")
+    block_grid = (blocks[-1].row + 1, blocks[-1].col + 1)
+    store = ProbabilityStore.prepare(work / f"change_prob_{size}.zarr", scenes, block_grid, f"noisy-{size}")
     for block in blocks:
         store.write_block(block, probability[block.top:block.bottom, block.left:block.right])
     transform = scenes.rio.transform()

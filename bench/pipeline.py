@@ -242,7 +242,8 @@ def run(size: int, args: argparse.Namespace, work: Path) -> dict:
                                     threads, stand_in)
     height, width = manifest["grid"]["shape"]
     return {
-        "size": size, "network": "stand-in" if stand_in else args.model, "grid": [height, width], "seconds": round(seconds, 2),
+        "size": size, "network": "stand-in" if stand_in else args.model, "grid": [height, width],
+        "seconds": round(seconds, 2),
         "mpx_per_s": round(height * width / 1e6 / seconds, 4),
         "model_seconds": round(model_seconds, 2), "ratio": round(seconds / model_seconds, 3),
         "model_seconds_in_workers": manifest["model_seconds"],

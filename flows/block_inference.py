@@ -152,8 +152,8 @@ def process_block(job: BlockJob, block: Block, run: WindowModel, device: str = "
     # nothing seen in both dates: no sums at all rather than a block of zeros
     sums = window_sums(timed, inputs, lattice, windows, job.batch_size, device) if windows else None
     ProbabilityStore(Path(job.probabilities)).write_sums(block, sums)
-    reach = inputs.reach
-    observed = inputs.observed[block.top - reach.top:block.bottom - reach.top, block.left - reach.left:block.right - reach.left]
+    top, left = block.top - inputs.reach.top, block.left - inputs.reach.left
+    observed = inputs.observed[top:top + block.shape[0], left:left + block.shape[1]]
     return BlockReport(block.name, len(windows), int(observed.sum()), round(model_seconds, 4),
                        round(time.perf_counter() - started, 4), _worker_address(), device)
 
