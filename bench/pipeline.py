@@ -249,6 +249,7 @@ def run(size: int, args: argparse.Namespace, work: Path) -> dict:
         "model_seconds_in_workers": manifest["model_seconds"],
         "windows_run": manifest["windows"]["run"], "windows_scene": manifest["windows"]["scene"],
         "peak_rss_gb": round(memory.peak / 2**30, 3), "timings": manifest["timings"],
+        "flow_process_peak_rss_gb_by_step": manifest["peak_rss_gb"],
         "cpu": {"flow": flow_cpu.summary(), "model_alone": model_cpu.summary()},
     }
 

@@ -207,7 +207,7 @@ def detect_changes(
 
 def run_detect(request: DetectRequest) -> dict:
     timer = StepTimer()
-    lap, timings = timer.lap, timer.timings
+    lap = timer.lap
 
     out_dir = Path(request.out)
     check_writable(out_dir)
@@ -248,7 +248,7 @@ def run_detect(request: DetectRequest) -> dict:
         counts, polygons = rasters.result(), shapes.result()
         lap("mosaic, vectorise, preview")
         manifest = build_manifest(request, region_, scenes, record, blocks, reports, counts, polygons, metrics,
-                                  timings, run_id, out_dir / name)
+                                  timer, run_id, out_dir / name)
         folder = publish(run, manifest, polygons)
     get_run_logger().info("published %s", folder)
     return {**{k: manifest[k] for k in ("run_folder", "changed_km2", "polygons", "metrics", "timings")},
@@ -281,7 +281,7 @@ def run_identifier(name: str) -> str:
 
 def build_manifest(request: DetectRequest, region: Region, scenes: PreparedScenes, model: ModelRecord, plan: BlockPlan,
                    reports: list[dict], counts, polygons: gpd.GeoDataFrame, metrics: dict | None,
-                   timings: dict[str, float], run_id: str, folder: Path) -> dict[str, Any]:
+                   timer: StepTimer, run_id: str, folder: Path) -> dict[str, Any]:
     summary = scenes.summary()
     grid = grid_summary(scenes.grid)
     before_time, after_time = scenes.before.records[0].datetime, scenes.after.records[0].datetime
@@ -309,7 +309,8 @@ def build_manifest(request: DetectRequest, region: Region, scenes: PreparedScene
         "changed_km2": counts.changed_km2,
         "polygons": len(polygons),
         "metrics": metrics,
-        "timings": timings,
+        "timings": timer.timings,
+        "peak_rss_gb": timer.peak_rss_gb,
         "versions": package_versions(),
         "stac_item": stac_item(run_id, region.to_geojson(), list(region.bbox), grid, before_time, after_time, outputs,
                                {"dsqnet:model": model.name, "dsqnet:model_sha256": model.sha256,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import time
 import importlib.metadata
+import sys
+import time
 from pathlib import Path
 
 import pystac
@@ -59,13 +60,32 @@ def stac_item(run_id: str, geometry: dict, bbox: list[float], grid: dict, start:
 
 
 class StepTimer:
-    """Seconds per step of a run, for ``run.json`` and the summaries: ``lap(name)`` closes a step."""
+    """Seconds per step of a run, for ``run.json`` and the summaries: ``lap(name)`` closes a step.
+
+    Beside the seconds it keeps this process's peak resident memory as each step ends (it only
+    grows), so the step that set a run's peak is the first to show it. Workers in processes of
+    their own are not in it; the default single local worker is.
+    """
 
     def __init__(self) -> None:
         self.timings: dict[str, float] = {}
+        self.peak_rss_gb: dict[str, float] = {}
         self._clock = time.perf_counter()
 
     def lap(self, step: str) -> None:
         now = time.perf_counter()
         self.timings[step] = round(now - self._clock, 3)
+        peak = peak_rss_gb()
+        if peak is not None:
+            self.peak_rss_gb[step] = peak
         self._clock = now
+
+
+def peak_rss_gb() -> float | None:
+    """This process's peak resident memory so far, in GB (None where the OS does not say)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
+    return round(peak / (2**30 if sys.platform == "darwin" else 2**20), 3)

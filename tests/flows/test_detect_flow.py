@@ -110,6 +110,8 @@ def test_manifest_records_inputs_scenes_model_versions_and_a_stac_item(first_run
     assert manifest["pixels"]["observed"] == 561 * 561 - (rows.stop - rows.start) * (cols.stop - cols.start)
     assert sum(r["observed_pixels"] for r in reports) == manifest["pixels"]["observed"]  # each block its own
     assert set(manifest["timings"]) >= {"choose scenes", "load scenes", "infer blocks", "mosaic, vectorise, preview"}
+    peaks = list(manifest["peak_rss_gb"].values())  # this process's peak as each step ended: it only grows
+    assert list(manifest["peak_rss_gb"]) == list(manifest["timings"]) and 0 < peaks[0] and peaks == sorted(peaks)
     assert manifest["versions"]["torch"] and manifest["versions"]["prefect"]
     item = pystac.Item.from_dict(manifest["stac_item"])
     assert set(item.assets) == {"change", "change_prob", "changes", "preview", "change_prob_zarr"}
