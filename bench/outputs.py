@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 import xarray as xr
 from affine import Affine
 
+from flows.manifest import peak_rss_gb
 from flows.probability_store import ProbabilityStore
 from flows.rasters import write_change_rasters
 from flows.tiling import plan_blocks
@@ -73,7 +73,7 @@ def run(size: int, block_size: int, min_area: float, work: Path) -> dict:
     return {"size": size, "blocks": len(blocks), "min_area_m2": min_area, "cogs_s": round(rasters, 2),
             "polygons_s": round(vectors, 2), "polygons": len(polygons),
             "holes": int(sum(len(g.interiors) for g in polygons.geometry)),
-            "peak_rss_gb_so_far": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}  # kB on Linux
+            "peak_rss_gb_so_far": peak_rss_gb()}
 
 
 def main() -> None:

@@ -110,10 +110,9 @@ class PeakMemory:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        me = psutil.Process()
         while not self._stop.is_set():
             total = 0
-            for proc in [me, *me.children(recursive=True)]:
+            for proc in _process_tree():
                 try:
                     total += proc.memory_info().rss
                 except psutil.Error:
@@ -168,10 +167,15 @@ class CpuUse:
                 "stolen_s": None if self.steal is None else round(self.steal, 1)}
 
 
+def _process_tree() -> list[psutil.Process]:
+    """This process and all its children (the Prefect API's server, worker processes)."""
+    me = psutil.Process()
+    return [me, *me.children(recursive=True)]
+
+
 def _tree_cpu_seconds() -> float:
     total = 0.0
-    me = psutil.Process()
-    for proc in [me, *me.children(recursive=True)]:
+    for proc in _process_tree():
         try:
             times = proc.cpu_times()
             total += times.user + times.system
