@@ -20,9 +20,11 @@ the smaller one.
 
 ``--stand-in-ms M`` replaces the network, in the flow and in the model-alone figure alike, by a
 stand-in that waits M ms per window without holding the CPU, as an accelerator does, and then
-marks the generated changes (a clean map, unlike random weights'). It shows what the pipeline costs
-around a fast network (an H200 runs Swin-T in bf16 at 6-9 ms per window) on a machine without one;
-its rows say ``"network": "stand-in"``.
+marks the generated changes (a clean map, unlike random weights'). Like one accelerator it runs
+one batch at a time, and the flow gets the local cluster of a one-GPU machine (one worker, a
+``GPU`` resource, ``BLOCKS_PER_GPU`` blocks at once). It shows what the pipeline costs around a
+fast network (an H200 runs Swin-T in bf16 at 6-9 ms per window) on a machine without one; its
+rows say ``"network": "stand-in"``.
 
     python bench/pipeline.py                                  # dsqnet_swin_t, 2048^2 and 8192^2
     python bench/pipeline.py --sizes 1024 2048 --precision bf16 --block-size 2048 --json out.json
@@ -34,10 +36,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import multiprocessing
 import os
 import tempfile
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -46,15 +50,15 @@ import pystac
 import rasterio
 import torch
 from affine import Affine
-from pyproj import Transformer
 from pystac.extensions.eo import Band, EOExtension
 from pystac.extensions.projection import ProjectionExtension
 from pystac.extensions.raster import RasterBand, RasterExtension
 from shapely.geometry import box, mapping
-from shapely.ops import transform as reproject_geometry
 
+from catalog.grid import reproject
 from dsqnet import Predictor, build_model
 from dsqnet.checkpoints import save
+from flows.workers import device_lock
 
 CRS, RESOLUTION, ORIGIN = "EPSG:32633", 0.5, (500000.0, 5400000.0)
 
@@ -64,7 +68,8 @@ def scene(size: int, seed: int, changes: bool) -> np.ndarray:
     rng = np.random.default_rng(seed)
     coarse = rng.integers(40, 200, (3, size // 64 + 1, size // 64 + 1)).astype(np.uint8)
     image = np.repeat(np.repeat(coarse, 64, axis=1), 64, axis=2)[:, :size, :size]
-    image = np.clip(image + rng.integers(-12, 12, image.shape), 1, 255).astype(np.uint8)
+    # int16 arithmetic: the default int64 noise alone took 1.6 GB at 8192², this process's peak before any run
+    image = np.clip(image + rng.integers(-12, 12, image.shape, dtype=np.int16), 1, 255).astype(np.uint8)
     if changes:
         for top, left in rng.integers(0, size - 40, (size // 128, 2)):
             image[:, top:top + 30, left:left + 40] = 235
@@ -75,7 +80,7 @@ def write_catalog(folder: Path, size: int) -> tuple[Path, str]:
     folder.mkdir(parents=True, exist_ok=True)
     transform = Affine(RESOLUTION, 0, ORIGIN[0], 0, -RESOLUTION, ORIGIN[1])
     footprint = box(ORIGIN[0], ORIGIN[1] - size * RESOLUTION, ORIGIN[0] + size * RESOLUTION, ORIGIN[1])
-    lonlat = reproject_geometry(Transformer.from_crs(CRS, "EPSG:4326", always_xy=True).transform, footprint)
+    lonlat = reproject(footprint, CRS, "EPSG:4326")
     catalog = pystac.Catalog("bench", "generated scenes")
     collection = pystac.Collection("demo-rgb", "8-bit RGB scenes", pystac.Extent(
         pystac.SpatialExtent([list(lonlat.bounds)]), pystac.TemporalExtent([[None, None]])))
@@ -98,7 +103,7 @@ def write_catalog(folder: Path, size: int) -> tuple[Path, str]:
     catalog.normalize_hrefs(str(folder / "stac"))
     catalog.save(catalog_type=pystac.CatalogType.ABSOLUTE_PUBLISHED)
     inner = footprint.buffer(-2 * RESOLUTION)  # inside the footprint: every pixel observed
-    region = reproject_geometry(Transformer.from_crs(CRS, "EPSG:4326", always_xy=True).transform, inner)
+    region = reproject(inner, CRS, "EPSG:4326")
     return folder / "stac" / "catalog.json", json.dumps(mapping(region))
 
 
@@ -133,6 +138,8 @@ class StandInNetwork:
     """Waits ``ms_per_window`` per window with the CPU free, then marks what turned bright in the after date.
 
     That finds exactly the rectangles ``scene`` adds, so the outputs are those of a clean change map.
+    Batches take turns, as on one card. The flow's model seconds would count a block's waits for its
+    partner's turns, so stand-in rows report none.
     """
 
     device = torch.device("cpu")
@@ -141,9 +148,12 @@ class StandInNetwork:
         self.seconds_per_window = ms_per_window / 1000
 
     def predict_proba(self, before, after) -> torch.Tensor:
-        time.sleep(self.seconds_per_window * len(before))
-        darkest_band = torch.as_tensor(after).amin(dim=1).float()
-        return torch.sigmoid((darkest_band - 222) / 2)  # fields stay under 212, the new rectangles are 235
+        # the workers' own per-device lock: Dask pickles the task with this object, and a lock of its
+        # own would not pickle
+        with device_lock("stand-in"):
+            time.sleep(self.seconds_per_window * len(before))
+            darkest_band = torch.as_tensor(after).amin(dim=1).float()
+            return torch.sigmoid((darkest_band - 222) / 2)  # fields stay under 212, the new rectangles are 235
 
 
 class CpuUse:
@@ -223,15 +233,25 @@ def prefect_api_start() -> float:
     return time.perf_counter() - started
 
 
-def run(size: int, args: argparse.Namespace, work: Path) -> dict:
+def write_catalogs(sizes: list[int], work: Path) -> dict[int, tuple[Path, str]]:
+    """Every size's scenes, written by a child process: generating them peaks at several times a
+    scene's bytes, which would otherwise stand as this process's peak memory in every run.json."""
+    folders = [work / f"scenes_{size}" for size in sizes]
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+        return dict(zip(sizes, child.map(write_catalog, folders, sizes)))
+
+
+def run(size: int, args: argparse.Namespace, work: Path, scenes: tuple[Path, str]) -> dict:
     from flows.detect import detect_changes
 
-    catalog, region = write_catalog(work / f"scenes_{size}", size)
+    catalog, region = scenes
     stand_in = StandInNetwork(args.stand_in_ms) if args.stand_in_ms is not None else None
-    if stand_in:  # the flow's single worker runs in this process, so it picks this up
+    if stand_in:  # the flow's single worker runs in this process, so it picks these up
         import flows.detect
+        import flows.workers
 
         flows.detect.cached_predictor = lambda *_, **__: stand_in
+        flows.workers.local_gpu_count = lambda: 1  # the local cluster of a one-GPU machine
     started = time.perf_counter()
     with PeakMemory() as memory, CpuUse() as flow_cpu:
         summary = detect_changes(region=region, before="2021-06-10", after="2023-06-12", catalog=str(catalog),
@@ -250,7 +270,7 @@ def run(size: int, args: argparse.Namespace, work: Path) -> dict:
         "seconds": round(seconds, 2),
         "mpx_per_s": round(height * width / 1e6 / seconds, 4),
         "model_seconds": round(model_seconds, 2), "ratio": round(seconds / model_seconds, 3),
-        "model_seconds_in_workers": manifest["model_seconds"],
+        "model_seconds_in_workers": None if stand_in else manifest["model_seconds"],
         "windows_run": manifest["windows"]["run"], "windows_scene": manifest["windows"]["scene"],
         "peak_rss_gb": round(memory.peak / 2**30, 3), "timings": manifest["timings"],
         "flow_process_peak_rss_gb_by_step": manifest["peak_rss_gb"],
@@ -273,8 +293,9 @@ def main() -> None:
         work = Path(tmp)
         torch.manual_seed(0)
         args.model_file = save(build_model(args.model), work / "model.safetensors")
+        catalogs = write_catalogs(args.sizes, work)
         api_seconds = prefect_api_start()
-        rows = [run(size, args, work) for size in args.sizes]
+        rows = [run(size, args, work, catalogs[size]) for size in args.sizes]
     print(f"prefect API start (once per process, not in the rows): {api_seconds:.1f} s")
     for row in rows:
         print(json.dumps(row))

@@ -10,6 +10,7 @@ pixel observed in both dates is not run: it could only inform pixels that come o
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import zarr
 
 from .probability_store import ProbabilityStore
 from .tiling import Block, Lattice, Reach, block_reach, block_windows, reflect_index, window_weight
+from .workers import device_lock
 
 # (N, 3, h, w) uint8 before, after -> (N, h, w) float32 probability of change, as tensors on the block's device
 WindowModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -139,13 +141,16 @@ def process_block(job: BlockJob, block: Block, run: WindowModel, device: str = "
 
     on_gpu = torch.device(device).type == "cuda"
     finish = (lambda: torch.cuda.synchronize(device)) if on_gpu else (lambda: None)
+    # blocks that share a GPU run their batches in turn; a CPU worker's threads share its cores as they are set
+    in_turn = device_lock(device) if on_gpu else contextlib.nullcontext()
 
     def timed(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
         nonlocal model_seconds
-        tick = time.perf_counter()
-        out = run(before, after)
-        finish()  # a GPU runs asynchronously: count the time until it is done
-        model_seconds += time.perf_counter() - tick
+        with in_turn:
+            tick = time.perf_counter()
+            out = run(before, after)
+            finish()  # a GPU runs asynchronously: count the time until it is done
+            model_seconds += time.perf_counter() - tick
         return out
 
     windows = windows_to_run(inputs, lattice, block)

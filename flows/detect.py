@@ -50,7 +50,7 @@ from .scoring import score_run
 from .stitch import stitch
 from .tiling import Block, Lattice, plan_blocks
 from .vectorize import change_polygons
-from .workers import DASK_ADDRESS_ENV, cached_predictor, cluster_has_gpus, dask_task_runner, local_worker_threads
+from .workers import DASK_ADDRESS_ENV, block_task_resources, cached_predictor, dask_task_runner, local_worker_threads
 
 INFERENCE_CODE = (Path(dsqnet.__file__).parent, Path(__file__).with_name("block_inference.py"),
                   Path(__file__).with_name("tiling.py"), Path(__file__).with_name("stitch.py"))
@@ -119,8 +119,7 @@ def infer_block(job: BlockJob, block: Block) -> dict:
 def infer_blocks(job: BlockJob, blocks: list[Block]) -> list[dict]:
     """Every block that is not done yet, on the Dask workers; GPU workers get the blocks when there are any."""
     runner = FlowRunContext.get().task_runner
-    resources = {"resources": {"GPU": 1}} if cluster_has_gpus(runner.client) else {}
-    with dask.annotate(**resources):
+    with dask.annotate(**block_task_resources(runner.client)):
         futures = [infer_block.submit(job, block) for block in blocks]
     progress = Progress(len(blocks), f"blocks inferred of {len(blocks)}")
     reports = []

@@ -147,6 +147,22 @@ def test_two_workers_and_a_rerun_give_the_same_map(first_run, inputs):
     assert again["changed_km2"] == summary["changed_km2"]
 
 
+def test_two_blocks_at_once_as_on_a_one_gpu_machine_give_the_same_map(first_run, inputs, tmp_path, monkeypatch):
+    """The local cluster of a one-GPU machine (one in-process worker taking two blocks at once),
+    played on whatever device this machine has: the blocks that share it give the map of one at a time."""
+    from flows import workers
+
+    folder, _ = first_run
+    with rasterio.open(folder / "change_prob.tif") as src:
+        reference = src.read(1)
+    monkeypatch.setattr(workers, "local_gpu_count", lambda: 1)
+    detect(inputs, tmp_path)
+    with rasterio.open(tmp_path / "spot" / "change_prob.tif") as src:
+        assert np.nanmax(np.abs(src.read(1) - reference)) < 1e-5
+    reports = json.loads((tmp_path / "spot" / "run.json").read_text())["blocks"]["reports"]
+    assert len(reports) == 4 and all(r["worker"].startswith("inproc://") for r in reports)
+
+
 def test_an_existing_cluster_is_used_and_gpu_workers_get_every_block(prefect_api, inputs, tmp_path, monkeypatch):
     """A cluster of one plain worker and one started as the README says for GPU hosts
     (``dask worker ADDRESS --resources GPU=1``): every block goes to the GPU worker."""

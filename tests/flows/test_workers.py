@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
+import dask
 from distributed import LocalCluster
 
 from flows import workers
+from tests.flows.flow_helpers import tiny_model_file
 
 
 def test_worker_threads_do_not_follow_what_a_local_cluster_writes_into_the_environment(monkeypatch):
@@ -23,3 +28,45 @@ def test_worker_threads_do_not_follow_what_a_local_cluster_writes_into_the_envir
 def test_the_users_thread_count_wins(monkeypatch):
     monkeypatch.setattr(workers, "USER_THREADS", "1")
     assert workers.local_worker_threads(1) == 1
+
+
+def test_a_one_gpu_machine_gets_an_in_process_worker_that_takes_two_blocks_at_once(monkeypatch):
+    monkeypatch.setattr(workers, "local_gpu_count", lambda: 1)
+    kwargs = workers.local_cluster_kwargs()
+    assert kwargs["n_workers"] == 1 and not kwargs["processes"]
+    assert kwargs["threads_per_worker"] == workers.BLOCKS_PER_GPU == 2 and kwargs["resources"] == {"GPU": 1}
+
+
+_in_flight = {"now": 0, "most": 0}
+_in_flight_guard = threading.Lock()
+
+
+def _block_like(_: int) -> None:
+    """Stands in for a block task (module level, so that Dask pickles it by reference)."""
+    with _in_flight_guard:
+        _in_flight["now"] += 1
+        _in_flight["most"] = max(_in_flight["most"], _in_flight["now"])
+    time.sleep(0.3)
+    with _in_flight_guard:
+        _in_flight["now"] -= 1
+
+
+def test_block_tasks_take_a_share_of_a_gpu_so_a_card_runs_two_at_a_time():
+    """On a worker with ``GPU=1`` and four threads, block tasks run two at a time: not one (the card
+    would wait while a block is read) and not four (they would crowd one card)."""
+    from distributed import Client
+
+    _in_flight.update(now=0, most=0)
+    with LocalCluster(n_workers=1, threads_per_worker=4, processes=False, resources={"GPU": 1},
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        with dask.annotate(**workers.block_task_resources(client)):
+            futures = [client.submit(_block_like, k, pure=False) for k in range(6)]
+        client.gather(futures)
+    assert _in_flight["most"] == workers.BLOCKS_PER_GPU
+
+
+def test_blocks_that_start_at_once_share_one_loaded_model(tmp_path):
+    model = str(tiny_model_file(tmp_path / "tiny.safetensors"))
+    with ThreadPoolExecutor(4) as pool:
+        predictors = list(pool.map(lambda _: workers.cached_predictor(model, "at-once", "fp32", "cpu", None), range(4)))
+    assert all(p is predictors[0] for p in predictors)
