@@ -8,9 +8,9 @@ resolution always give the same pixels.
 from __future__ import annotations
 
 import pystac
+import shapely
 from odc.geo.geobox import GeoBox
 from pyproj import CRS, Transformer
-from shapely.ops import transform
 
 from .errors import CatalogError
 from .regions import Region
@@ -33,8 +33,13 @@ def native_resolution(item: pystac.Item) -> float | None:
 
 
 def to_crs(region: Region, crs: str):
-    project = Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform
-    return transform(project, region.geometry)
+    return reproject(region.geometry, "EPSG:4326", crs)
+
+
+def reproject(geometry, source: str, target: str):
+    """``geometry`` from CRS ``source`` to ``target``, vertex by vertex (x, y order whatever the CRS's axes)."""
+    project = Transformer.from_crs(source, target, always_xy=True).transform
+    return shapely.transform(geometry, lambda x, y: project(x, y), interleaved=False)
 
 
 def target_grid(region: Region, items: list[pystac.Item], crs: str | None = None,

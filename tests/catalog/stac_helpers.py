@@ -19,7 +19,8 @@ from pystac.extensions.eo import Band, EOExtension
 from pystac.extensions.projection import ProjectionExtension
 from pystac.extensions.raster import RasterBand, RasterExtension
 from shapely.geometry import box, mapping
-from shapely.ops import transform as shp_transform
+
+from catalog.grid import reproject
 
 WORLD_CRS = "EPSG:32633"
 # Ground position of the bright spot: just west of 18 E, the boundary of UTM zones 33 and 34.
@@ -51,7 +52,7 @@ def write_scene(folder: Path, item_id: str, when: dt.datetime, crs: str, origin:
                        crs=crs, transform=transform, nodata=0, compress="deflate", blocksize=256) as dst:
         dst.write(data)
     footprint = box(origin[0], origin[1] - shape[0] * resolution, origin[0] + shape[1] * resolution, origin[1])
-    lonlat = shp_transform(Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform, footprint)
+    lonlat = reproject(footprint, crs, "EPSG:4326")
     item = pystac.Item(item_id, mapping(lonlat), list(lonlat.bounds), when, {"eo:cloud_cover": cloud},
                        collection=collection)
     asset = pystac.Asset(str(path), media_type=pystac.MediaType.COG, roles=["data"])
@@ -83,7 +84,7 @@ def utc(day: str) -> dt.datetime:
 def region_around(center: tuple[float, float], half_m: float) -> dict:
     """A lon/lat GeoJSON square of ``2 * half_m`` metres around a UTM 33N point."""
     square = box(center[0] - half_m, center[1] - half_m, center[0] + half_m, center[1] + half_m)
-    return mapping(shp_transform(Transformer.from_crs(WORLD_CRS, "EPSG:4326", always_xy=True).transform, square))
+    return mapping(reproject(square, WORLD_CRS, "EPSG:4326"))
 
 
 def to_crs(x: float, y: float, crs: str) -> tuple[float, float]:

@@ -8,11 +8,10 @@ import rasterio
 from affine import Affine
 from pystac.extensions.projection import ProjectionExtension
 from pystac.extensions.raster import RasterBand, RasterExtension
-from pyproj import Transformer
 from shapely.geometry import box, mapping
-from shapely.ops import transform as shp_transform
 
 from catalog import StaticCatalog, date_pair, open_scenes, parse_region, prepare_scenes
+from catalog.grid import reproject
 from tests.catalog.stac_helpers import SPOT, region_around, utc, write_catalog
 
 RES = 10.0
@@ -25,7 +24,7 @@ def write_s2(folder, item_id: str, day: str, dn: int, baseline: str) -> pystac.I
     transform = Affine(RES, 0, origin[0], 0, -RES, origin[1])
     profile = dict(driver="COG", width=SHAPE[1], height=SHAPE[0], count=1, crs="EPSG:32633", transform=transform)
     footprint = box(origin[0], origin[1] - SHAPE[0] * RES, origin[0] + SHAPE[1] * RES, origin[1])
-    lonlat = shp_transform(Transformer.from_crs("EPSG:32633", "EPSG:4326", always_xy=True).transform, footprint)
+    lonlat = reproject(footprint, "EPSG:32633", "EPSG:4326")
     item = pystac.Item(item_id, mapping(lonlat), list(lonlat.bounds), utc(day),
                        {"eo:cloud_cover": 8.0, "s2:processing_baseline": baseline}, collection="sentinel-2-l2a")
     scl = np.full(SHAPE, 4, np.uint8)  # 4: vegetation

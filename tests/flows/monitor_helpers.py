@@ -15,10 +15,9 @@ import numpy as np
 import rasterio
 import torch
 import yaml
-from pyproj import Transformer
 from shapely.geometry import box, mapping
-from shapely.ops import transform as shp_transform
 
+from catalog.grid import reproject
 from dsqnet import build_model
 from dsqnet.checkpoints import save
 from tests.catalog.stac_helpers import SPOT, WORLD_CRS, region_around, utc, write_catalog, write_scene
@@ -77,7 +76,7 @@ def paint(path: Path, squares: list[tuple[slice, slice]]) -> None:
 def lonlat_box(offsets: tuple[float, float, float, float]) -> dict:
     west, south, east, north = offsets
     square = box(SPOT[0] + west, SPOT[1] + south, SPOT[0] + east, SPOT[1] + north)
-    return mapping(shp_transform(Transformer.from_crs(WORLD_CRS, "EPSG:4326", always_xy=True).transform, square))
+    return mapping(reproject(square, WORLD_CRS, "EPSG:4326"))
 
 
 def write_regions(path: Path, monitor: dict | None = None, name: str = "town", zones: bool = True) -> Path:
