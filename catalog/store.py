@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import uuid
 from pathlib import Path
 from typing import Any
 
+import dask.array as da
 import rioxarray  # noqa: F401  (registers the .rio accessor that reads the stored CRS and transform)
 import xarray as xr
 import zarr
@@ -50,9 +52,10 @@ def write_scenes(dataset: xr.Dataset, path: str | Path, key: str, chunk: int) ->
         "valid": {"chunks": (1, chunk, chunk)},
     }
     try:
-        dataset.chunk({"time": 1, "band": -1, "y": chunk, "x": chunk}).to_zarr(
-            str(tmp), mode="w", zarr_format=3, consolidated=False, encoding=encoding
-        )
+        dataset = dataset.chunk({"time": 1, "band": -1, "y": chunk, "x": chunk})
+        # metadata and coordinates now; the pixels tile by tile below
+        dataset.to_zarr(str(tmp), mode="w", zarr_format=3, consolidated=False, encoding=encoding, compute=False)
+        _write_pixels_by_tiles(dataset, tmp, chunk)
         zarr.open_group(str(tmp), mode="r+").attrs[COMPLETE] = True
         if path.exists():
             shutil.rmtree(path)
@@ -61,6 +64,29 @@ def write_scenes(dataset: xr.Dataset, path: str | Path, key: str, chunk: int) ->
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return False
+
+
+def _write_pixels_by_tiles(dataset: xr.Dataset, path: Path, chunk: int) -> None:
+    """Compute and store ``image`` and ``valid`` a few chunk tiles at a time, both dates together.
+
+    Handed the whole graph at once (``to_zarr``), dask kept the decoded bands of most tiles in
+    memory until both arrays of each were written: loading an 8192² region grew the process by
+    1.09 GB, against 0.22 GB at 2048². Here both arrays of a tile come out of one computation, and
+    memory is bounded by the tiles in flight, which follow the cores rather than the region.
+    """
+    store = zarr.open_group(str(path), mode="r+")
+    height, width = dataset.sizes["y"], dataset.sizes["x"]
+    tiles = [(slice(y, y + chunk), slice(x, x + chunk))
+             for y in range(0, height, chunk) for x in range(0, width, chunk)]
+    at_once = max(1, (os.cpu_count() or 1) // 2)  # each tile is both dates' bands: several tasks already
+    for first in range(0, len(tiles), at_once):
+        sources, targets, regions = [], [], []
+        for rows, cols in tiles[first:first + at_once]:
+            part = dataset.isel(y=rows, x=cols)
+            sources += [part["image"].data, part["valid"].data]
+            targets += [store["image"], store["valid"]]
+            regions += [(slice(None), slice(None), rows, cols), (slice(None), rows, cols)]
+        da.store(sources, targets, regions=regions, lock=False)  # written by the dask threads, chunk-aligned
 
 
 def open_scenes(path: str | Path) -> xr.Dataset:
