@@ -50,7 +50,14 @@ from .scoring import score_run
 from .stitch import stitch
 from .tiling import Block, Lattice, plan_blocks
 from .vectorize import change_polygons
-from .workers import DASK_ADDRESS_ENV, block_task_resources, cached_predictor, dask_task_runner, local_worker_threads
+from .workers import (
+    DASK_ADDRESS_ENV,
+    block_task_resources,
+    cached_predictor,
+    dask_task_runner,
+    local_worker_threads,
+    release_freed_memory,
+)
 
 INFERENCE_CODE = (Path(dsqnet.__file__).parent, Path(__file__).with_name("block_inference.py"),
                   Path(__file__).with_name("tiling.py"), Path(__file__).with_name("stitch.py"))
@@ -112,7 +119,9 @@ def plan(request: DetectRequest, scenes: PreparedScenes, model: ModelRecord, wor
 def infer_block(job: BlockJob, block: Block) -> dict:
     """One block on a worker; the model is loaded once per process and reused."""
     predictor = cached_predictor(job.model_path, job.model_hash, job.precision, job.device, job.threads)
-    return process_block(job, block, predictor.predict_proba, device=str(predictor.device)).to_dict()
+    report = process_block(job, block, predictor.predict_proba, device=str(predictor.device))
+    release_freed_memory()  # the block's buffers go back before the next block, not scattered in the heap
+    return report.to_dict()
 
 
 @flow(name="infer-blocks", validate_parameters=False)

@@ -174,3 +174,17 @@ def reuse_freed_memory() -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameters from <malloc.h>
     libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's own ceiling for its adaptive threshold
     libc.mallopt(m_trim_threshold, 64 << 20)
+
+
+def release_freed_memory() -> None:
+    """Hand the memory that this process freed but its allocator kept back to the OS (glibc only).
+
+    A block allocates its pixels, windows and sums afresh, and the allocator keeps what the block
+    freed, scattered between what it still holds: processing the sixteen 2048 blocks of an 8192²
+    scene one after another grew a process by 0.70 GB, 0.38 GB when trimmed after each block (RSS
+    between blocks, stand-in network). Called once per block, it costs milliseconds; the network's
+    own buffers are reused within the block as before (``reuse_freed_memory``).
+    """
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
