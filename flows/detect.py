@@ -56,6 +56,7 @@ from .workers import (
     cached_predictor,
     dask_task_runner,
     local_worker_threads,
+    quiet_local_cluster,
     release_freed_memory,
 )
 
@@ -237,7 +238,8 @@ def run_detect(request: DetectRequest) -> dict:
     reports = []
     if blocks.todo:  # a finished store needs no cluster
         runner = dask_task_runner(request.dask_address, request.workers)
-        reports = infer_blocks.with_options(task_runner=runner)(blocks.job, blocks.todo)
+        with quiet_local_cluster():  # a local cluster starts with the subflow
+            reports = infer_blocks.with_options(task_runner=runner)(blocks.job, blocks.todo)
     lap("infer blocks")
     stitch_blocks(blocks)
     lap("stitch blocks")

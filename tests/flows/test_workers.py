@@ -70,3 +70,13 @@ def test_blocks_that_start_at_once_share_one_loaded_model(tmp_path):
     with ThreadPoolExecutor(4) as pool:
         predictors = list(pool.map(lambda _: workers.cached_predictor(model, "at-once", "fp32", "cpu", None), range(4)))
     assert all(p is predictors[0] for p in predictors)
+
+
+def test_local_clusters_start_without_the_periodic_work_that_takes_the_gil():
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
+        assert "profile" in next(iter(cluster.workers.values())).periodic_callbacks  # Dask's default
+    with workers.quiet_local_cluster(), LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
+        worker = next(iter(cluster.workers.values()))
+        assert "profile" not in worker.periodic_callbacks
+        every_ms = {name: callback.callback_time for name, callback in worker.periodic_callbacks.items()}
+        assert min(every_ms["tick"], every_ms["monitor"], every_ms["memory_monitor"]) >= 1000  # Dask: 20, 500, 100
