@@ -53,6 +53,7 @@ from .vectorize import change_polygons
 from .workers import (
     DASK_ADDRESS_ENV,
     block_task_resources,
+    blocks_in_flight,
     cached_predictor,
     dask_task_runner,
     local_worker_threads,
@@ -121,7 +122,8 @@ def infer_block(job: BlockJob, block: Block) -> dict:
     """One block on a worker; the model is loaded once per process and reused."""
     predictor = cached_predictor(job.model_path, job.model_hash, job.precision, job.device, job.threads)
     report = process_block(job, block, predictor.predict_proba, device=str(predictor.device))
-    release_freed_memory()  # the block's buffers go back before the next block, not scattered in the heap
+    if blocks_in_flight() == 1:  # alone on its worker: its buffers go back before the next block
+        release_freed_memory()
     return report.to_dict()
 
 
