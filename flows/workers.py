@@ -16,6 +16,7 @@ import threading
 from functools import lru_cache
 from typing import Any
 
+import dask
 import torch
 
 from dsqnet import Predictor
@@ -48,8 +49,6 @@ QUIET_LOCAL_CLUSTER = {
 
 def quiet_local_cluster():
     """Dask settings for the clusters that start in this context (``QUIET_LOCAL_CLUSTER``)."""
-    import dask
-
     return dask.config.set(QUIET_LOCAL_CLUSTER)
 
 
@@ -189,9 +188,9 @@ def reuse_freed_memory() -> None:
     against 1.2 s in a plain process, and 1.2 s in the worker after this call. A model worker
     allocates the same sizes every batch, so it is better served by reusing them.
     """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    libc = _glibc()
+    if libc is None:
         return
-    libc = ctypes.CDLL("libc.so.6")
     m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameters from <malloc.h>
     libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's own ceiling for its adaptive threshold
     libc.mallopt(m_trim_threshold, 64 << 20)
@@ -207,8 +206,17 @@ def release_freed_memory() -> None:
     worker), not where two blocks share a GPU: there the partner is about to reuse what was freed,
     and trimming cost 2.0 s over those sixteen blocks at GPU speed (stand-in, 12.2 s -> 14.2 s).
     """
-    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@lru_cache(maxsize=1)
+def _glibc() -> ctypes.CDLL | None:
+    """This process's C library where it is glibc, whose allocator the two calls above tune; else None."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    return ctypes.CDLL("libc.so.6")
 
 
 def blocks_in_flight() -> int:

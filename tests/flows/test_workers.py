@@ -80,3 +80,14 @@ def test_local_clusters_start_without_the_periodic_work_that_takes_the_gil():
         assert "profile" not in worker.periodic_callbacks
         every_ms = {name: callback.callback_time for name, callback in worker.periodic_callbacks.items()}
         assert min(every_ms["tick"], every_ms["monitor"], every_ms["memory_monitor"]) >= 1000  # Dask: 20, 500, 100
+
+
+def test_a_worker_knows_how_many_blocks_it_runs_at_once():
+    """The allocator is trimmed after a block only where the block ran alone (``blocks_in_flight() == 1``)."""
+    from distributed import Client
+
+    assert workers.blocks_in_flight() == 1  # outside a worker
+    for threads in (1, 2):
+        with LocalCluster(n_workers=1, threads_per_worker=threads, processes=False, dashboard_address=None) as cluster, \
+                Client(cluster) as client:
+            assert client.submit(workers.blocks_in_flight, pure=False).result() == threads
