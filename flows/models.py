@@ -13,7 +13,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from dsqnet.checkpoints import CheckpointError, load_model_file
+from dsqnet.checkpoints import CheckpointError, inspect_model_file
 
 from .registry import ModelRegistry, RegisteredModel, RegistryError, file_sha256, looks_like_ref
 
@@ -79,32 +79,30 @@ def locate_model(spec: str | Path | None,
 
 def resolve_model(spec: str | Path | None, bands: tuple[str, ...] = ("red", "green", "blue"),
                   registry: str | Path | ModelRegistry | None = None) -> ModelRecord:
-    """The model a user named (a file, a registry reference, or ``None`` for the demo model), loaded
-    once to check that it is usable with ``bands``."""
+    """The model a user named (a file, a registry reference, or ``None`` for the demo model), checked
+    to be usable with ``bands`` before any work starts (from its header where that is enough)."""
     path, entry = locate_model(spec, registry)
     try:
-        model = load_model_file(path)
+        summary = inspect_model_file(path)
     except CheckpointError as err:
         raise ModelError(f"{path} is not a usable DSQNet model: {err}") from None
     except Exception as err:  # a truncated or foreign file fails in many ways inside the loaders
         raise ModelError(f"{path} is not a usable DSQNet model ({type(err).__name__}: {err}); give a "
                          f".safetensors file written by dsqnet, or an authors' open-cd .pth checkpoint") from None
-    metadata = getattr(model, "metadata", {}) or {}
-    band_order = tuple(metadata.get("band_order", ("red", "green", "blue")))
-    in_chans = getattr(model.config.backbone, "in_chans", 3)
+    band_order = tuple(summary.metadata.get("band_order", ("red", "green", "blue")))
+    in_chans = getattr(summary.config.backbone, "in_chans", 3)
     if band_order != tuple(bands) or in_chans != len(bands):
         raise ModelError(
             f"{path} was trained on bands {list(band_order)} ({in_chans} channels) but the scenes provide "
             f"{list(bands)}; use a model trained on {', '.join(bands)} imagery or choose matching bands")
     sha256 = file_sha256(path)
-    parameters = sum(p.numel() for p in model.parameters())
     if entry is None:
-        return ModelRecord(path=str(path.resolve()), name=model.config.name,
-                           version=str(metadata.get("version", "unversioned")), sha256=sha256, band_order=band_order,
-                           parameters=parameters, architecture=model.config.name)
+        return ModelRecord(path=str(path.resolve()), name=summary.config.name,
+                           version=str(summary.metadata.get("version", "unversioned")), sha256=sha256,
+                           band_order=band_order, parameters=summary.parameters, architecture=summary.config.name)
     if sha256 != entry.sha256:
         raise ModelError(f"{path} ({entry.ref}) no longer matches the sha256 recorded when it was registered; the "
                          "registry copy was modified. Register the intended file again as a new version")
     return ModelRecord(path=str(path.resolve()), name=entry.name, version=str(entry.version), sha256=sha256,
-                       band_order=band_order, parameters=parameters, architecture=model.config.name, ref=entry.ref,
-                       requested=str(spec), registry=os.path.abspath(entry.path.parents[2]))
+                       band_order=band_order, parameters=summary.parameters, architecture=summary.config.name,
+                       ref=entry.ref, requested=str(spec), registry=os.path.abspath(entry.path.parents[2]))

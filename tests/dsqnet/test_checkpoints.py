@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from dsqnet import build_model
 from dsqnet.checkpoints import (
     CheckpointError,
+    inspect_model_file,
     load,
     load_model_file,
     load_opencd,
@@ -34,6 +36,29 @@ def test_round_trip_rebuilds_the_model_and_gives_bit_identical_outputs(tmp_path)
     with torch.no_grad():
         assert torch.equal(model(a, b), again(a, b))
     assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_inspecting_a_model_file_says_what_loading_it_would_without_reading_the_weights(tmp_path):
+    model = build_model("dsqnet_swin_mini", head_width=32)
+    path = save(model, tmp_path / "m.safetensors", metadata={"version": "7", "band_order": ["red", "green", "nir"]})
+    summary = inspect_model_file(path)
+    assert summary.config == load(path).config
+    assert summary.parameters == sum(p.numel() for p in model.parameters())
+    assert summary.metadata["version"] == "7"
+    assert summary.metadata["band_order"] == ["red", "green", "nir"]
+    assert summary.metadata["normalization"]["scale"] == "0-255"
+
+
+def test_inspecting_refuses_a_file_whose_tensors_do_not_fit_the_network_it_names(tmp_path):
+    path = save(build_model("dsqnet_swin_mini", head_width=32), tmp_path / "m.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        header, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    state["decode_head.conv_seg.weight"] = torch.zeros(2, 48, 1, 1)  # the config says a head 32 wide
+    del state["backbone.norm0.weight"]
+    save_file(state, str(path), metadata=header)
+    with pytest.raises(CheckpointError, match=r"missing \(1\): backbone.norm0.weight(.|\n)*"
+                                              r"decode_head.conv_seg.weight: file \(2, 48, 1, 1\)"):
+        inspect_model_file(path)
 
 
 def test_metadata_says_how_to_use_the_model(tmp_path):
