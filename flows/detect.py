@@ -48,6 +48,7 @@ from .rasters import write_change_rasters
 from .run_folder import RunFolder, check_writable, link_tree, with_output_errors
 from .scoring import score_run
 from .stitch import stitch
+from .subflows import as_subflow
 from .tiling import Block, Lattice, plan_blocks
 from .vectorize import change_polygons
 from .workers import (
@@ -240,7 +241,7 @@ def run_detect(request: DetectRequest) -> dict:
     reports = []
     if blocks.todo:  # a finished store needs no cluster
         runner = dask_task_runner(request.dask_address, request.workers)
-        with quiet_local_cluster():  # a local cluster starts with the subflow
+        with quiet_local_cluster(), as_subflow():  # a local cluster starts with the subflow
             reports = infer_blocks.with_options(task_runner=runner)(blocks.job, blocks.todo)
     lap("infer blocks")
     stitch_blocks(blocks)

@@ -47,6 +47,7 @@ from .monitor_alerts import Alert, ZoneChange, send_alert, zone_changes, zone_ov
 from .monitor_config import MonitorRequest, WatchedRegion, parse_monitor_request, watch_list
 from .monitor_state import RegionBusy, RegionState, RegionStore, geometry_hash, pair_key
 from .run_folder import check_writable
+from .subflows import as_subflow
 
 EPOCH = "1970-01-01"
 
@@ -216,9 +217,10 @@ def watch(request: MonitorRequest, watched: WatchedRegion) -> RegionReport:
                 return report
             print(f"{watched.name}: {len(pairs)} new pair(s): " + ", ".join(f"{b} -> {a}" for b, a in pairs))
             for before, after in pairs:
-                run = detect_changes(region=watched.name, regions=request.regions, before=before, after=after,
-                                     catalog=request.catalog, model=request.model, out=request.out,
-                                     tolerance_days=0, **(request.detect_options or {}))
+                with as_subflow():
+                    run = detect_changes(region=watched.name, regions=request.regions, before=before, after=after,
+                                         catalog=request.catalog, model=request.model, out=request.out,
+                                         tolerance_days=0, **(request.detect_options or {}))
                 pair, changes = record_history(store, watched, before, after, run["run_folder"])
                 alerts = send_alerts(request, watched, store, before, after, pair, changes)
                 pair["alerts"] = [a["zone"] for a in alerts]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +77,28 @@ def scenes_store(path, height: int, width: int, seed: int = 0, hole: tuple[slice
         ds[name].attrs["grid_mapping"] = "spatial_ref"
     write_scenes(ds, path, "test", 256)
     return xr.open_zarr(str(path), decode_coords="all", consolidated=False)
+
+
+def heartbeating_flow_runs(expected: set[str], timeout: float = 30.0) -> set[str]:
+    """The ids of the flow runs that sent Prefect a heartbeat, once ``expected`` are among them (or time is up).
+
+    Heartbeat events reach the API through Prefect's event pipeline, a moment after the run.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all()
+    deadline = time.monotonic() + timeout
+    while True:
+        beats = EventFilter(event=EventNameFilter(name=["prefect.flow-run.heartbeat"]))  # occurred until now
+        with get_client(sync_client=True) as client:
+            page = client.read_events(beats, limit=50)
+            events = list(page.events)
+            while page.next_page and len(events) < page.total:
+                page = client.read_events_page(page.next_page)
+                events += page.events
+        seen = {event.resource.id.removeprefix("prefect.flow-run.") for event in events}
+        if expected <= seen or time.monotonic() > deadline:
+            return seen
+        time.sleep(0.5)

@@ -19,7 +19,13 @@ import xarray as xr
 from rio_cogeo.cogeo import cog_validate
 
 from flows.detect import detect_changes
-from tests.flows.flow_helpers import FAST, hole_catalog, hole_pixels_in_region, tiny_model_file
+from tests.flows.flow_helpers import (
+    FAST,
+    heartbeating_flow_runs,
+    hole_catalog,
+    hole_pixels_in_region,
+    tiny_model_file,
+)
 
 RUN = "spot_2021-06-10_2023-06-12"
 
@@ -131,6 +137,20 @@ def test_prefect_artifacts_summarise_the_run(first_run, prefect_api):
         assert "km²" in summary[0].data and "polygons" in summary[0].data
         progress = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["detect-progress"])))
         assert progress[0].data == 100.0
+
+
+def test_the_flow_beats_for_its_subflow_which_sends_no_heartbeat_of_its_own(first_run, prefect_api):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    detect_run = json.loads((first_run[0] / "run.json").read_text())["flow_run_id"]
+    with get_client(sync_client=True) as client:
+        subflows = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[detect_run])))
+        assert [client.read_flow(run.flow_id).name for run in subflows] == ["infer-blocks"]
+    beating = heartbeating_flow_runs({detect_run})
+    assert detect_run in beating
+    assert str(subflows[0].id) not in beating
 
 
 def test_two_workers_and_a_rerun_give_the_same_map(first_run, inputs):

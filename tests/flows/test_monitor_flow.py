@@ -34,7 +34,7 @@ from flows.monitor_config import MonitorConfigError, Thresholds, parse_monitor_r
 from flows.monitor_state import RegionStore
 from flows.params import ParameterError
 from flows.run_folder import OutputError
-from tests.flows.flow_helpers import FAST, cli_env
+from tests.flows.flow_helpers import FAST, cli_env, heartbeating_flow_runs
 from tests.flows.monitor_helpers import (
     DAYS,
     PARTIAL_DAY,
@@ -206,6 +206,20 @@ def test_the_first_run_processes_each_pair_of_covering_acquisitions_once(first, 
     assert list(rows["watch_zones"]) == ["hot", "hot"]
     assert list(rows["before_date"]) == [D1, D2] and list(rows["after_date"]) == [D2, D3]
     assert rows.crs.to_epsg() == 32633
+
+
+def test_the_monitor_beats_for_the_detect_runs_inside_it(first):
+    from prefect.client.orchestration import get_client
+
+    detect_runs = [json.loads((Path(p["run_folder"]) / "run.json").read_text())["flow_run_id"]
+                   for p in first["regions"]["town"]["pairs"]]
+    with get_client(sync_client=True) as client:
+        parents = {str(client.read_task_run(client.read_flow_run(run).parent_task_run_id).flow_run_id)
+                   for run in detect_runs}
+    assert len(detect_runs) == 2 and len(parents) == 1
+    beating = heartbeating_flow_runs(parents)
+    assert parents <= beating
+    assert not beating & set(detect_runs)
 
 
 def test_an_alert_fires_where_the_change_crosses_the_threshold_and_nowhere_else(first, receiver):
