@@ -6,9 +6,11 @@ preview), then, in the same process, the network alone on as many windows as the
 window lattice), in the same batches and precision. Reported: end-to-end seconds, megapixels of
 region per second, model seconds, their ratio (the pipeline's overhead), the windows the flow ran
 (each lattice window exactly once, so equal to the scene's), the seconds the workers spent inside
-the network, and the peak resident memory of the whole process tree (this process plus the Dask
-workers), sampled every 0.2 s; and, for the flow and for the network alone, the CPU seconds per
-wall second and the seconds the VM's host took from this machine's cores (``CpuUse``).
+the network and the end-to-end seconds over those (``ratio_to_network_in_flow``: what the pipeline
+adds around the network, measured within one run), and the peak resident memory of the whole
+process tree (this process plus the Dask workers), sampled every 0.2 s; and, for the flow and for
+the network alone, the CPU seconds per wall second and the seconds the VM's host took from this
+machine's cores (``CpuUse``).
 
 Every size runs on a Prefect API that is already up, as a deployment run on a Prefect server does.
 Without PREFECT_API_URL, a bare ``dsqnet detect`` first starts a temporary API in its own process
@@ -16,7 +18,8 @@ Without PREFECT_API_URL, a bare ``dsqnet detect`` first starts a temporary API i
 reported as ``prefect_api_start_s`` rather than charged to whichever size happens to run first.
 
 Goals (issue #5): pipeline <= 1.15 x model time; peak memory of the larger region <= 1.5 x that of
-the smaller one.
+the smaller one. ``--repeats N`` runs the flow and the network alone N times in turn per size and
+reports medians, since a shared VM's speed drifts between two timings of the same network.
 
 ``--stand-in-ms M`` replaces the network, in the flow and in the model-alone figure alike, by a
 stand-in that waits M ms per window without holding the CPU, as an accelerator does, and then
@@ -64,7 +67,8 @@ from flows.workers import device_lock
 
 CRS, RESOLUTION, ORIGIN = "EPSG:32633", 0.5, (500000.0, 5400000.0)
 # what each repeat of a size reports besides the row's medians
-SAMPLE_FIELDS = ("seconds", "model_seconds", "ratio", "model_seconds_in_workers", "peak_rss_gb", "cpu")
+SAMPLE_FIELDS = ("seconds", "model_seconds", "ratio", "model_seconds_in_workers", "ratio_to_network_in_flow",
+                 "peak_rss_gb", "cpu")
 
 
 def scene(size: int, seed: int, changes: bool) -> np.ndarray:
@@ -299,6 +303,9 @@ def run_once(size: int, args: argparse.Namespace, out: Path, scenes: tuple[Path,
         "seconds": round(seconds, 2), "model_seconds": round(model_seconds, 2),
         "ratio": round(seconds / model_seconds, 3),
         "model_seconds_in_workers": None if stand_in else manifest["model_seconds"],
+        # the same network timed inside the run: free of the machine's drift between the two timings,
+        # blind to the network running slower inside the flow than alone
+        "ratio_to_network_in_flow": None if stand_in else round(seconds / manifest["model_seconds"], 3),
         "windows_run": manifest["windows"]["run"], "windows_scene": manifest["windows"]["scene"],
         "peak_rss_gb": round(memory.peak / 2**30, 3), "timings": manifest["timings"],
         "flow_process_peak_rss_gb_by_step": manifest["peak_rss_gb"],
