@@ -2,8 +2,8 @@
 
 This is the body of the ``infer-block`` task and runs on a (GPU) worker. A block runs the windows
 it owns (flows/tiling.py) and keeps their weighted sum over everything they reach: its own pixels
-and a margin of its neighbours'. Those sums go to the probability store; stitching them into
-probabilities happens once every block is in (flows/stitch.py). Memory is bounded by the block:
+and a margin of its neighbours'. Those sums go to the probability store; a block is stitched into
+probabilities once every block reaching into it is in (flows/stitch.py). Memory is bounded by the block:
 the inputs and the sums cover the block plus at most one window around it. A window that sees no
 pixel observed in both dates is not run: it could only inform pixels that come out "not observed".
 """

@@ -1,7 +1,8 @@
 """``detect-changes``: a region and two dates in, change rasters and polygons out.
 
-    choose scenes -> load scenes.zarr -> plan blocks -> infer blocks (Dask workers) -> stitch
-    -> {mosaic, vectorise, preview} at once -> publish
+    choose scenes -> load scenes.zarr -> plan blocks -> infer blocks (Dask workers; each block
+    stitched as soon as its neighbours are in) -> stitch what is left -> {mosaic, vectorise,
+    preview} at once -> publish
 
 Tasks pass paths and small records; pixels stay in the zarr stores. The inference step is a
 subflow so that its Dask cluster (local, or the one at ``dask_address``) is chosen per run. Work
@@ -47,7 +48,7 @@ from .probability_store import ProbabilityStore
 from .rasters import write_change_rasters
 from .run_folder import RunFolder, check_writable, link_tree, with_output_errors
 from .scoring import score_run
-from .stitch import stitch
+from .stitch import Stitcher, stitch
 from .subflows import as_subflow
 from .tiling import Block, Lattice, plan_blocks
 from .vectorize import change_polygons
@@ -129,28 +130,38 @@ def infer_block(job: BlockJob, block: Block) -> dict:
 
 
 @flow(name="infer-blocks", validate_parameters=False)
-def infer_blocks(job: BlockJob, blocks: list[Block]) -> list[dict]:
-    """Every block that is not done yet, on the Dask workers; GPU workers get the blocks when there are any."""
+def infer_blocks(job: BlockJob, blocks: list[Block], todo: list[Block]) -> list[dict]:
+    """The blocks ``todo`` on the Dask workers (GPU workers when there are any); meanwhile, each of
+    ``blocks`` is stitched here as soon as the blocks it needs are in."""
     runner = FlowRunContext.get().task_runner
     with dask.annotate(**block_task_resources(runner.client)):
-        futures = [infer_block.submit(job, block) for block in blocks]
-    progress = Progress(len(blocks), f"blocks inferred of {len(blocks)}")
+        futures = [infer_block.submit(job, block) for block in todo]
+    stitcher = Stitcher(ProbabilityStore(job.probabilities), job.scenes, job_lattice(job), blocks)
+    progress = Progress(len(todo), f"blocks inferred of {len(todo)}")
+    by_name = {block.name: block for block in blocks}
     reports = []
     for future in as_completed(futures):
         reports.append(future.result())
+        stitcher.add(by_name[reports[-1]["block"]])
         progress.advance()
-    order = {block.name: k for k, block in enumerate(blocks)}
+    order = {block.name: k for k, block in enumerate(todo)}
     return sorted(reports, key=lambda r: order[r["block"]])  # the plan's row-major order
+
+
+def job_lattice(job: BlockJob) -> Lattice:
+    """The window lattice of the job's scene."""
+    height, width = zarr.open_group(job.scenes, mode="r")["valid"].shape[-2:]
+    return Lattice(height, width, job.window, job.stride)
 
 
 @task(name="stitch-blocks", cache_policy=NO_CACHE)
 def stitch_blocks(plan: BlockPlan) -> int:
-    """Every block's window sums -> its probabilities; returns how many blocks were stitched."""
+    """The blocks not stitched while inferring (all of them after a resume) -> their probabilities;
+    returns how many blocks were stitched here."""
     store = ProbabilityStore(plan.job.probabilities)
     if store.complete:
         return 0
-    height, width = zarr.open_group(plan.job.scenes, mode="r")["valid"].shape[-2:]
-    return stitch(store, plan.job.scenes, Lattice(height, width, plan.job.window, plan.job.stride), plan.blocks)
+    return stitch(store, plan.job.scenes, job_lattice(plan.job), plan.blocks)
 
 
 @task(name="mosaic", cache_policy=NO_CACHE)
@@ -242,7 +253,7 @@ def run_detect(request: DetectRequest) -> dict:
     if blocks.todo:  # a finished store needs no cluster
         runner = dask_task_runner(request.dask_address, request.workers)
         with quiet_local_cluster(), as_subflow():  # a local cluster starts with the subflow
-            reports = infer_blocks.with_options(task_runner=runner)(blocks.job, blocks.todo)
+            reports = infer_blocks.with_options(task_runner=runner)(blocks.job, blocks.blocks, blocks.todo)
     lap("infer blocks")
     stitch_blocks(blocks)
     lap("stitch blocks")

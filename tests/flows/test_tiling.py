@@ -10,7 +10,7 @@ import zarr
 
 from flows.block_inference import BlockInputs, BlockJob, process_block, read_block, window_sums
 from flows.probability_store import ProbabilityStore
-from flows.stitch import stitch
+from flows.stitch import Stitcher, stitch
 from flows.tiling import Lattice, block_reach, block_windows, plan_blocks, reflect_index, window_weight
 from flows.workers import cached_predictor
 from tests.flows.flow_helpers import content_model, scenes_store, tiny_model_file
@@ -68,6 +68,25 @@ def test_blending_is_the_same_for_any_block_size_and_order(tmp_path):
         assert np.nanmax(np.abs(results[0] - other)) < 1e-6
     observed = ~np.isnan(results[0])
     assert not observed[:100, :150].any() and observed[100:].all() and observed[:, 150:].all()
+
+
+def test_each_block_is_stitched_once_the_blocks_reaching_into_it_are_in_and_the_map_is_the_same(tmp_path):
+    scenes = scenes_store(tmp_path / "scenes.zarr", 1536, 1536)
+    expected = run_blocks(tmp_path, scenes, 512, content_model, 256, 128)  # all blocks summed, then stitched
+    blocks = plan_blocks(1536, 1536, 512)  # 3 x 3; windows of 256 at stride 128 reach 64 px past a block
+    store = ProbabilityStore.prepare(tmp_path / "eager.zarr", scenes, (3, 3), "eager")
+    job = BlockJob(str(tmp_path / "scenes.zarr"), str(store.path), "", "", 256, 128, 8)
+    stitcher = Stitcher(store, job.scenes, Lattice(1536, 1536, 256, 128), blocks)
+    stitched = []
+    for block in blocks:  # row-major, as blocks may finish
+        process_block(job, block, content_model)
+        stitched.append([(b.row, b.col) for b in stitcher.add(block)])
+    # a block waits for every neighbour, diagonals included, whose windows reach into it
+    assert stitched == [[], [], [], [], [(0, 0)], [(0, 1), (0, 2)], [], [(1, 0), (2, 0)],
+                        [(1, 1), (1, 2), (2, 1), (2, 2)]]
+    assert store.done_blocks() == {(b.row, b.col) for b in blocks}
+    assert stitch(store, job.scenes, Lattice(1536, 1536, 256, 128), blocks) == 0  # nothing left for the stitch step
+    assert np.array_equal(np.asarray(store.probability()[:]), expected, equal_nan=True)
 
 
 def test_a_constant_network_gives_a_constant_map_up_to_the_edges(tmp_path):
