@@ -5,7 +5,7 @@
 #
 # 1. the CUDA tests (GPU = CPU within what TF32 allows, mixed precision, training, blocks on a GPU worker);
 # 2. model throughput on the GPU (bench/model_throughput.py), batch 16;
-# 3. the pipeline benchmark (bench/pipeline.py) at 2048^2 and 8192^2 with the GPU worker;
+# 3. the pipeline benchmark (bench/pipeline.py) at 2048^2 and 8192^2 with the GPU worker, two runs each;
 # 4. the flow tests whose behaviour changes when a GPU is present (tiling, resume, workers, detect).
 # Each step has its own time limit and log, so one failure does not hide the others' figures.
 # Needs the project importable (pip install -e ".[test]") and `dsqnet` beside python3.
@@ -36,7 +36,7 @@ step cuda-tests "${CUDA_TESTS_S:-180}" python3 -m pytest -q -s -p no:cacheprovid
 step throughput "${THROUGHPUT_S:-120}" python3 bench/model_throughput.py --devices cuda --batch 16 \
     --repeats 5 --warmup 2 --json "$OUT/throughput.json"
 step pipeline "${PIPELINE_S:-240}" python3 bench/pipeline.py --sizes 2048 8192 --precision bf16 \
-    --block-size 2048 --batch 16 --json "$OUT/pipeline.json"
+    --block-size 2048 --batch 16 --repeats 2 --json "$OUT/pipeline.json"
 step flow-tests "${FLOW_TESTS_S:-200}" python3 -m pytest -q -p no:cacheprovider \
     tests/flows/test_detect_resume_and_errors.py tests/flows/test_tiling.py tests/flows/test_workers.py \
     tests/flows/test_detect_flow.py
