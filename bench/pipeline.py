@@ -8,7 +8,8 @@ region per second, model seconds, their ratio (the pipeline's overhead), the win
 (each lattice window exactly once, so equal to the scene's), the seconds the workers spent inside
 the network and the end-to-end seconds over those (``ratio_to_network_in_flow``: what the pipeline
 adds around the network, measured within one run), and the peak resident memory of the whole
-process tree (this process plus the Dask workers), sampled every 0.2 s; and, for the flow and for
+process tree (this process plus the Dask workers), sampled every 0.2 s, with its value when the
+run started (``rss_at_start_gb``: what the earlier runs of this process left); and, for the flow and for
 the network alone, the CPU seconds per wall second and the seconds the VM's host took from this
 machine's cores (``CpuUse``).
 
@@ -68,7 +69,7 @@ from flows.workers import device_lock
 CRS, RESOLUTION, ORIGIN = "EPSG:32633", 0.5, (500000.0, 5400000.0)
 # what each repeat of a size reports besides the row's medians
 SAMPLE_FIELDS = ("seconds", "model_seconds", "ratio", "model_seconds_in_workers", "ratio_to_network_in_flow",
-                 "peak_rss_gb", "cpu")
+                 "peak_rss_gb", "rss_at_start_gb", "cpu")
 
 
 def scene(size: int, seed: int, changes: bool) -> np.ndarray:
@@ -116,24 +117,31 @@ def write_catalog(folder: Path, size: int) -> tuple[Path, str]:
 
 
 class PeakMemory:
-    """Peak summed RSS of this process and all its children, sampled in a thread."""
+    """Peak summed RSS of this process and all its children, sampled in a thread; and that sum at the
+    start, which is what earlier runs in this process left behind (memory the allocator keeps)."""
 
     def __init__(self, every: float = 0.2) -> None:
         self.every, self.peak, self._stop = every, 0, threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self.start = 0
+
+    @staticmethod
+    def _total() -> int:
+        total = 0
+        for proc in _process_tree():
+            try:
+                total += proc.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            total = 0
-            for proc in _process_tree():
-                try:
-                    total += proc.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
+            self.peak = max(self.peak, self._total())
             time.sleep(self.every)
 
     def __enter__(self) -> "PeakMemory":
+        self.start = self._total()
         self._thread.start()
         return self
 
@@ -284,6 +292,7 @@ def run_once(size: int, args: argparse.Namespace, out: Path, scenes: tuple[Path,
         import flows.detect
 
         flows.detect.cached_predictor = lambda *_, **__: stand_in
+        flows.detect.warm_up_in_background = lambda *_, **__: None  # nothing to load
         flows.workers.local_gpu_count = lambda: 1  # the local cluster of a one-GPU machine
     flows.workers._load_predictor.cache_clear()
     started = time.perf_counter()
@@ -307,7 +316,8 @@ def run_once(size: int, args: argparse.Namespace, out: Path, scenes: tuple[Path,
         # blind to the network running slower inside the flow than alone
         "ratio_to_network_in_flow": None if stand_in else round(seconds / manifest["model_seconds"], 3),
         "windows_run": manifest["windows"]["run"], "windows_scene": manifest["windows"]["scene"],
-        "peak_rss_gb": round(memory.peak / 2**30, 3), "timings": manifest["timings"],
+        "peak_rss_gb": round(memory.peak / 2**30, 3), "rss_at_start_gb": round(memory.start / 2**30, 3),
+        "timings": manifest["timings"],
         "flow_process_peak_rss_gb_by_step": manifest["peak_rss_gb"],
         "cpu": {"flow": flow_cpu.summary(), "model_alone": model_cpu.summary()},
     }

@@ -1,8 +1,8 @@
 """``detect-changes``: a region and two dates in, change rasters and polygons out.
 
     choose scenes -> load scenes.zarr -> plan blocks -> infer blocks (Dask workers; each block
-    stitched as soon as its neighbours are in) -> stitch what is left -> {mosaic, vectorise,
-    preview} at once -> publish
+    stitched as soon as its neighbours are in, and its share of the outputs written) -> stitch
+    what is left -> {mosaic, vectorise, preview} at once -> publish
 
 Tasks pass paths and small records; pixels stay in the zarr stores. The inference step is a
 subflow so that its Dask cluster (local, or the one at ``dask_address``) is chosen per run. Work
@@ -39,8 +39,9 @@ from catalog.store import inputs_hash, open_scenes
 
 from .artifacts import Progress, publish_artifacts
 from .block_inference import BlockJob, process_block
+from .block_outputs import BackgroundWriter, BlockOutputs, default_threads
 from .demo import demo_inputs
-from .manifest import StepTimer, code_version, package_versions, stac_item
+from .manifest import FinishTimes, StepTimer, code_version, package_versions, stac_item
 from .models import ModelRecord, resolve_model
 from .params import DetectRequest, parse_request
 from .preview import write_preview
@@ -61,6 +62,8 @@ from .workers import (
     local_worker_threads,
     quiet_local_cluster,
     release_freed_memory,
+    runs_in_this_process,
+    warm_up_in_background,
 )
 
 INFERENCE_CODE = (Path(dsqnet.__file__).parent, Path(__file__).with_name("block_inference.py"),
@@ -130,20 +133,23 @@ def infer_block(job: BlockJob, block: Block) -> dict:
 
 
 @flow(name="infer-blocks", validate_parameters=False)
-def infer_blocks(job: BlockJob, blocks: list[Block], todo: list[Block]) -> list[dict]:
+def infer_blocks(job: BlockJob, blocks: list[Block], todo: list[Block], outputs: BlockOutputs) -> list[dict]:
     """The blocks ``todo`` on the Dask workers (GPU workers when there are any); meanwhile, each of
-    ``blocks`` is stitched here as soon as the blocks it needs are in."""
+    ``blocks`` is stitched here as soon as the blocks it needs are in, and its share of the outputs
+    is written in background threads."""
     runner = FlowRunContext.get().task_runner
     with dask.annotate(**block_task_resources(runner.client)):
         futures = [infer_block.submit(job, block) for block in todo]
-    stitcher = Stitcher(ProbabilityStore(job.probabilities), job.scenes, job_lattice(job), blocks)
     progress = Progress(len(todo), f"blocks inferred of {len(todo)}")
     by_name = {block.name: block for block in blocks}
     reports = []
-    for future in as_completed(futures):
-        reports.append(future.result())
-        stitcher.add(by_name[reports[-1]["block"]])
-        progress.advance()
+    with BackgroundWriter(outputs, default_threads(len(blocks))) as writer:
+        stitcher = Stitcher(ProbabilityStore(job.probabilities), job.scenes, job_lattice(job), blocks,
+                            on_stitched=writer.submit)
+        for future in as_completed(futures):
+            reports.append(future.result())
+            stitcher.add(by_name[reports[-1]["block"]])
+            progress.advance()
     order = {block.name: k for k, block in enumerate(todo)}
     return sorted(reports, key=lambda r: order[r["block"]])  # the plan's row-major order
 
@@ -164,18 +170,24 @@ def stitch_blocks(plan: BlockPlan) -> int:
     return stitch(store, plan.job.scenes, job_lattice(plan.job), plan.blocks)
 
 
+@task(name="block-outputs", cache_policy=NO_CACHE)
+def complete_block_outputs(outputs: BlockOutputs, blocks: list[Block]) -> int:
+    """The outputs' share of every block stitched without one (by a run that was killed, say);
+    returns how many blocks that was."""
+    return outputs.complete(blocks)
+
+
 @task(name="mosaic", cache_policy=NO_CACHE)
-def mosaic(store: ProbabilityStore, scenes: PreparedScenes, folder: Path, threshold: float):
-    counts = write_change_rasters(store, scenes.grid.crs.to_wkt(), scenes.grid.transform, folder, threshold)
-    link_tree(store.path, folder / "change_prob.zarr")
+def mosaic(outputs: BlockOutputs, blocks: list[Block], folder: Path):
+    counts = write_change_rasters(outputs, blocks, folder)
+    link_tree(Path(outputs.store), folder / "change_prob.zarr")
     return counts
 
 
 @task(name="vectorise", cache_policy=NO_CACHE)
-def vectorise(store: ProbabilityStore, scenes: PreparedScenes, blocks: list[Block], request: DetectRequest,
-              model: ModelRecord, run_id: str, folder: Path) -> gpd.GeoDataFrame:
-    polygons = change_polygons(store, blocks, scenes.grid.transform, scenes.grid.crs.to_wkt(), request.threshold,
-                               request.min_area_m2)
+def vectorise(outputs: BlockOutputs, scenes: PreparedScenes, blocks: list[Block], model: ModelRecord, run_id: str,
+              folder: Path) -> gpd.GeoDataFrame:
+    polygons = change_polygons(outputs, blocks)
     before, after = scenes.before, scenes.after
     polygons = polygons.assign(
         before_datetime=before.records[0].datetime, after_datetime=after.records[0].datetime,
@@ -238,6 +250,9 @@ def run_detect(request: DetectRequest) -> dict:
         request = with_demo(request, out_dir / ".cache" / "demo")
         lap("demo data")
     record = check_model(request.model, request.registry)
+    if runs_in_this_process(request.dask_address, request.workers):  # its worker shares this model cache
+        warm_up_in_background(record.path, record.sha256, request.precision, request.device,
+                              local_worker_threads(request.workers), request.batch_size, request.window)
     region_, first, second = choose_scenes(request)
     lap("choose scenes")
     name = request.run_name or run_folder_name(region_.name, request.before, request.after)
@@ -249,31 +264,41 @@ def run_detect(request: DetectRequest) -> dict:
     print(f"{len(blocks.blocks)} blocks of {request.block_size} px, {len(blocks.todo)} to compute "
           f"({len(blocks.blocks) - len(blocks.todo)} already done), {blocks.windows} windows in the scene")
     lap("plan blocks")
+    store = ProbabilityStore(blocks.job.probabilities)
+    outputs = BlockOutputs.prepare(store, scenes.grid.crs.to_wkt(), scenes.grid.transform, request.threshold,
+                                   request.min_area_m2)
     reports = []
     if blocks.todo:  # a finished store needs no cluster
         runner = dask_task_runner(request.dask_address, request.workers)
         with quiet_local_cluster(), as_subflow():  # a local cluster starts with the subflow
-            reports = infer_blocks.with_options(task_runner=runner)(blocks.job, blocks.blocks, blocks.todo)
+            reports = infer_blocks.with_options(task_runner=runner)(blocks.job, blocks.blocks, blocks.todo, outputs)
     lap("infer blocks")
     stitch_blocks(blocks)
+    late_outputs = complete_block_outputs(outputs, blocks.blocks)
     lap("stitch blocks")
 
-    store = ProbabilityStore(blocks.job.probabilities)
     run_id = run_identifier(name)
     with RunFolder(out_dir / name) as run:
         store.mark_complete()  # from here on the probabilities are only read, by three steps at once
         store.clear_sums()
-        rasters = mosaic.submit(store, scenes, run.staging, request.threshold)
-        shapes = vectorise.submit(store, scenes, blocks.blocks, request, record, run_id, run.staging)
+        finishes = FinishTimes()
+        rasters = mosaic.submit(outputs, blocks.blocks, run.staging)
+        shapes = vectorise.submit(outputs, scenes, blocks.blocks, record, run_id, run.staging)
+        rasters.add_done_callback(finishes.on_done("mosaic"))
+        shapes.add_done_callback(finishes.on_done("vectorise"))
         write_preview(scenes.path, store.probability(), request.threshold, (request.before, request.after),
                       run.staging / "preview.png")
+        finishes.mark("preview")
         metrics = (score_run(store, blocks.blocks, scenes.grid.transform, scenes.grid.crs.to_wkt(),
                              request.threshold, request.truth) if request.truth else None)
         counts, polygons = rasters.result(), shapes.result()
         lap("mosaic, vectorise, preview")
         manifest = build_manifest(request, region_, scenes, record, blocks, reports, counts, polygons, metrics,
                                   timer, run_id, out_dir / name)
+        manifest["blocks"]["outputs_made_after_inference"] = late_outputs
+        manifest["outputs_finished_after_s"] = finishes.seconds
         folder = publish(run, manifest, polygons)
+    outputs.clear()  # the COGs and polygons hold it all now
     get_run_logger().info("published %s", folder)
     return {**{k: manifest[k] for k in ("run_folder", "changed_km2", "polygons", "metrics", "timings")},
             "text": summary_text(manifest)}

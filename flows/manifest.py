@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import datetime as dt
 import hashlib
 import importlib.metadata
@@ -79,6 +81,21 @@ class StepTimer:
         if peak is not None:
             self.peak_rss_gb[step] = peak
         self._clock = now
+
+
+class FinishTimes:
+    """Seconds from one start to the end of each of several steps that run at once: which held the others up."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    def mark(self, step: str) -> None:
+        self.seconds[step] = round(time.perf_counter() - self._start, 3)
+
+    def on_done(self, step: str) -> Callable[[object], None]:
+        """A done-callback for a future that marks ``step``."""
+        return lambda _future: self.mark(step)
 
 
 def peak_rss_gb() -> float | None:

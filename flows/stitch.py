@@ -11,6 +11,8 @@ a crash costs at most the block in hand.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import zarr
 
@@ -47,8 +49,10 @@ class Stitcher:
     writes does not depend on when: ``stitch_block`` adds every block's sums in plan order.
     """
 
-    def __init__(self, store: ProbabilityStore, scenes_path: str, lattice: Lattice, blocks: list[Block]) -> None:
+    def __init__(self, store: ProbabilityStore, scenes_path: str, lattice: Lattice, blocks: list[Block],
+                 on_stitched: Callable[[Block], object] | None = None) -> None:
         self.store, self.lattice, self.blocks = store, lattice, blocks
+        self.on_stitched = on_stitched  # told of each block once its probabilities are in the store
         self.scenes = zarr.open_group(scenes_path, mode="r")
         self.summed = store.summed_blocks()
         done = store.done_blocks()
@@ -68,6 +72,8 @@ class Stitcher:
         for block in ready:
             self.store.write_block(block, stitch_block(self.store, self.scenes, self.lattice, self.blocks, block))
             del self.waiting[(block.row, block.col)]
+            if self.on_stitched:
+                self.on_stitched(block)
         return ready
 
 

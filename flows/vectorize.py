@@ -5,17 +5,17 @@ Each block's changed pixels (probability >= threshold, observed) are labelled as
 traced into one polygon with ``rasterio.features.shapes``. Per-region sums (probability, pixels,
 observed pixels under the outline) are taken from the labels in the same block pass. Polygons that
 reach a block's inner edge may continue in the next block: those are unioned, their pieces' sums
-added, and the rest are kept as they are. Memory is a few blocks at a time (``BLOCKS_AT_ONCE``),
-whatever the scene. ``bench/outputs.py`` times this on a speckled map.
+added, and the rest are kept as they are. Each block's pieces are made as soon as it is stitched,
+a few blocks at a time (``BLOCKS_AT_ONCE``, flows/block_outputs.py), so memory does not grow with
+the scene. ``bench/outputs.py`` times this on a speckled map.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import geopandas as gpd
 import numpy as np
@@ -28,8 +28,11 @@ from shapely.geometry import Polygon
 from .probability_store import ProbabilityStore
 from .tiling import Block
 
-# Blocks polygonised at once, in threads: more cores go faster, but each block in flight holds
-# several arrays of its size, so memory is capped by this, not by the cores.
+if TYPE_CHECKING:
+    from .block_outputs import BlockOutputs
+
+# Blocks polygonised at once, in threads (flows/block_outputs.py): more cores go faster, but each
+# block in flight holds several arrays of its size, so memory is capped by this, not by the cores.
 BLOCKS_AT_ONCE = 4
 
 
@@ -226,28 +229,22 @@ def dissolve(pieces: Iterable[Piece]) -> list[Piece]:
     return whole + [totals[k] for k in sorted(totals)]
 
 
-def change_polygons(store: ProbabilityStore, blocks: list[Block], transform: Affine, crs, threshold: float,
-                    min_area_m2: float) -> gpd.GeoDataFrame:
-    """One row per changed region of the whole scene, largest first."""
-    probability = store.probability()
-    scene_shape = probability.shape
-
-    def pieces_of(block: Block) -> list[Piece]:
-        values = np.asarray(probability[block.top:block.bottom, block.left:block.right])
-        return block_pieces(values, block, transform, scene_shape, threshold, min_area_m2)
-
-    with ThreadPoolExecutor(max_workers=max(1, min(len(blocks), os.cpu_count() or 1, BLOCKS_AT_ONCE))) as pool:
-        pieces = [piece for found in pool.map(pieces_of, blocks) for piece in found]
+def change_polygons(outputs: BlockOutputs, blocks: list[Block]) -> gpd.GeoDataFrame:
+    """One row per changed region of the whole scene, largest first, from the blocks' pieces (made
+    first where missing: flows/block_outputs.py)."""
+    outputs.complete(blocks)
+    pieces = outputs.pieces(blocks)
+    transform, min_area_m2 = outputs.affine, outputs.min_area_m2
     pixel_area = abs(transform.a * transform.e)
     changes = [p for p in dissolve(pieces) if p.pixels * pixel_area >= min_area_m2]
-    _count_new_holes(changes, probability, transform)
+    _count_new_holes(changes, ProbabilityStore(outputs.store).probability(), transform)
     frame = gpd.GeoDataFrame({
         "area_m2": [p.geometry.area for p in changes],
         "perimeter_m": [p.geometry.length for p in changes],
         "prob_mean": [p.prob_sum / max(p.pixels, 1) for p in changes],
         "prob_max": [p.prob_max for p in changes],
         "observed_fraction": [p.outline_observed / max(p.outline_pixels, 1) for p in changes],
-    }, geometry=[p.geometry for p in changes], crs=crs)
+    }, geometry=[p.geometry for p in changes], crs=outputs.crs)
     if len(frame):
         centroids = frame.geometry.centroid
         frame = frame.assign(_x=centroids.x, _y=centroids.y).sort_values(

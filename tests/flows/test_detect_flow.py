@@ -107,6 +107,9 @@ def test_manifest_records_inputs_scenes_model_versions_and_a_stac_item(first_run
     assert manifest["grid"]["crs"] == "EPSG:32633" and manifest["grid"]["shape"] == [561, 561]
     assert manifest["model"]["sha256"] and manifest["model"]["name"] == "dsqnet_swin_mini"
     assert manifest["blocks"]["total"] == 4 and manifest["blocks"]["computed"] == 4
+    assert manifest["blocks"]["outputs_made_after_inference"] == 0  # each block's share was made as it was stitched
+    assert set(manifest["outputs_finished_after_s"]) == {"mosaic", "vectorise", "preview"}
+    assert not list((folder.parent / ".cache").rglob("change_prob_outputs/*/*.json"))  # cleared once published
     reports = manifest["blocks"]["reports"]
     # a single local worker runs in the flow's own process
     assert all(r["worker"].startswith("inproc://") for r in reports)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import rasterio
@@ -11,6 +13,7 @@ import scipy.ndimage
 from rio_cogeo.cogeo import cog_validate
 from shapely.geometry import Polygon, box
 
+from flows.block_outputs import BlockOutputs
 from flows.probability_store import ProbabilityStore
 from flows.rasters import write_change_rasters
 from flows.tiling import plan_blocks
@@ -42,6 +45,10 @@ def known(tmp_path):
     return store, blocks, transform, prob
 
 
+def block_outputs(store, transform, threshold: float, min_area_m2: float) -> BlockOutputs:
+    return BlockOutputs.prepare(store, "EPSG:32633", transform, threshold, min_area_m2)
+
+
 def pixel_box(transform, rows: slice, cols: slice):
     x0, y0 = transform * (cols.start, rows.start)
     x1, y1 = transform * (cols.stop, rows.stop)
@@ -50,7 +57,7 @@ def pixel_box(transform, rows: slice, cols: slice):
 
 def test_changes_are_dissolved_across_block_seams_and_placed_exactly(known):
     store, blocks, transform, _ = known
-    polygons = change_polygons(store, blocks, transform, "EPSG:32633", threshold=0.5, min_area_m2=0.0)
+    polygons = change_polygons(block_outputs(store, transform, 0.5, 0.0), blocks)
     assert polygons.crs.to_epsg() == 32633
     assert len(polygons) == 5
     big = polygons.iloc[0]
@@ -65,7 +72,7 @@ def test_changes_are_dissolved_across_block_seams_and_placed_exactly(known):
 
 def test_an_unobserved_core_is_a_hole_and_lowers_the_observed_fraction(known):
     store, blocks, transform, _ = known
-    polygons = change_polygons(store, blocks, transform, "EPSG:32633", threshold=0.5, min_area_m2=0.0)
+    polygons = change_polygons(block_outputs(store, transform, 0.5, 0.0), blocks)
     ring = polygons[polygons.geometry.intersects(pixel_box(transform, slice(100, 110), slice(100, 110)))].iloc[0]
     assert ring.area_m2 == pytest.approx(96 * 0.25)
     assert len(ring.geometry.interiors) == 1
@@ -74,27 +81,52 @@ def test_an_unobserved_core_is_a_hole_and_lowers_the_observed_fraction(known):
 
 def test_min_area_and_threshold_filter_polygons(known):
     store, blocks, transform, _ = known
-    kept = change_polygons(store, blocks, transform, "EPSG:32633", threshold=0.5, min_area_m2=1.0)
+    kept = change_polygons(block_outputs(store, transform, 0.5, 1.0), blocks)
     assert len(kept) == 4 and kept["area_m2"].min() >= 1.0
-    strict = change_polygons(store, blocks, transform, "EPSG:32633", threshold=0.75, min_area_m2=0.0)
+    strict = change_polygons(block_outputs(store, transform, 0.75, 0.0), blocks)
     assert sorted(strict["area_m2"]) == pytest.approx([0.25, 0.25, 24.0])
 
 
 def test_change_rasters_are_cogs_with_three_states(known, tmp_path):
-    store, _, transform, prob = known
-    counts = write_change_rasters(store, "EPSG:32633", transform, tmp_path, threshold=0.5)
+    store, blocks, transform, prob = known
+    outputs = block_outputs(store, transform, 0.5, 0.0)
+    counts = write_change_rasters(outputs, blocks, tmp_path)
     for name in ("change.tif", "change_prob.tif"):
         valid, errors, _ = cog_validate(str(tmp_path / name))
         assert valid, errors
     with rasterio.open(tmp_path / "change.tif") as src:
         change = src.read(1)
         assert src.nodata == 255 and src.dtypes[0] == "uint8" and src.overviews(1) and src.transform == transform
+        assert src.crs.to_epsg() == 32633 and src.block_shapes == [(512, 512)]
+        assert src.colormap(1)[1] == (230, 30, 30, 255) and src.colormap(1)[255][:3] == (128, 128, 128)
+        assert src.tags(1)["threshold"] == "0.5" and "not observed" in src.tags(1)["classes"]
     with rasterio.open(tmp_path / "change_prob.tif") as src:
         assert np.array_equal(src.read(1), prob, equal_nan=True)
+        assert src.crs.to_epsg() == 32633 and src.transform == transform and np.isnan(src.nodata)
     assert (change[:, 1190:] == 255).all() and (change[104:106, 104:106] == 255).all()
     assert counts.changed_pixels == int((change == 1).sum()) == int((prob >= 0.5).sum())
     assert counts.observed_pixels == int((~np.isnan(prob)).sum())
-    assert not list(tmp_path.glob(".*strips*"))
+    assert not list(tmp_path.glob(".*.vrt"))
+
+
+def test_a_block_whose_outputs_were_cut_off_is_made_again_and_other_parameters_never_mix_in(known, tmp_path):
+    store, blocks, transform, prob = known
+    outputs = block_outputs(store, transform, 0.5, 0.0)
+    assert outputs.complete(blocks) == len(blocks) and outputs.complete(blocks) == 0
+    cut = blocks[3]  # as if the run was killed while writing it: files half there, no marker
+    outputs.path("marker", cut).unlink()
+    outputs.path("prob", cut).write_bytes(b"II*\x00 cut off")
+    outputs.path("pieces", cut).write_bytes(b"")
+    assert outputs.done() == {b.name for b in blocks} - {cut.name}
+    assert outputs.complete(blocks) == 1
+    write_change_rasters(outputs, blocks, tmp_path)
+    with rasterio.open(tmp_path / "change_prob.tif") as src:
+        assert np.array_equal(src.read(1), prob, equal_nan=True)
+    assert len(change_polygons(outputs, blocks)) == 5
+
+    stricter = block_outputs(store, transform, 0.75, 0.0)
+    assert stricter.folder != outputs.folder and stricter.done() == set()
+    assert not Path(outputs.folder).exists()  # files made with another threshold are gone, not reused
 
 
 def noisy_mosaic(tmp_path, size: int = 1024, seed: int = 3):
@@ -116,7 +148,7 @@ def noisy_mosaic(tmp_path, size: int = 1024, seed: int = 3):
 def test_polygon_statistics_match_a_pixel_by_pixel_reference_on_a_noisy_map(tmp_path):
     """Every polygon, rasterised back on its own, covers exactly the pixels its statistics claim."""
     store, blocks, transform, prob = noisy_mosaic(tmp_path)
-    polygons = change_polygons(store, blocks, transform, "EPSG:32633", threshold=0.6, min_area_m2=2.0)
+    polygons = change_polygons(block_outputs(store, transform, 0.6, 2.0), blocks)
     changed = ~np.isnan(prob) & (prob >= 0.6)
     assert len(polygons) > 50 and sum(len(g.interiors) for g in polygons.geometry) > 50  # holes and seams aplenty
     assert polygons.geometry.is_valid.all()

@@ -76,7 +76,9 @@ def test_each_block_is_stitched_once_the_blocks_reaching_into_it_are_in_and_the_
     blocks = plan_blocks(1536, 1536, 512)  # 3 x 3; windows of 256 at stride 128 reach 64 px past a block
     store = ProbabilityStore.prepare(tmp_path / "eager.zarr", scenes, (3, 3), "eager")
     job = BlockJob(str(tmp_path / "scenes.zarr"), str(store.path), "", "", 256, 128, 8)
-    stitcher = Stitcher(store, job.scenes, Lattice(1536, 1536, 256, 128), blocks)
+    told = []  # what the stitcher tells the block outputs' writer, each block as it is stitched
+    stitcher = Stitcher(store, job.scenes, Lattice(1536, 1536, 256, 128), blocks,
+                        on_stitched=lambda b: told.append(((b.row, b.col), (b.row, b.col) in store.done_blocks())))
     stitched = []
     for block in blocks:  # row-major, as blocks may finish
         process_block(job, block, content_model)
@@ -85,6 +87,7 @@ def test_each_block_is_stitched_once_the_blocks_reaching_into_it_are_in_and_the_
     assert stitched == [[], [], [], [], [(0, 0)], [(0, 1), (0, 2)], [], [(1, 0), (2, 0)],
                         [(1, 1), (1, 2), (2, 1), (2, 2)]]
     assert store.done_blocks() == {(b.row, b.col) for b in blocks}
+    assert told == [(done, True) for done in sum(stitched, [])]  # once each, and only once in the store
     assert stitch(store, job.scenes, Lattice(1536, 1536, 256, 128), blocks) == 0  # nothing left for the stitch step
     assert np.array_equal(np.asarray(store.probability()[:]), expected, equal_nan=True)
 

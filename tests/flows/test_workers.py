@@ -91,3 +91,29 @@ def test_a_worker_knows_how_many_blocks_it_runs_at_once():
         with LocalCluster(n_workers=1, threads_per_worker=threads, processes=False, dashboard_address=None) as cluster, \
                 Client(cluster) as client:
             assert client.submit(workers.blocks_in_flight, pure=False).result() == threads
+
+
+def test_the_model_is_warmed_up_in_the_background_for_the_worker_in_this_process(tmp_path):
+    model = str(tiny_model_file(tmp_path / "tiny.safetensors"))
+    workers._load_predictor.cache_clear()
+    workers.warm_up_in_background(model, "warm", "fp32", "cpu", None, batch_size=2, window=64).join(timeout=60)
+    assert workers._load_predictor.cache_info().currsize == 1  # loaded before any block asked for it
+    workers.cached_predictor(model, "warm", "fp32", "cpu", None)
+    assert workers._load_predictor.cache_info().hits == 1 and workers._load_predictor.cache_info().misses == 1
+
+
+def test_a_failed_warm_up_is_left_for_the_worker_to_report(tmp_path):
+    workers._load_predictor.cache_clear()
+    thread = workers.warm_up_in_background(str(tmp_path / "missing.safetensors"), "gone", "fp32", "cpu", None, 2, 64)
+    thread.join(timeout=60)
+    assert not thread.is_alive() and workers._load_predictor.cache_info().currsize == 0
+
+
+def test_only_a_run_whose_worker_shares_this_process_warms_up_here(monkeypatch):
+    monkeypatch.delenv(workers.DASK_ADDRESS_ENV, raising=False)
+    monkeypatch.setattr(workers, "local_gpu_count", lambda: 1)
+    assert workers.runs_in_this_process(None, None)
+    assert not workers.runs_in_this_process("tcp://scheduler:8786", None)
+    assert not workers.runs_in_this_process(None, 2)  # two local workers: a process each
+    monkeypatch.setenv(workers.DASK_ADDRESS_ENV, "tcp://scheduler:8786")
+    assert not workers.runs_in_this_process(None, None)
