@@ -278,6 +278,7 @@ def run(size: int, args: argparse.Namespace, work: Path, scenes: tuple[Path, str
         "samples": [{k: s[k] for k in SAMPLE_FIELDS} for s in samples],
         "windows_run": last["windows_run"], "windows_scene": last["windows_scene"],
         "peak_rss_gb": max(s["peak_rss_gb"] for s in samples), "timings": last["timings"],
+        "outputs_finished_after_s": last["outputs_finished_after_s"],
         "flow_process_peak_rss_gb_by_step": last["flow_process_peak_rss_gb_by_step"],
     }
 
@@ -317,7 +318,7 @@ def run_once(size: int, args: argparse.Namespace, out: Path, scenes: tuple[Path,
         "ratio_to_network_in_flow": None if stand_in else round(seconds / manifest["model_seconds"], 3),
         "windows_run": manifest["windows"]["run"], "windows_scene": manifest["windows"]["scene"],
         "peak_rss_gb": round(memory.peak / 2**30, 3), "rss_at_start_gb": round(memory.start / 2**30, 3),
-        "timings": manifest["timings"],
+        "timings": manifest["timings"], "outputs_finished_after_s": manifest["outputs_finished_after_s"],
         "flow_process_peak_rss_gb_by_step": manifest["peak_rss_gb"],
         "cpu": {"flow": flow_cpu.summary(), "model_alone": model_cpu.summary()},
     }
