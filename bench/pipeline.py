@@ -34,6 +34,7 @@ rows say ``"network": "stand-in"``.
     python bench/pipeline.py --sizes 1024 2048 --precision bf16 --block-size 2048 --json out.json
     python bench/pipeline.py --sizes 2048 --precision bf16 --block-size 2048 --repeats 3     # medians of 3 pairs
     python bench/pipeline.py --sizes 2048 8192 --batch 16 --stand-in-ms 8     # the pipeline around a fast network
+    python bench/pipeline.py --sizes 8192 --batch 16 --stand-in-ms 8 --stand-in-gil --stand-in-noisy   # ... fed from Python
 """
 
 from __future__ import annotations
@@ -156,20 +157,46 @@ class StandInNetwork:
     That finds exactly the rectangles ``scene`` adds, so the outputs are those of a clean change map.
     Batches take turns, as on one card. The flow's model seconds would count a block's waits for its
     partner's turns, so stand-in rows report none.
+
+    ``holds_gil``: instead of waiting, do that many milliseconds of Python work (as measured alone),
+    as a network does that feeds a GPU from Python: on an H200 Swin-T in bf16 keeps one core busy
+    launching kernels, holding the GIL, so other Python threads of its process slow it down, which
+    a sleeping stand-in cannot show. ``noisy``: a speckled map, as random weights give, whose
+    polygons cost as much as the real bench's.
     """
 
     device = torch.device("cpu")
 
-    def __init__(self, ms_per_window: float) -> None:
+    def __init__(self, ms_per_window: float, holds_gil: bool = False, noisy: bool = False) -> None:
         self.seconds_per_window = ms_per_window / 1000
+        self.steps_per_second = _python_steps_per_second() if holds_gil else None
+        self.noisy = noisy
 
     def predict_proba(self, before, after) -> torch.Tensor:
         # the workers' own per-device lock: Dask pickles the task with this object, and a lock of its
         # own would not pickle
         with device_lock("stand-in"):
-            time.sleep(self.seconds_per_window * len(before))
+            if self.steps_per_second:
+                _python_steps(int(self.steps_per_second * self.seconds_per_window * len(before)))
+            else:
+                time.sleep(self.seconds_per_window * len(before))
+            if self.noisy:
+                return torch.rand(after.shape[0], *after.shape[2:]) * 0.6 + 0.2
             darkest_band = torch.as_tensor(after).amin(dim=1).float()
             return torch.sigmoid((darkest_band - 222) / 2)  # fields stay under 212, the new rectangles are 235
+
+
+def _python_steps(count: int) -> int:
+    total = 0
+    for k in range(count):
+        total += k & 7
+    return total
+
+
+def _python_steps_per_second() -> float:
+    started = time.perf_counter()
+    _python_steps(2_000_000)
+    return 2_000_000 / (time.perf_counter() - started)
 
 
 class CpuUse:
@@ -288,7 +315,8 @@ def run_once(size: int, args: argparse.Namespace, out: Path, scenes: tuple[Path,
     from flows.detect import detect_changes
 
     catalog, region = scenes
-    stand_in = StandInNetwork(args.stand_in_ms) if args.stand_in_ms is not None else None
+    stand_in = (StandInNetwork(args.stand_in_ms, args.stand_in_gil, args.stand_in_noisy)
+                if args.stand_in_ms is not None else None)
     if stand_in:  # the flow's single worker runs in this process, so it picks these up
         import flows.detect
 
@@ -318,7 +346,7 @@ def run_once(size: int, args: argparse.Namespace, out: Path, scenes: tuple[Path,
         "ratio_to_network_in_flow": None if stand_in else round(seconds / manifest["model_seconds"], 3),
         "windows_run": manifest["windows"]["run"], "windows_scene": manifest["windows"]["scene"],
         "peak_rss_gb": round(memory.peak / 2**30, 3), "rss_at_start_gb": round(memory.start / 2**30, 3),
-        "timings": manifest["timings"], "outputs_finished_after_s": manifest["outputs_finished_after_s"],
+        "timings": manifest["timings"], "outputs_finished_after_s": manifest.get("outputs_finished_after_s"),
         "flow_process_peak_rss_gb_by_step": manifest["peak_rss_gb"],
         "cpu": {"flow": flow_cpu.summary(), "model_alone": model_cpu.summary()},
     }
@@ -335,6 +363,10 @@ def main() -> None:
                         "rows give their medians (the machine's speed drifts between timings)")
     parser.add_argument("--stand-in-ms", type=float, help="replace the network by a stand-in taking this many "
                         "ms per window with the CPU free (the pipeline around an accelerator)")
+    parser.add_argument("--stand-in-gil", action="store_true", help="the stand-in does Python work holding the "
+                        "GIL instead of waiting, as a network feeding a GPU from Python does")
+    parser.add_argument("--stand-in-noisy", action="store_true", help="the stand-in's map is speckled, as random "
+                        "weights' is, instead of clean")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="dsqnet-bench-") as tmp:

@@ -2,7 +2,7 @@
 
 At GPU speed the outputs cost as much as the network: on an H200 an 8192² run spent 12.3 s on its
 blocks and then 11.5 s on the COGs and polygons, which started only after the last block. So each
-stitched block now writes its share, in background threads of the flow's process, into a folder
+stitched block now writes its share, in child processes (``OutputProcesses``), into a folder
 beside the store (``change_prob_outputs/<key>/``)::
 
     prob/<block>.tif, change/<block>.tif   its pixels as tiled GeoTIFFs; the COGs are copied from a VRT of them
@@ -20,10 +20,14 @@ from __future__ import annotations
 import errno
 import json
 import os
+import queue
 import shutil
+import subprocess
+import sys
+import threading
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -137,17 +141,25 @@ class BlockOutputs:
         return [(block, self.path(kind, block)) for block in blocks]
 
 
-def default_threads(blocks: int) -> int:
-    """Threads for block outputs while blocks run: a quarter of the cores, at most ``BLOCKS_AT_ONCE``.
+# Processes that write block outputs while blocks run. On a GPU machine the network is fed from
+# Python: its thread holds the GIL to launch kernels, and tracing polygons holds it 70 % of the
+# time (rasterio's shapes() builds Python coordinates). Threads of the flow's process therefore
+# slowed the network: with a stand-in that does 20 ms of Python work per window (bench/pipeline.py
+# --stand-in-gil) the blocks of an 8192² scene took 71 s in threads against 30 s with the outputs
+# made after them. Each process takes a block at a time; on an H200 a block is inferred every 0.6 s
+# and a noisy block's outputs take about a second of one core, so two keep up.
+OUTPUT_PROCESSES = 2
 
-    While blocks run, the cores belong to the network first (all of them on a CPU; on a GPU machine,
-    the Python thread that feeds the card), and each block in flight holds a few arrays of its size.
-    """
-    return max(1, min(blocks, BLOCKS_AT_ONCE, (os.cpu_count() or 1) // 4))
+
+def default_processes(blocks: int) -> int:
+    """Processes for block outputs while blocks run: ``OUTPUT_PROCESSES``, one on small machines,
+    where the cores belong to the network first."""
+    return max(1, min(blocks, OUTPUT_PROCESSES, (os.cpu_count() or 1) // 4))
 
 
 class BackgroundWriter:
-    """Writes blocks' outputs in a few threads; leaving the ``with`` waits for all and raises the first error."""
+    """Writes blocks' outputs in a few threads of this process; leaving the ``with`` waits for all
+    and raises the first error. For when nothing else runs: the threads share this process's GIL."""
 
     def __init__(self, outputs: BlockOutputs, threads: int) -> None:
         self.outputs = outputs
@@ -165,6 +177,84 @@ class BackgroundWriter:
         if kind is None:
             for future in self.futures:
                 future.result()  # the first failure (a full disk, say) surfaces here
+
+
+class OutputProcesses:
+    """Writes blocks' outputs in child processes (``python -m flows.block_outputs``) while blocks run,
+    so that the network's thread keeps the GIL of this process; leaving the ``with`` waits for all
+    and raises the first error.
+
+    Each child gets the outputs' fields once, then one block per line on its stdin, and answers one
+    line per block. A thread per child feeds it from a shared queue, so a free child takes the next
+    block. The children start at once and import while the first blocks are inferred.
+    """
+
+    def __init__(self, outputs: BlockOutputs, processes: int) -> None:
+        self.queue: queue.Queue[Block | None] = queue.Queue()
+        self.errors: list[BaseException] = []
+        root = str(Path(__file__).resolve().parent.parent)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        self.children = [subprocess.Popen([sys.executable, "-m", "flows.block_outputs", json.dumps(asdict(outputs))],
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+                         for _ in range(processes)]
+        self.feeders = [threading.Thread(target=self._feed, args=(child,), name="block-outputs-feeder", daemon=True)
+                        for child in self.children]
+        for feeder in self.feeders:
+            feeder.start()
+
+    def __enter__(self) -> "OutputProcesses":
+        return self
+
+    def submit(self, block: Block) -> None:
+        self.queue.put(block)
+
+    def _feed(self, child: subprocess.Popen) -> None:
+        while (block := self.queue.get()) is not None:
+            try:
+                child.stdin.write(json.dumps(asdict(block)) + "\n")
+                child.stdin.flush()
+                answer = child.stdout.readline()
+            except OSError as err:  # the child is gone
+                answer = ""
+                self.errors.append(err)
+            if not answer:
+                self.errors.append(RuntimeError(f"the block outputs process stopped (exit code {child.poll()}) "
+                                                f"while writing {block.name}"))
+                return
+            failure = json.loads(answer).get("error")
+            if failure:
+                self.errors.append(OSError(failure["errno"], failure["strerror"], failure["filename"]) if failure["errno"]
+                                   else RuntimeError(f"writing the outputs of {block.name} failed: {failure['message']}"))
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is not None:  # failing anyway: stop the children rather than finish their blocks
+            for child in self.children:
+                child.kill()
+        for _ in self.feeders:
+            self.queue.put(None)
+        for feeder in self.feeders:
+            feeder.join()
+        for child in self.children:
+            if child.stdin:
+                child.stdin.close()
+            child.wait()
+            child.stdout.close()
+        if kind is None and self.errors:
+            raise self.errors[0]
+
+
+def _serve(outputs: BlockOutputs) -> None:
+    """A child of ``OutputProcesses``: one block per line in, one answer per line out, until stdin closes."""
+    for line in sys.stdin:
+        block = Block(**json.loads(line))
+        try:
+            outputs.write(block)
+            answer = {"block": block.name, "error": None}
+        except Exception as err:  # noqa: BLE001 - said to the parent, which raises it in the flow
+            answer = {"block": block.name, "error": {"errno": getattr(err, "errno", None), "message": str(err),
+                                                     "strerror": getattr(err, "strerror", None),
+                                                     "filename": getattr(err, "filename", None)}}
+        print(json.dumps(answer), flush=True)
 
 
 def _disk_full_or(err: RasterioIOError, folder: Path, needed: int) -> OSError:
@@ -190,3 +280,8 @@ def _read_pieces(path: Path) -> list[Piece]:
     geometries = shapely.from_wkb(columns["geometry"])
     return [Piece(geometry, *values) for geometry, *values in zip(geometries, *(columns[c] for c in PIECE_COLUMNS))]
 
+
+
+if __name__ == "__main__":
+    fields = json.loads(sys.argv[1])
+    _serve(BlockOutputs(**{**fields, "shape": tuple(fields["shape"]), "transform": tuple(fields["transform"])}))

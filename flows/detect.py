@@ -39,7 +39,7 @@ from catalog.store import inputs_hash, open_scenes
 
 from .artifacts import Progress, publish_artifacts
 from .block_inference import BlockJob, process_block
-from .block_outputs import BackgroundWriter, BlockOutputs, default_threads
+from .block_outputs import BlockOutputs, OutputProcesses, default_processes
 from .demo import demo_inputs
 from .manifest import FinishTimes, StepTimer, code_version, package_versions, stac_item
 from .models import ModelRecord, resolve_model
@@ -136,14 +136,14 @@ def infer_block(job: BlockJob, block: Block) -> dict:
 def infer_blocks(job: BlockJob, blocks: list[Block], todo: list[Block], outputs: BlockOutputs) -> list[dict]:
     """The blocks ``todo`` on the Dask workers (GPU workers when there are any); meanwhile, each of
     ``blocks`` is stitched here as soon as the blocks it needs are in, and its share of the outputs
-    is written in background threads."""
+    is written by child processes."""
     runner = FlowRunContext.get().task_runner
     with dask.annotate(**block_task_resources(runner.client)):
         futures = [infer_block.submit(job, block) for block in todo]
     progress = Progress(len(todo), f"blocks inferred of {len(todo)}")
     by_name = {block.name: block for block in blocks}
     reports = []
-    with BackgroundWriter(outputs, default_threads(len(blocks))) as writer:
+    with OutputProcesses(outputs, default_processes(len(blocks))) as writer:
         stitcher = Stitcher(ProbabilityStore(job.probabilities), job.scenes, job_lattice(job), blocks,
                             on_stitched=writer.submit)
         for future in as_completed(futures):

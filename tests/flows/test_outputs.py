@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import scipy.ndimage
 from rio_cogeo.cogeo import cog_validate
 from shapely.geometry import Polygon, box
 
-from flows.block_outputs import BlockOutputs
+from flows.block_outputs import BlockOutputs, OutputProcesses
 from flows.probability_store import ProbabilityStore
 from flows.rasters import write_change_rasters
 from flows.tiling import plan_blocks
@@ -127,6 +128,28 @@ def test_a_block_whose_outputs_were_cut_off_is_made_again_and_other_parameters_n
     stricter = block_outputs(store, transform, 0.75, 0.0)
     assert stricter.folder != outputs.folder and stricter.done() == set()
     assert not Path(outputs.folder).exists()  # files made with another threshold are gone, not reused
+
+
+def test_child_processes_write_the_same_block_outputs_and_say_what_failed(known, tmp_path):
+    store, blocks, transform, prob = known
+    outputs = block_outputs(store, transform, 0.5, 0.0)
+    with OutputProcesses(outputs, 2) as writer:
+        for block in blocks:
+            writer.submit(block)
+    assert outputs.done() == {b.name for b in blocks} and outputs.complete(blocks) == 0
+    write_change_rasters(outputs, blocks, tmp_path)
+    with rasterio.open(tmp_path / "change_prob.tif") as src:
+        assert np.array_equal(src.read(1), prob, equal_nan=True)
+    assert len(change_polygons(outputs, blocks)) == 5
+
+    broken = block_outputs(store, transform, 0.6, 0.0)
+    shutil.rmtree(Path(broken.folder) / "prob")
+    (Path(broken.folder) / "prob").write_text("a file where the block GeoTIFFs go")
+    with pytest.raises(NotADirectoryError) as failed:  # the child's OS error, as the flow explains them
+        with OutputProcesses(broken, 1) as writer:
+            writer.submit(blocks[0])
+    assert failed.value.filename == str(Path(broken.folder) / "prob" / "block-0-0.tif")
+    assert broken.done() == set()
 
 
 def noisy_mosaic(tmp_path, size: int = 1024, seed: int = 3):
