@@ -40,7 +40,7 @@ from rasterio.errors import RasterioIOError
 from .probability_store import ProbabilityStore
 from .rasters import ChangeCounts, write_block_rasters
 from .tiling import Block
-from .vectorize import BLOCKS_AT_ONCE, Piece, block_pieces
+from .vectorize import BLOCKS_AT_ONCE, BlockPieces, Piece, block_pieces
 
 PIECE_COLUMNS = ("pixels", "prob_sum", "prob_max", "outline_pixels", "outline_observed", "at_seam")
 
@@ -133,9 +133,9 @@ class BlockOutputs:
         return ChangeCounts(sum(m["observed"] for m in markers), sum(m["changed"] for m in markers),
                             abs(self.transform[0] * self.transform[4]))
 
-    def pieces(self, blocks: list[Block]) -> list[Piece]:
-        """Every block's pieces, in plan order (the dissolve adds their sums in that order)."""
-        return [piece for block in blocks for piece in _read_pieces(self.path("pieces", block))]
+    def pieces(self, blocks: list[Block]) -> list[tuple[Block, BlockPieces]]:
+        """Every block's pieces and seam edges, in plan order (the dissolve adds sums in that order)."""
+        return [(block, _read_pieces(self.path("pieces", block))) for block in blocks]
 
     def raster_files(self, kind: str, blocks: list[Block]) -> list[tuple[Block, Path]]:
         return [(block, self.path(kind, block)) for block in blocks]
@@ -265,22 +265,27 @@ def _disk_full_or(err: RasterioIOError, folder: Path, needed: int) -> OSError:
     return err
 
 
-def _write_pieces(pieces: list[Piece], path: Path) -> None:
+def _write_pieces(found: BlockPieces, path: Path) -> None:
+    """The pieces as rows (geometry as WKB), and the seam edges as the file's metadata."""
+    pieces = found.pieces
     table = pa.table({
         "geometry": pa.array(shapely.to_wkb([p.geometry for p in pieces]) if pieces else [], pa.binary()),
         **{name: [getattr(p, name) for p in pieces] for name in PIECE_COLUMNS},
     }, schema=pa.schema([("geometry", pa.binary()), ("pixels", pa.int64()), ("prob_sum", pa.float64()),
                          ("prob_max", pa.float64()), ("outline_pixels", pa.int64()),
                          ("outline_observed", pa.int64()), ("at_seam", pa.bool_())]))
-    pq.write_table(table, path)
+    edges = {f"edge_{side}": edge.astype("<i4").tobytes() for side, edge in found.edges.items()}
+    pq.write_table(table.replace_schema_metadata(edges), path)
 
 
-def _read_pieces(path: Path) -> list[Piece]:
-    columns = pq.read_table(path).to_pydict()
+def _read_pieces(path: Path) -> BlockPieces:
+    table = pq.read_table(path)
+    columns = table.to_pydict()
     geometries = shapely.from_wkb(columns["geometry"])
-    return [Piece(geometry, *values) for geometry, *values in zip(geometries, *(columns[c] for c in PIECE_COLUMNS))]
-
-
+    pieces = [Piece(geometry, *values) for geometry, *values in zip(geometries, *(columns[c] for c in PIECE_COLUMNS))]
+    edges = {key.decode().removeprefix("edge_"): np.frombuffer(value, "<i4")
+             for key, value in (table.schema.metadata or {}).items() if key.startswith(b"edge_")}
+    return BlockPieces(pieces, edges)
 
 if __name__ == "__main__":
     fields = json.loads(sys.argv[1])

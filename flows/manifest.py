@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import datetime as dt
 import hashlib
 import importlib.metadata
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pystac

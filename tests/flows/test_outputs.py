@@ -130,6 +130,26 @@ def test_a_block_whose_outputs_were_cut_off_is_made_again_and_other_parameters_n
     assert not Path(outputs.folder).exists()  # files made with another threshold are gone, not reused
 
 
+def test_a_hole_that_closes_across_a_seam_keeps_the_island_inside_it_a_change_of_its_own(tmp_path):
+    scenes = scenes_store(tmp_path / "scenes.zarr", 1024, 1024)
+    blocks = plan_blocks(1024, 1024, 512)
+    store = ProbabilityStore.prepare(tmp_path / "prob.zarr", scenes, (2, 2), "island")
+    prob = np.full((1024, 1024), 0.1, np.float32)
+    prob[100:140, 490:540] = 0.9  # a ring across the seam at column 512 ...
+    prob[110:130, 500:530] = 0.1  # ... whose hole crosses the seam too
+    prob[115:125, 508:516] = 0.8  # an island in the hole, across the seam
+    for block in blocks:
+        store.write_block(block, prob[block.top:block.bottom, block.left:block.right])
+    polygons = change_polygons(block_outputs(store, scenes.rio.transform(), 0.5, 0.0), blocks)
+    transform = scenes.rio.transform()
+    ring = pixel_box(transform, slice(100, 140), slice(490, 540)).difference(
+        pixel_box(transform, slice(110, 130), slice(500, 530)))
+    assert len(polygons) == 2
+    assert polygons.geometry.iloc[0].equals(ring) and polygons.prob_mean.iloc[0] == pytest.approx(0.9)
+    assert polygons.geometry.iloc[1].equals(pixel_box(transform, slice(115, 125), slice(508, 516)))
+    assert polygons.prob_mean.iloc[1] == pytest.approx(0.8)
+
+
 def test_child_processes_write_the_same_block_outputs_and_say_what_failed(known, tmp_path):
     store, blocks, transform, prob = known
     outputs = block_outputs(store, transform, 0.5, 0.0)
