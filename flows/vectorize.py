@@ -46,6 +46,7 @@ class Piece:
     outline_pixels: int  # pixels under the polygon's outer ring, holes included
     outline_observed: int  # of those, observed in both dates
     at_seam: bool
+    joined: bool = False  # made of pieces of several blocks: it may enclose holes that none of them did
 
     def add(self, other: "Piece") -> None:
         self.pixels += other.pixels
@@ -191,7 +192,7 @@ def _count_under(polygon: Polygon, mask: np.ndarray, transform: Affine) -> int:
 
 
 def _count_new_holes(changes: list[Piece], probability, transform: Affine) -> None:
-    """Recount the outline of changes that enclose more than their pieces did.
+    """Recount the outline of joined changes that enclose more than their pieces did.
 
     A hole can cross a seam: in each block it is a notch open to the block's edge, and only the
     dissolved change closes it. Its pixels (and whether they were observed) are in no piece's
@@ -244,7 +245,7 @@ def dissolve(blocks: list[tuple[Block, BlockPieces]]) -> list[Piece]:
             changes.append(first)
             continue
         total = Piece(first.geometry, first.pixels, first.prob_sum, first.prob_max, first.outline_pixels,
-                      first.outline_observed, at_seam=False)
+                      first.outline_observed, at_seam=False, joined=True)
         for index in members[1:]:
             total.add(pieces[index])
         outline = shapely.union_all([Polygon(pieces[index].geometry.exterior) for index in members])
@@ -277,7 +278,7 @@ def change_polygons(outputs: BlockOutputs, blocks: list[Block]) -> gpd.GeoDataFr
     transform, min_area_m2 = outputs.affine, outputs.min_area_m2
     pixel_area = abs(transform.a * transform.e)
     changes = [p for p in dissolve(outputs.pieces(blocks)) if p.pixels * pixel_area >= min_area_m2]
-    _count_new_holes(changes, ProbabilityStore(outputs.store).probability(), transform)
+    _count_new_holes([c for c in changes if c.joined], ProbabilityStore(outputs.store).probability(), transform)
     frame = gpd.GeoDataFrame({
         "area_m2": [p.geometry.area for p in changes],
         "perimeter_m": [p.geometry.length for p in changes],
