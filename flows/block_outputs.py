@@ -2,8 +2,9 @@
 
 At GPU speed the outputs cost as much as the network: on an H200 an 8192² run spent 12.3 s on its
 blocks and then 11.5 s on the COGs and polygons, which started only after the last block. So each
-stitched block now writes its share, in child processes (``OutputProcesses``), into a folder
-beside the store (``change_prob_outputs/<key>/``)::
+stitched block now writes its share into a folder beside the store (``change_prob_outputs/<key>/``),
+in child processes where the network feeds a GPU from the flow's process (``OutputProcesses``), in
+threads where it runs elsewhere, and after the last block where it has this machine's CPU cores::
 
     prob/<block>.tif, change/<block>.tif   its pixels as tiled GeoTIFFs; the COGs are copied from a VRT of them
     pieces/<block>.parquet                 its change polygons with their sums (flows/vectorize.block_pieces)
@@ -11,12 +12,14 @@ beside the store (``change_prob_outputs/<key>/``)::
 
 and the finishing steps only assemble: two COG copies, and the dissolve of the polygons that meet
 at seams. A block without its marker (stitched by a run that was killed, say) gets its files then.
-The key names the store's inputs, the threshold and the minimum area, so files made for other
-inputs are never mixed in; a block counts as done only once its marker, written aside and renamed, is there.
+The key names the store's inputs, this code's version, the threshold and the minimum area, so
+files made for other inputs are never mixed in; a block counts as done only once its marker,
+written aside and renamed, is there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -37,11 +40,13 @@ import shapely
 from affine import Affine
 from rasterio.errors import RasterioIOError
 
+from .manifest import code_version
 from .probability_store import ProbabilityStore
 from .rasters import ChangeCounts, write_block_rasters
 from .tiling import Block
 from .vectorize import BLOCKS_AT_ONCE, BlockPieces, Piece, block_pieces
 
+OUTPUT_CODE = (Path(__file__), Path(__file__).with_name("rasters.py"), Path(__file__).with_name("vectorize.py"))
 PIECE_COLUMNS = ("pixels", "prob_sum", "prob_max", "outline_pixels", "outline_observed", "at_seam")
 
 
@@ -64,7 +69,8 @@ class BlockOutputs:
     def prepare(cls, store: ProbabilityStore, crs: str, transform: Affine, threshold: float,
                 min_area_m2: float) -> "BlockOutputs":
         """The outputs folder for this store and these parameters; folders for other ones are removed."""
-        key = f"{store.key() or 'unkeyed'}-t{threshold:g}-a{min_area_m2:g}"
+        code = code_version(*OUTPUT_CODE).rsplit("+", 1)[-1]  # files made by other code are not reused either
+        key = f"{store.key() or 'unkeyed'}-{code}-t{threshold:g}-a{min_area_m2:g}"
         parent = store.path.with_name(f"{store.path.stem}_outputs")
         if parent.is_dir():
             for other in parent.iterdir():
@@ -145,10 +151,17 @@ class BlockOutputs:
 # Python: its thread holds the GIL to launch kernels, and tracing polygons holds it 70 % of the
 # time (rasterio's shapes() builds Python coordinates). Threads of the flow's process therefore
 # slowed the network: with a stand-in that does 20 ms of Python work per window (bench/pipeline.py
-# --stand-in-gil) the blocks of an 8192² scene took 71 s in threads against 30 s with the outputs
-# made after them. Each process takes a block at a time; on an H200 a block is inferred every 0.6 s
-# and a noisy block's outputs take about a second of one core, so two keep up.
+# --stand-in-gil) the blocks of an 8192² scene took 71 s in threads against 21-30 s with the outputs
+# made after them. A child holds 0.2 GB, up to 0.6 GB while it writes a noisy 2048 block, and
+# takes a block at a time. How many keep pace with a GPU is not measured yet: an H200 infers a
+# 2048 block every 0.6 s, and a noisy block's outputs take 2-4 s of one core on the 2-core CPU,
+# far less on a clean map.
 OUTPUT_PROCESSES = 2
+
+
+def default_threads(blocks: int) -> int:
+    """Threads for block outputs while blocks run elsewhere: a quarter of the cores, at most ``BLOCKS_AT_ONCE``."""
+    return max(1, min(blocks, BLOCKS_AT_ONCE, (os.cpu_count() or 1) // 4))
 
 
 def default_processes(blocks: int) -> int:
@@ -157,9 +170,19 @@ def default_processes(blocks: int) -> int:
     return max(1, min(blocks, OUTPUT_PROCESSES, (os.cpu_count() or 1) // 4))
 
 
+def block_output_writer(outputs: BlockOutputs, blocks: int, how: str | None):
+    """The writer for ``how`` (flows/workers.outputs_while_blocks_run): a context manager that
+    gives ``submit(block)``, or gives None when the outputs wait for the last block."""
+    if how == "processes":
+        return OutputProcesses(outputs, default_processes(blocks))
+    if how == "threads":
+        return BackgroundWriter(outputs, default_threads(blocks))
+    return contextlib.nullcontext()
+
+
 class BackgroundWriter:
     """Writes blocks' outputs in a few threads of this process; leaving the ``with`` waits for all
-    and raises the first error. For when nothing else runs: the threads share this process's GIL."""
+    and raises the first error. For when no network runs in this process: they share its GIL."""
 
     def __init__(self, outputs: BlockOutputs, threads: int) -> None:
         self.outputs = outputs

@@ -39,7 +39,7 @@ from catalog.store import inputs_hash, open_scenes
 
 from .artifacts import Progress, publish_artifacts
 from .block_inference import BlockJob, process_block
-from .block_outputs import BlockOutputs, OutputProcesses, default_processes
+from .block_outputs import BlockOutputs, block_output_writer
 from .demo import demo_inputs
 from .manifest import FinishTimes, StepTimer, code_version, package_versions, stac_item
 from .models import ModelRecord, resolve_model
@@ -60,6 +60,7 @@ from .workers import (
     cached_predictor,
     dask_task_runner,
     local_worker_threads,
+    outputs_while_blocks_run,
     quiet_local_cluster,
     release_freed_memory,
     runs_in_this_process,
@@ -133,19 +134,20 @@ def infer_block(job: BlockJob, block: Block) -> dict:
 
 
 @flow(name="infer-blocks", validate_parameters=False)
-def infer_blocks(job: BlockJob, blocks: list[Block], todo: list[Block], outputs: BlockOutputs) -> list[dict]:
+def infer_blocks(job: BlockJob, blocks: list[Block], todo: list[Block], outputs: BlockOutputs,
+                 outputs_how: str | None) -> list[dict]:
     """The blocks ``todo`` on the Dask workers (GPU workers when there are any); meanwhile, each of
     ``blocks`` is stitched here as soon as the blocks it needs are in, and its share of the outputs
-    is written by child processes."""
+    written as ``outputs_how`` says (flows/workers.outputs_while_blocks_run)."""
     runner = FlowRunContext.get().task_runner
     with dask.annotate(**block_task_resources(runner.client)):
         futures = [infer_block.submit(job, block) for block in todo]
     progress = Progress(len(todo), f"blocks inferred of {len(todo)}")
     by_name = {block.name: block for block in blocks}
     reports = []
-    with OutputProcesses(outputs, default_processes(len(blocks))) as writer:
+    with block_output_writer(outputs, len(blocks), outputs_how) as writer:
         stitcher = Stitcher(ProbabilityStore(job.probabilities), job.scenes, job_lattice(job), blocks,
-                            on_stitched=writer.submit)
+                            on_stitched=writer.submit if writer else None)
         for future in as_completed(futures):
             reports.append(future.result())
             stitcher.add(by_name[reports[-1]["block"]])
@@ -172,8 +174,8 @@ def stitch_blocks(plan: BlockPlan) -> int:
 
 @task(name="block-outputs", cache_policy=NO_CACHE)
 def complete_block_outputs(outputs: BlockOutputs, blocks: list[Block]) -> int:
-    """The outputs' share of every block stitched without one (by a run that was killed, say);
-    returns how many blocks that was."""
+    """The outputs' share of every block that has none yet: all of them where the network had this
+    machine's cores, else those stitched by a run that was killed; returns how many."""
     return outputs.complete(blocks)
 
 
@@ -271,11 +273,14 @@ def run_detect(request: DetectRequest) -> dict:
     if blocks.todo:  # a finished store needs no cluster
         runner = dask_task_runner(request.dask_address, request.workers)
         with quiet_local_cluster(), as_subflow():  # a local cluster starts with the subflow
-            reports = infer_blocks.with_options(task_runner=runner)(blocks.job, blocks.blocks, blocks.todo, outputs)
+            how = outputs_while_blocks_run(request.dask_address, request.workers, request.device)
+            reports = infer_blocks.with_options(task_runner=runner)(blocks.job, blocks.blocks, blocks.todo, outputs,
+                                                                    how)
     lap("infer blocks")
     stitch_blocks(blocks)
-    late_outputs = complete_block_outputs(outputs, blocks.blocks)
     lap("stitch blocks")
+    late_outputs = complete_block_outputs(outputs, blocks.blocks)
+    lap("block outputs")
 
     run_id = run_identifier(name)
     with RunFolder(out_dir / name) as run:

@@ -175,6 +175,23 @@ def runs_in_this_process(address: str | None, workers: int | None) -> bool:
     return not (address or os.environ.get(DASK_ADDRESS_ENV)) and not local_cluster_kwargs(workers)["processes"]
 
 
+def outputs_while_blocks_run(address: str | None, workers: int | None, device: str) -> str | None:
+    """How the blocks' shares of the outputs are made while blocks run (flows/block_outputs.py):
+    ``"processes"``, ``"threads"``, or None for after the last block.
+
+    Only where cores are free while the network runs. A network that feeds a GPU from this process
+    needs this process's GIL, so the outputs go to child processes; a network on other machines, or
+    in worker processes of its own, leaves this process to the outputs' threads. A network on this
+    machine's CPU cores has none to spare: overlapping would only move the same work into its time,
+    and a child process would add its start (about 2 s of a core) and 0.2-0.6 GB.
+    """
+    local = not (address or os.environ.get(DASK_ADDRESS_ENV))
+    gpus_here = local and device != "cpu" and local_gpu_count() > 0
+    if local and not gpus_here:
+        return None
+    return "processes" if gpus_here and runs_in_this_process(address, workers) else "threads"
+
+
 def warm_up_in_background(model_path: str, model_hash: str, precision: str, device: str, threads: int | None,
                           batch_size: int, window: int) -> threading.Thread:
     """Load the model for this process's worker while the flow still reads the scenes; on a GPU, also

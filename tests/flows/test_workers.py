@@ -117,3 +117,15 @@ def test_only_a_run_whose_worker_shares_this_process_warms_up_here(monkeypatch):
     assert not workers.runs_in_this_process(None, 2)  # two local workers: a process each
     monkeypatch.setenv(workers.DASK_ADDRESS_ENV, "tcp://scheduler:8786")
     assert not workers.runs_in_this_process(None, None)
+
+
+def test_outputs_overlap_the_blocks_only_where_the_network_leaves_cores_free(monkeypatch):
+    monkeypatch.delenv(workers.DASK_ADDRESS_ENV, raising=False)
+    monkeypatch.setattr(workers, "local_gpu_count", lambda: 0)
+    assert workers.outputs_while_blocks_run(None, None, "auto") is None  # the CPU runs the network
+    assert workers.outputs_while_blocks_run("tcp://scheduler:8786", None, "auto") == "threads"
+    monkeypatch.setattr(workers, "local_gpu_count", lambda: 1)
+    assert workers.outputs_while_blocks_run(None, None, "auto") == "processes"  # fed from this process's GIL
+    assert workers.outputs_while_blocks_run(None, None, "cpu") is None
+    monkeypatch.setattr(workers, "local_gpu_count", lambda: 2)
+    assert workers.outputs_while_blocks_run(None, None, "auto") == "threads"  # two GPU workers, a process each
