@@ -1,4 +1,4 @@
-"""Each block's share of the outputs, made as soon as the block is stitched, while the others still run.
+"""Each block's share of the outputs, made as soon as the block is stitched wherever cores are free.
 
 At GPU speed the outputs cost as much as the network: on an H200 an 8192² run spent 12.3 s on its
 blocks and then 11.5 s on the COGs and polygons, which started only after the last block. So each
@@ -7,7 +7,8 @@ in child processes where the network feeds a GPU from the flow's process (``Outp
 threads where it runs elsewhere, and after the last block where it has this machine's CPU cores::
 
     prob/<block>.tif, change/<block>.tif   its pixels as tiled GeoTIFFs; the COGs are copied from a VRT of them
-    pieces/<block>.parquet                 its change polygons with their sums (flows/vectorize.block_pieces)
+    pieces/<block>.parquet                 its change polygons with their sums, and the piece of each pixel
+                                           along its inner edges (flows/vectorize.block_pieces)
     <block>.json                           written last, with its pixel counts: the block's done marker
 
 and the finishing steps only assemble: two COG copies, and the dissolve of the polygons that meet
