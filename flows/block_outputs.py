@@ -48,7 +48,7 @@ from .tiling import Block
 from .vectorize import BLOCKS_AT_ONCE, BlockPieces, Piece, block_pieces
 
 OUTPUT_CODE = (Path(__file__), Path(__file__).with_name("rasters.py"), Path(__file__).with_name("vectorize.py"))
-PIECE_COLUMNS = ("pixels", "prob_sum", "prob_max", "outline_pixels", "outline_observed", "at_seam")
+PIECE_COLUMNS = ("pixels", "prob_sum", "prob_max", "outline_pixels", "outline_observed")
 
 
 @dataclass(frozen=True)
@@ -297,7 +297,7 @@ def _write_pieces(found: BlockPieces, path: Path) -> None:
         **{name: [getattr(p, name) for p in pieces] for name in PIECE_COLUMNS},
     }, schema=pa.schema([("geometry", pa.binary()), ("pixels", pa.int64()), ("prob_sum", pa.float64()),
                          ("prob_max", pa.float64()), ("outline_pixels", pa.int64()),
-                         ("outline_observed", pa.int64()), ("at_seam", pa.bool_())]))
+                         ("outline_observed", pa.int64())]))
     edges = {f"edge_{side}": edge.astype("<i4").tobytes() for side, edge in found.edges.items()}
     pq.write_table(table.replace_schema_metadata(edges), path)
 
@@ -310,6 +310,7 @@ def _read_pieces(path: Path) -> BlockPieces:
     edges = {key.decode().removeprefix("edge_"): np.frombuffer(value, "<i4")
              for key, value in (table.schema.metadata or {}).items() if key.startswith(b"edge_")}
     return BlockPieces(pieces, edges)
+
 
 if __name__ == "__main__":
     fields = json.loads(sys.argv[1])

@@ -45,7 +45,6 @@ class Piece:
     prob_max: float
     outline_pixels: int  # pixels under the polygon's outer ring, holes included
     outline_observed: int  # of those, observed in both dates
-    at_seam: bool
     joined: bool = False  # made of pieces of several blocks: it may enclose holes that none of them did
 
     def add(self, other: "Piece") -> None:
@@ -122,8 +121,7 @@ def _pieces(traced: list, regions: _Regions, unobserved: "_Counter", transform: 
             outline_pixels = round(outline.area / pixel_area)
             outline_observed = outline_pixels - unobserved.inside(outline, transform)
         pieces.append(Piece(polygon, int(regions.pixels[label]), float(regions.prob_sum[label]),
-                            float(regions.prob_max[label]), outline_pixels, outline_observed,
-                            bool(regions.at_seam[label])))
+                            float(regions.prob_max[label]), outline_pixels, outline_observed))
     return pieces
 
 
@@ -245,7 +243,7 @@ def dissolve(blocks: list[tuple[Block, BlockPieces]]) -> list[Piece]:
             changes.append(first)
             continue
         total = Piece(first.geometry, first.pixels, first.prob_sum, first.prob_max, first.outline_pixels,
-                      first.outline_observed, at_seam=False, joined=True)
+                      first.outline_observed, joined=True)
         for index in members[1:]:
             total.add(pieces[index])
         outline = shapely.union_all([Polygon(pieces[index].geometry.exterior) for index in members])

@@ -102,11 +102,14 @@ def test_the_model_is_warmed_up_in_the_background_for_the_worker_in_this_process
     assert workers._load_predictor.cache_info().hits == 1 and workers._load_predictor.cache_info().misses == 1
 
 
-def test_a_failed_warm_up_is_left_for_the_worker_to_report(tmp_path):
+def test_a_failed_warm_up_is_left_for_the_worker_to_report(tmp_path, monkeypatch):
+    escaped = []  # an exception leaving a thread goes to threading.excepthook (printed, never raised here)
+    monkeypatch.setattr(threading, "excepthook", escaped.append)
     workers._load_predictor.cache_clear()
     thread = workers.warm_up_in_background(str(tmp_path / "missing.safetensors"), "gone", "fp32", "cpu", None, 2, 64)
     thread.join(timeout=60)
     assert not thread.is_alive() and workers._load_predictor.cache_info().currsize == 0
+    assert escaped == []
 
 
 def test_only_a_run_whose_worker_shares_this_process_warms_up_here(monkeypatch):
