@@ -67,7 +67,7 @@ def run(size: int, block_size: int, min_area: float, work: Path) -> dict:
     folder = work / f"out_{size}"
     folder.mkdir()
 
-    outputs = BlockOutputs.prepare(store, CRS, transform, threshold=0.5, min_area_m2=min_area)
+    outputs = BlockOutputs.prepare(store, CRS, transform, block_size, threshold=0.5, min_area_m2=min_area)
     started = time.perf_counter()
     outputs.complete(blocks)
     per_block = time.perf_counter() - started

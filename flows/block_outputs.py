@@ -6,14 +6,16 @@ stitched block now writes its share into a folder beside the store (``change_pro
 in child processes where the network feeds a GPU from the flow's process (``OutputProcesses``), in
 threads where it runs elsewhere, and after the last block where it has this machine's CPU cores::
 
-    prob/<block>.tif, change/<block>.tif   its pixels as tiled GeoTIFFs; the COGs are copied from a VRT of them
+    prob/<block>.tif, change/<block>.tif   its tiles of both COGs, encoded as the COGs encode them, and
+    prob/<block>.x<f>.*, change/...        its tiles or pixels of their overview levels (flows/cog_tiles.py)
     pieces/<block>.parquet                 its change polygons with their sums, and the piece of each pixel
                                            along its inner edges (flows/vectorize.block_pieces)
     <block>.json                           written last, with its pixel counts: the block's done marker
 
-and the finishing steps only assemble: two COG copies, and the dissolve of the polygons that meet
-at seams. A block without its marker (stitched by a run that was killed, say) gets its files then.
-The key names the store's inputs, this code's version, the threshold and the minimum area, so
+and the finishing steps only assemble: the COGs are written by copying the blocks' tiles behind new
+directories, and the polygons that meet at seams are dissolved. A block without its marker
+(stitched by a run that was killed, say) gets its files then.
+The key names the store's inputs, this code's version, the block size, the threshold and the minimum area, so
 files made for other inputs are never mixed in; a block counts as done only once its marker,
 written aside and renamed, is there.
 """
@@ -41,13 +43,15 @@ import shapely
 from affine import Affine
 from rasterio.errors import RasterioIOError
 
+from .cog_tiles import Levels
 from .manifest import code_version
 from .probability_store import ProbabilityStore
 from .rasters import ChangeCounts, write_block_rasters
 from .tiling import Block
 from .vectorize import BLOCKS_AT_ONCE, BlockPieces, Piece, block_pieces
 
-OUTPUT_CODE = (Path(__file__), Path(__file__).with_name("rasters.py"), Path(__file__).with_name("vectorize.py"))
+OUTPUT_CODE = tuple(Path(__file__).with_name(name) for name in (
+    "block_outputs.py", "rasters.py", "cog_tiles.py", "tiff_layout.py", "vectorize.py"))
 PIECE_COLUMNS = ("pixels", "prob_sum", "prob_max", "outline_pixels", "outline_observed")
 
 
@@ -63,22 +67,23 @@ class BlockOutputs:
     shape: tuple[int, int]
     crs: str  # WKT
     transform: tuple[float, ...]  # affine coefficients a, b, c, d, e, f
+    block_size: int
     threshold: float
     min_area_m2: float
 
     @classmethod
-    def prepare(cls, store: ProbabilityStore, crs: str, transform: Affine, threshold: float,
+    def prepare(cls, store: ProbabilityStore, crs: str, transform: Affine, block_size: int, threshold: float,
                 min_area_m2: float) -> "BlockOutputs":
         """The outputs folder for this store and these parameters; folders for other ones are removed."""
         code = code_version(*OUTPUT_CODE).rsplit("+", 1)[-1]  # files made by other code are not reused either
-        key = f"{store.key() or 'unkeyed'}-{code}-t{threshold:g}-a{min_area_m2:g}"
+        key = f"{store.key() or 'unkeyed'}-{code}-b{block_size}-t{threshold:g}-a{min_area_m2:g}"
         parent = store.path.with_name(f"{store.path.stem}_outputs")
         if parent.is_dir():
             for other in parent.iterdir():
                 if other.name != key:
                     shutil.rmtree(other, ignore_errors=True)
         outputs = cls(str(store.path), str(parent / key), tuple(store.probability().shape), crs,
-                      tuple(transform)[:6], threshold, min_area_m2)
+                      tuple(transform)[:6], block_size, threshold, min_area_m2)
         for kind in ("prob", "change", "pieces"):
             (parent / key / kind).mkdir(parents=True, exist_ok=True)
         return outputs
@@ -86,6 +91,10 @@ class BlockOutputs:
     @property
     def affine(self) -> Affine:
         return Affine(*self.transform)
+
+    @property
+    def levels(self) -> Levels:
+        return Levels(self.shape, self.block_size)
 
     def path(self, kind: str, block: Block) -> Path:
         suffix = {"prob": "tif", "change": "tif", "pieces": "parquet", "marker": "json"}[kind]
@@ -99,11 +108,15 @@ class BlockOutputs:
         """The block's rasters, polygons and marker, from its stitched probabilities in the store."""
         probability = np.asarray(ProbabilityStore(self.store).probability()[
             block.top:block.bottom, block.left:block.right])
-        for kind in ("marker", "prob", "change", "pieces"):  # GDAL will not write over a TIFF that a kill cut off
+        self.path("marker", block).unlink(missing_ok=True)
+        for kind in ("prob", "change", "pieces"):  # GDAL will not write over a TIFF that a kill cut off
             self.path(kind, block).unlink(missing_ok=True)
+            for level in self.path(kind, block).parent.glob(f"{block.name}.x*"):
+                level.unlink()
         try:
-            observed, changed = write_block_rasters(probability, block, self.crs, self.affine, self.threshold,
-                                                    self.path("prob", block), self.path("change", block))
+            observed, changed = write_block_rasters(probability, block, self.levels, self.crs, self.affine,
+                                                    self.threshold, self.path("prob", block),
+                                                    self.path("change", block))
         except RasterioIOError as err:
             raise _disk_full_or(err, Path(self.folder), probability.nbytes) from err
         _write_pieces(block_pieces(probability, block, self.affine, self.shape, self.threshold, self.min_area_m2),

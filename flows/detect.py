@@ -267,8 +267,8 @@ def run_detect(request: DetectRequest) -> dict:
           f"({len(blocks.blocks) - len(blocks.todo)} already done), {blocks.windows} windows in the scene")
     lap("plan blocks")
     store = ProbabilityStore(blocks.job.probabilities)
-    outputs = BlockOutputs.prepare(store, scenes.grid.crs.to_wkt(), scenes.grid.transform, request.threshold,
-                                   request.min_area_m2)
+    outputs = BlockOutputs.prepare(store, scenes.grid.crs.to_wkt(), scenes.grid.transform, request.block_size,
+                                   request.threshold, request.min_area_m2)
     reports = []
     if blocks.todo:  # a finished store needs no cluster
         runner = dask_task_runner(request.dask_address, request.workers)

@@ -1,8 +1,10 @@
 """The mosaic as Cloud-Optimized GeoTIFFs: ``change_prob.tif`` (float32) and ``change.tif`` (three states).
 
-Each block is written as a tiled GeoTIFF as soon as it is stitched (flows/block_outputs.py); at the
-end GDAL copies a VRT mosaic of those into each COG (tiles, overviews, ghost header), reading it in
-order through a small cache, so memory stays at a few tiles whatever the scene size.
+Each block encodes its own tiles of both, overviews included, as soon as it is stitched
+(flows/block_outputs.py); at the end the COGs are assembled from those tiles (flows/cog_tiles.py).
+Overviews halve each level 2 x 2: the probability by the mean of the observed pixels, the classes
+by their majority among the observed pixels, changed where the two tie, so that a change one pixel
+wide stays in sight when zoomed out. Unobserved pixels count in neither.
 """
 
 from __future__ import annotations
@@ -11,27 +13,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-from xml.sax.saxutils import escape
 
 import numpy as np
-import rasterio
-import rasterio.shutil
 from affine import Affine
 
-from .probability_store import CHUNK
+from .cog_tiles import Layer, Levels, assemble_cog, write_block_levels
 from .tiling import Block
 
 if TYPE_CHECKING:
     from .block_outputs import BlockOutputs
 
 UNCHANGED, CHANGED, NOT_OBSERVED = 0, 1, 255
-COG_OPTIONS = {"driver": "COG", "compress": "deflate", "blocksize": 512, "bigtiff": "IF_SAFER",
-               "num_threads": "ALL_CPUS"}
-# GDAL's block cache, which the COG copies read their source through. Its default is 5 % of the
-# machine's memory, so the copies kept every tile they read: at 8192² the two COGs grew this
-# process by 0.51 GB, against 0.25 GB with this cap and 0.10-0.12 GB at 2048² either way, in
-# 7.0-8.3 s against 8.1 s (2-core CPU). The copies read their source in order: a small cache serves them.
-GDAL_CACHE_BYTES = 64 << 20
+# change.tif's colours: unchanged clear, changed red, not observed grey
+PALETTE = {value: (0, 0, 0, 0) for value in range(256)} | {CHANGED: (230, 30, 30, 255),
+                                                            NOT_OBSERVED: (128, 128, 128, 255)}
 
 
 @dataclass(frozen=True)
@@ -56,84 +51,64 @@ def change_classes(probability: np.ndarray, threshold: float) -> np.ndarray:
     return classes
 
 
-def write_block_rasters(probability: np.ndarray, block: Block, crs: str, transform: Affine, threshold: float,
-                        prob_path: Path, change_path: Path) -> tuple[int, int]:
-    """One block's probabilities and classes as tiled GeoTIFFs, placed on the grid; returns (observed, changed) pixels.
+def mean_of_observed(level: np.ndarray) -> np.ndarray:
+    """The next overview level of probabilities: 2 x 2 means of the observed (not NaN) pixels."""
+    quads = _quads(level, np.nan)
+    observed = ~np.isnan(quads)
+    counts = observed.sum(axis=(1, 3))
+    sums = np.where(observed, quads, 0).sum(axis=(1, 3), dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (sums / counts).astype(np.float32)  # 0 / 0: NaN, not observed
 
-    Compressed fast (deflate level 1, in the calling thread): they are read once, by the COG copies.
-    """
-    local = transform * Affine.translation(block.left, block.top)
-    height, width = block.shape
-    base = {"driver": "GTiff", "height": height, "width": width, "count": 1, "crs": crs,
-            "transform": local, "tiled": True, "blockxsize": CHUNK, "blockysize": CHUNK, "compress": "deflate",
-            "zlevel": 1, "bigtiff": "IF_SAFER"}
+
+def majority_of_observed(level: np.ndarray) -> np.ndarray:
+    """The next overview level of classes: the majority of the observed pixels of each 2 x 2, changed on a tie."""
+    quads = _quads(level, NOT_OBSERVED)
+    changed = (quads == CHANGED).sum(axis=(1, 3))
+    unchanged = (quads == UNCHANGED).sum(axis=(1, 3))
+    classes = np.where(changed >= unchanged, CHANGED, UNCHANGED).astype(np.uint8)
+    classes[changed + unchanged == 0] = NOT_OBSERVED
+    return classes
+
+
+def _quads(level: np.ndarray, fill) -> np.ndarray:
+    """``level`` as (rows, 2, columns, 2), a last odd row or column completed with ``fill``."""
+    height, width = level.shape
+    if height % 2 or width % 2:
+        padded = np.full((height + height % 2, width + width % 2), fill, level.dtype)
+        padded[:height, :width] = level
+        level = padded
+    return level.reshape(level.shape[0] // 2, 2, level.shape[1] // 2, 2)
+
+
+PROBABILITY = Layer("float32", np.nan, mean_of_observed, predictor=3)
+
+
+def change_layer(threshold: float) -> Layer:
+    return Layer("uint8", NOT_OBSERVED, majority_of_observed, colormap=PALETTE,
+                 band_tags={"classes": "0 unchanged, 1 changed, 255 not observed in both dates",
+                            "threshold": str(threshold)})
+
+
+def write_block_rasters(probability: np.ndarray, block: Block, levels: Levels, crs: str, transform: Affine,
+                        threshold: float, prob_path: Path, change_path: Path) -> tuple[int, int]:
+    """One block's tiles of both COGs, overviews included; returns its (observed, changed) pixels."""
     classes = change_classes(probability, threshold)
-    with rasterio.open(prob_path, "w", dtype="float32", nodata=np.nan, **base) as tif:
-        tif.write(probability.astype(np.float32, copy=False), 1)
-    with rasterio.open(change_path, "w", dtype="uint8", nodata=NOT_OBSERVED, **base) as tif:
-        tif.write(classes, 1)
+    write_block_levels(probability, block, levels, PROBABILITY, crs, transform, prob_path)
+    write_block_levels(classes, block, levels, change_layer(threshold), crs, transform, change_path)
     return int((classes != NOT_OBSERVED).sum()), int((classes == CHANGED).sum())
 
 
 def write_change_rasters(outputs: BlockOutputs, blocks: list[Block], folder: Path) -> ChangeCounts:
-    """``change_prob.tif`` and ``change.tif`` in ``folder``, both COGs on the scenes' grid, copied from
-    VRT mosaics of the blocks' GeoTIFFs (made first where missing), the two copies at once."""
+    """``change_prob.tif`` and ``change.tif`` in ``folder``, both COGs on the scenes' grid, assembled
+    from the blocks' tiles (made first where missing), the two at once."""
     outputs.complete(blocks)
-    vrts = {"prob": folder / ".change_prob.vrt", "change": folder / ".change.vrt"}
-    try:
-        _write_vrt(vrts["prob"], outputs, outputs.raster_files("prob", blocks), "Float32", "nan")
-        _write_vrt(vrts["change"], outputs, outputs.raster_files("change", blocks), "Byte", str(NOT_OBSERVED),
-                   band_extra=_palette_and_tags(outputs.threshold))
-        with ThreadPoolExecutor(2) as copies:  # GDAL works without the GIL: the copies overlap
-            done = [copies.submit(_copy_cog, vrts["prob"], folder / "change_prob.tif", overview_resampling="average",
-                                  predictor=3),
-                    copies.submit(_copy_cog, vrts["change"], folder / "change.tif", overview_resampling="mode")]
-            for copy in done:
-                copy.result()
-    finally:
-        for path in vrts.values():
-            path.unlink(missing_ok=True)
+    levels, work = outputs.levels, Path(outputs.folder)
+    with ThreadPoolExecutor(2) as assemblies:  # GDAL and file copies work without the GIL
+        done = [assemblies.submit(assemble_cog, folder / "change_prob.tif", levels, PROBABILITY,
+                                  outputs.raster_files("prob", blocks), outputs.crs, outputs.affine, work),
+                assemblies.submit(assemble_cog, folder / "change.tif", levels, change_layer(outputs.threshold),
+                                  outputs.raster_files("change", blocks), outputs.crs, outputs.affine, work)]
+        for assembly in done:
+            assembly.result()
     return outputs.counts(blocks)
-
-
-def _copy_cog(source: Path, target: Path, **options) -> None:
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
-        rasterio.shutil.copy(source, target, **options, **COG_OPTIONS)
-
-
-def _write_vrt(path: Path, outputs: BlockOutputs, files: list[tuple[Block, Path]], data_type: str, nodata: str,
-               band_extra: str = "") -> None:
-    """A VRT that places each block's GeoTIFF at its offset on the scene's grid."""
-    height, width = outputs.shape
-    sources = "".join(
-        f"""    <SimpleSource>
-      <SourceFilename relativeToVRT="0">{escape(str(tif.resolve()))}</SourceFilename>
-      <SourceBand>1</SourceBand>
-      <SrcRect xOff="0" yOff="0" xSize="{block.shape[1]}" ySize="{block.shape[0]}"/>
-      <DstRect xOff="{block.left}" yOff="{block.top}" xSize="{block.shape[1]}" ySize="{block.shape[0]}"/>
-    </SimpleSource>
-""" for block, tif in files)
-    a, b, c, d, e, f = outputs.transform
-    path.write_text(f"""<VRTDataset rasterXSize="{width}" rasterYSize="{height}">
-  <SRS>{escape(outputs.crs)}</SRS>
-  <GeoTransform>{c!r}, {a!r}, {b!r}, {f!r}, {d!r}, {e!r}</GeoTransform>
-  <VRTRasterBand dataType="{data_type}" band="1">
-    <NoDataValue>{nodata}</NoDataValue>
-{band_extra}{sources}  </VRTRasterBand>
-</VRTDataset>
-""")
-
-
-def _palette_and_tags(threshold: float) -> str:
-    """``change.tif``'s colours (unchanged clear, changed red, not observed grey) and its legend."""
-    colours = {UNCHANGED: (0, 0, 0, 0), CHANGED: (230, 30, 30, 255), NOT_OBSERVED: (128, 128, 128, 255)}
-    entries = "".join(f'      <Entry c1="{r}" c2="{g}" c3="{b}" c4="{a}"/>\n'
-                      for r, g, b, a in (colours.get(value, (0, 0, 0, 0)) for value in range(256)))
-    return f"""    <Metadata>
-      <MDI key="classes">0 unchanged, 1 changed, 255 not observed in both dates</MDI>
-      <MDI key="threshold">{threshold}</MDI>
-    </Metadata>
-    <ColorInterp>Palette</ColorInterp>
-    <ColorTable>
-{entries}    </ColorTable>
-"""
