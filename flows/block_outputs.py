@@ -155,7 +155,8 @@ class BlockOutputs:
 
     def pieces(self, blocks: list[Block]) -> list[tuple[Block, BlockPieces]]:
         """Every block's pieces and seam edges, in plan order (the dissolve adds sums in that order)."""
-        return [(block, _read_pieces(self.path("pieces", block))) for block in blocks]
+        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # parquet and WKB parsing work without the GIL
+            return list(zip(blocks, pool.map(_read_pieces, [self.path("pieces", block) for block in blocks])))
 
     def raster_files(self, kind: str, blocks: list[Block]) -> list[tuple[Block, Path]]:
         return [(block, self.path(kind, block)) for block in blocks]

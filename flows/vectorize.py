@@ -12,6 +12,8 @@ the scene. ``bench/outputs.py`` times this on a speckled map.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -33,6 +35,8 @@ if TYPE_CHECKING:
 # Blocks polygonised at once, in threads (flows/block_outputs.py): more cores go faster, but each
 # block in flight holds several arrays of its size, so memory is capped by this, not by the cores.
 BLOCKS_AT_ONCE = 4
+# Holes that close across seams are counted from the mosaic in windows of about this many pixels a side.
+SEAM_HOLE_WINDOW = 2048
 
 
 @dataclass
@@ -45,7 +49,7 @@ class Piece:
     prob_max: float
     outline_pixels: int  # pixels under the polygon's outer ring, holes included
     outline_observed: int  # of those, observed in both dates
-    joined: bool = False  # made of pieces of several blocks: it may enclose holes that none of them did
+    seam_holes: int = 0  # holes that close only across seams, its first interiors: in no piece's sums
 
     def add(self, other: "Piece") -> None:
         self.pixels += other.pixels
@@ -189,24 +193,37 @@ def _count_under(polygon: Polygon, mask: np.ndarray, transform: Affine) -> int:
     return int((mask & (inside == 1)).sum())
 
 
-def _count_new_holes(changes: list[Piece], probability, transform: Affine) -> None:
-    """Recount the outline of joined changes that enclose more than their pieces did.
+def _count_seam_holes(changes: list[Piece], probability, transform: Affine) -> None:
+    """Add the pixels of holes that close only across seams to their changes' outline sums.
 
-    A hole can cross a seam: in each block it is a notch open to the block's edge, and only the
-    dissolved change closes it. Its pixels (and whether they were observed) are in no piece's
-    sums, so such outlines are counted again from the mosaic, over the change's bounding box only.
+    In each block such a hole is a notch open to the block's edge, so no piece counted it under its
+    outline. Its pixels (and whether they were observed) are counted from the mosaic, a block-sized
+    window of holes at a time, so memory stays bounded by the block size whatever the changes span.
     """
-    pixel_area = abs(transform.a * transform.e)
-    geometries = np.array([p.geometry for p in changes], dtype=object)
-    outlines = shapely.polygons(shapely.get_exterior_ring(geometries)) if len(changes) else geometries
-    enclosed = np.rint(shapely.area(outlines) / pixel_area).astype(np.int64)
-    for piece, outline, pixels in zip(changes, outlines, enclosed):
-        if pixels == piece.outline_pixels:
-            continue
-        r0, r1, c0, c1 = _pixel_bounds(outline, transform, probability.shape)
-        unobserved = np.isnan(np.asarray(probability[r0:r1, c0:c1]))
-        piece.outline_pixels = int(pixels)
-        piece.outline_observed = int(pixels) - _count_under(outline, unobserved, transform * Affine.translation(c0, r0))
+    owners = [k for k, change in enumerate(changes) for _ in range(change.seam_holes)]
+    if not owners:
+        return
+    holes = shapely.polygons(np.concatenate([
+        shapely.get_interior_ring(change.geometry, np.arange(change.seam_holes)) for change in changes]))
+    bounds = shapely.bounds(holes)
+    cols, rows = ~transform * (np.concatenate([bounds[:, 0], bounds[:, 2]]), np.concatenate([bounds[:, 3], bounds[:, 1]]))
+    cols, rows = np.rint(cols).astype(np.int64).reshape(2, -1), np.rint(rows).astype(np.int64).reshape(2, -1)
+    r0, r1 = np.clip(rows.min(0), 0, None), np.clip(rows.max(0), None, probability.shape[0])
+    c0, c1 = np.clip(cols.min(0), 0, None), np.clip(cols.max(0), None, probability.shape[1])
+    window_of = (r0 // SEAM_HOLE_WINDOW) * (probability.shape[1] // SEAM_HOLE_WINDOW + 1) + c0 // SEAM_HOLE_WINDOW
+    for window in np.unique(window_of):
+        inside = np.flatnonzero(window_of == window)
+        top, bottom, left, right = r0[inside].min(), r1[inside].max(), c0[inside].min(), c1[inside].max()
+        burned = rasterio.features.rasterize(
+            zip(holes[inside], range(1, len(inside) + 1)), out_shape=(bottom - top, right - left),
+            transform=transform * Affine.translation(left, top), dtype=np.int32)
+        unobserved = np.isnan(np.asarray(probability[top:bottom, left:right]))
+        pixels = np.bincount(burned.ravel(), minlength=len(inside) + 1)[1:]
+        missing = np.bincount(burned[unobserved], minlength=len(inside) + 1)[1:]
+        for hole, hole_pixels, hole_missing in zip(inside, pixels, missing):
+            change = changes[owners[hole]]
+            change.outline_pixels += int(hole_pixels)
+            change.outline_observed += int(hole_pixels - hole_missing)
 
 
 def dissolve(blocks: list[tuple[Block, BlockPieces]]) -> list[Piece]:
@@ -236,21 +253,35 @@ def dissolve(blocks: list[tuple[Block, BlockPieces]]) -> list[Piece]:
     groups: dict[int, list[int]] = {}
     for index in range(len(pieces)):
         groups.setdefault(joined.find(index), []).append(index)
-    changes = []
+    changes, joins = [], []
     for members in groups.values():  # in plan order of each change's first piece
         first = pieces[members[0]]
         if len(members) == 1:
             changes.append(first)
             continue
         total = Piece(first.geometry, first.pixels, first.prob_sum, first.prob_max, first.outline_pixels,
-                      first.outline_observed, joined=True)
+                      first.outline_observed)
         for index in members[1:]:
             total.add(pieces[index])
-        outline = shapely.union_all([Polygon(pieces[index].geometry.exterior) for index in members])
-        holes = [hole for index in members for hole in pieces[index].geometry.interiors]
-        total.geometry = Polygon(outline.exterior, [*outline.interiors, *holes])
         changes.append(total)
+        joins.append((total, np.array([pieces[index].geometry for index in members], dtype=object)))
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # GEOS works without the GIL
+        for (total, _), (geometry, seam_holes) in zip(joins, pool.map(_joined_geometry, [p for _, p in joins])):
+            total.geometry, total.seam_holes = geometry, seam_holes
     return changes
+
+
+def _joined_geometry(parts: np.ndarray) -> tuple[Polygon, int]:
+    """The union of pieces that make one change, and how many holes closed across seams: their
+    outer rings are unioned (whose holes are those), and their own holes put back after them
+    (vectorised: a noisy change has hundreds of thousands of holes)."""
+    outline = shapely.union_all(shapely.polygons(shapely.get_exterior_ring(parts)))
+    counts = shapely.get_num_interior_rings(parts)
+    ring = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)  # 0, 1, ... within each part
+    holes = shapely.get_interior_ring(np.repeat(parts, counts), ring)
+    seam_holes = shapely.get_interior_ring(outline, np.arange(shapely.get_num_interior_rings(outline)))
+    joined = shapely.polygons(shapely.get_exterior_ring(outline), holes=np.concatenate([seam_holes, holes]))
+    return joined, len(seam_holes)
 
 
 class _SeamJoins:
@@ -276,7 +307,7 @@ def change_polygons(outputs: BlockOutputs, blocks: list[Block]) -> gpd.GeoDataFr
     transform, min_area_m2 = outputs.affine, outputs.min_area_m2
     pixel_area = abs(transform.a * transform.e)
     changes = [p for p in dissolve(outputs.pieces(blocks)) if p.pixels * pixel_area >= min_area_m2]
-    _count_new_holes([c for c in changes if c.joined], ProbabilityStore(outputs.store).probability(), transform)
+    _count_seam_holes([c for c in changes if c.seam_holes], ProbabilityStore(outputs.store).probability(), transform)
     frame = gpd.GeoDataFrame({
         "area_m2": [p.geometry.area for p in changes],
         "perimeter_m": [p.geometry.length for p in changes],
