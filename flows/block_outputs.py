@@ -23,7 +23,6 @@ written aside and renamed, is there.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import queue
@@ -41,7 +40,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import shapely
 from affine import Affine
-from rasterio.errors import RasterioIOError
 
 from .cog_tiles import Levels
 from .manifest import code_version
@@ -113,12 +111,8 @@ class BlockOutputs:
             self.path(kind, block).unlink(missing_ok=True)
             for level in self.path(kind, block).parent.glob(f"{block.name}.x*"):
                 level.unlink()
-        try:
-            observed, changed = write_block_rasters(probability, block, self.levels, self.crs, self.affine,
-                                                    self.threshold, self.path("prob", block),
-                                                    self.path("change", block))
-        except RasterioIOError as err:
-            raise _disk_full_or(err, Path(self.folder), probability.nbytes) from err
+        observed, changed = write_block_rasters(probability, block, self.levels, self.crs, self.affine,
+                                                self.threshold, self.path("prob", block), self.path("change", block))
         _write_pieces(block_pieces(probability, block, self.affine, self.shape, self.threshold, self.min_area_m2),
                       self.path("pieces", block))
         # last, and whole or not at all: a rerun redoes a block whose marker is missing, whatever else is there
@@ -185,11 +179,17 @@ def default_processes(blocks: int) -> int:
     return max(1, min(blocks, OUTPUT_PROCESSES, (os.cpu_count() or 1) // 4))
 
 
+def default_drain(blocks: int) -> int:
+    """Processes for the blocks still waiting for their outputs once the last block is inferred: as
+    many as ``complete`` uses threads, since nothing else runs then."""
+    return max(1, min(blocks, BLOCKS_AT_ONCE, os.cpu_count() or 1))
+
+
 def block_output_writer(outputs: BlockOutputs, blocks: int, how: str | None):
     """The writer for ``how`` (flows/workers.outputs_while_blocks_run): a context manager that
     gives ``submit(block)``, or gives None when the outputs wait for the last block."""
     if how == "processes":
-        return OutputProcesses(outputs, default_processes(blocks))
+        return OutputProcesses(outputs, default_processes(blocks), drain=default_drain(blocks))
     if how == "threads":
         return BackgroundWriter(outputs, default_threads(blocks))
     return contextlib.nullcontext()
@@ -224,21 +224,30 @@ class OutputProcesses:
 
     Each child gets the outputs' fields once, then one block per line on its stdin, and answers one
     line per block. A thread per child feeds it from a shared queue, so a free child takes the next
-    block. The children start at once and import while the first blocks are inferred.
+    block. The children start at once and import while the first blocks are inferred. Blocks still
+    queued when the last block is inferred are shared with more children, up to ``drain`` in all:
+    the cores are free then.
     """
 
-    def __init__(self, outputs: BlockOutputs, processes: int) -> None:
+    def __init__(self, outputs: BlockOutputs, processes: int, drain: int | None = None) -> None:
+        self.fields = json.dumps(asdict(outputs))
+        self.drain = max(processes, drain or 0)
         self.queue: queue.Queue[Block | None] = queue.Queue()
         self.errors: list[BaseException] = []
+        self.children: list[subprocess.Popen] = []
+        self.feeders: list[threading.Thread] = []
+        for _ in range(processes):
+            self._start_child()
+
+    def _start_child(self) -> None:
         root = str(Path(__file__).resolve().parent.parent)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-        self.children = [subprocess.Popen([sys.executable, "-m", "flows.block_outputs", json.dumps(asdict(outputs))],
-                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-                         for _ in range(processes)]
-        self.feeders = [threading.Thread(target=self._feed, args=(child,), name="block-outputs-feeder", daemon=True)
-                        for child in self.children]
-        for feeder in self.feeders:
-            feeder.start()
+        child = subprocess.Popen([sys.executable, "-m", "flows.block_outputs", self.fields],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        feeder = threading.Thread(target=self._feed, args=(child,), name="block-outputs-feeder", daemon=True)
+        self.children.append(child)
+        self.feeders.append(feeder)
+        feeder.start()
 
     def __enter__(self) -> "OutputProcesses":
         return self
@@ -268,6 +277,9 @@ class OutputProcesses:
         if kind is not None:  # failing anyway: stop the children rather than finish their blocks
             for child in self.children:
                 child.kill()
+        else:
+            for _ in range(min(self.queue.qsize(), self.drain - len(self.children))):
+                self._start_child()
         for _ in self.feeders:
             self.queue.put(None)
         for feeder in self.feeders:
@@ -293,14 +305,6 @@ def _serve(outputs: BlockOutputs) -> None:
                                                      "strerror": getattr(err, "strerror", None),
                                                      "filename": getattr(err, "filename", None)}}
         print(json.dumps(answer), flush=True)
-
-
-def _disk_full_or(err: RasterioIOError, folder: Path, needed: int) -> OSError:
-    """GDAL says only "Write failed" when the disk fills (libtiff prints the reason to stderr), so a
-    failed write with less room left than the block needed is reported as the full disk it is."""
-    if shutil.disk_usage(folder).free < needed:
-        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
-    return err
 
 
 def _write_pieces(found: BlockPieces, path: Path) -> None:

@@ -21,7 +21,9 @@ followed by its last four bytes, as the ghost header at the start of the file sa
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from affine import Affine
+from rasterio.errors import RasterioIOError
 
 from .probability_store import CHUNK
 from .tiff_layout import CLASSIC_LIMIT, Directory, DirectoryWriter, Image, read_first_directory
@@ -77,13 +80,15 @@ class Layer:
     nodata: float
     halve: Callable[[np.ndarray], np.ndarray]
     predictor: int = 1
+    deflate_level: int = 6
     colormap: dict[int, tuple[int, int, int, int]] | None = None
     band_tags: dict[str, str] = field(default_factory=dict)
 
     def profile(self, height: int, width: int, crs: str, transform: Affine) -> dict:
         return {"driver": "GTiff", "height": height, "width": width, "count": 1, "dtype": self.dtype,
                 "nodata": self.nodata, "crs": crs, "transform": transform, "tiled": True, "blockxsize": TILE,
-                "blockysize": TILE, "compress": "deflate", "predictor": self.predictor, "bigtiff": "IF_SAFER"}
+                "blockysize": TILE, "compress": "deflate", "zlevel": self.deflate_level, "predictor": self.predictor,
+                "bigtiff": "IF_SAFER"}
 
 
 def level_path(block_file: Path, factor: int, suffix: str = ".tif") -> Path:
@@ -130,12 +135,23 @@ def assemble_cog(target: Path, levels: Levels, layer: Layer, block_files: list[t
 
 def _write_tiles(path: Path, pixels: np.ndarray, layer: Layer, crs: str, transform: Affine,
                  full_resolution: bool = False) -> None:
-    with rasterio.open(path, "w", **layer.profile(*pixels.shape, crs, transform)) as tif:
-        tif.write(pixels.astype(layer.dtype, copy=False), 1)
-        if full_resolution and layer.colormap:
-            tif.write_colormap(1, layer.colormap)
-        if full_resolution and layer.band_tags:
-            tif.update_tags(1, **layer.band_tags)
+    try:
+        with rasterio.open(path, "w", **layer.profile(*pixels.shape, crs, transform)) as tif:
+            tif.write(pixels.astype(layer.dtype, copy=False), 1)
+            if full_resolution and layer.colormap:
+                tif.write_colormap(1, layer.colormap)
+            if full_resolution and layer.band_tags:
+                tif.update_tags(1, **layer.band_tags)
+    except RasterioIOError as err:
+        raise _disk_full_or(err, path.parent, pixels.nbytes) from err
+
+
+def _disk_full_or(err: RasterioIOError, folder: Path, needed: int) -> OSError:
+    """GDAL says only "Write failed" when the disk fills (libtiff prints the reason to stderr), so a
+    failed write with less room left than the pixels need is reported as the full disk it is."""
+    if shutil.disk_usage(folder).free < needed:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
+    return err
 
 
 def _mosaic(levels: Levels, factor: int, block_files: list[tuple[Block, Path]]) -> np.ndarray:
