@@ -4,10 +4,10 @@ A model that does not fit a region (or random weights) speckles the map with ten
 small regions, many of them holes in larger ones. The outputs must stay cheap then too. This writes
 such a map into a real ``change_prob.zarr`` (the scenes' grid, block done-markers and all), then
 times the steps of ``detect-changes`` that read it, one after another in this process: each block's
-share of the outputs (its GeoTIFFs and polygon pieces, which a run makes while the other blocks
-are still inferred; here all blocks at once, in threads), then what is left after the last block:
-the two COGs copied from the blocks' GeoTIFFs, and the pieces dissolved across the seams; and the
-process's peak resident memory so far (sizes run smallest first).
+share of the outputs (its tiles of both COGs and its polygon pieces, which a run makes while the
+other blocks are still inferred; here all blocks at once, in threads), then what is left after the
+last block: the two COGs assembled from the blocks' tiles, and the pieces dissolved across the
+seams; and the process's peak resident memory so far (sizes run smallest first).
 
 The map: 64-px fields of random level plus per-pixel noise, thresholded at 0.5, so about half the
 pixels change, in regions of every size; 0.2 % of the pixels are unobserved.

@@ -162,10 +162,11 @@ class BlockOutputs:
 # slowed the network: with a stand-in that does 20 ms of Python work per window (bench/pipeline.py
 # --stand-in-gil) the blocks of an 8192² scene took 71 s in threads against 21-30 s with the outputs
 # made after them. A child holds 0.2 GB, up to 0.6 GB while it writes a noisy 2048 block, and
-# takes a block at a time. How many keep pace with a GPU is not measured yet: an H200 infers a
-# 2048 block every 0.6 s, and a noisy block's outputs take 2-4 s of one core on the 2-core CPU,
-# far less on a clean map.
-OUTPUT_PROCESSES = 2
+# takes a block at a time. An H200 infers a 2048 block every 0.6 s, and a noisy block's outputs
+# (random weights') take about 2.8 s of one core of the 2-core CPU (2.1 s its polygons, 0.7 s its
+# tiles), far less on a clean map: keeping pace takes four or more, a quarter of a 16-core machine.
+# Those still waiting when the last block is inferred are shared with more (``default_drain``).
+OUTPUT_PROCESSES = 4
 
 
 def default_threads(blocks: int) -> int:
@@ -174,8 +175,8 @@ def default_threads(blocks: int) -> int:
 
 
 def default_processes(blocks: int) -> int:
-    """Processes for block outputs while blocks run: ``OUTPUT_PROCESSES``, one on small machines,
-    where the cores belong to the network first."""
+    """Processes for block outputs while blocks run: a quarter of the cores, at most
+    ``OUTPUT_PROCESSES``; the other cores belong to the network and its feeding first."""
     return max(1, min(blocks, OUTPUT_PROCESSES, (os.cpu_count() or 1) // 4))
 
 

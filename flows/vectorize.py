@@ -250,21 +250,26 @@ def dissolve(blocks: list[tuple[Block, BlockPieces]]) -> list[Piece]:
             meet = (mine >= 0) & (theirs >= 0)
             for a, b in np.unique(np.stack([mine[meet] + offsets[k], theirs[meet] + offsets[j]], axis=1), axis=0):
                 joined.union(int(a), int(b))
+    roots = joined.roots()
+    grouped = (np.bincount(roots, minlength=len(pieces))[roots] > 1).tolist()
+    roots = roots.tolist()
     groups: dict[int, list[int]] = {}
-    for index in range(len(pieces)):
-        groups.setdefault(joined.find(index), []).append(index)
+    for index in np.flatnonzero(grouped).tolist():
+        groups.setdefault(roots[index], []).append(index)
     changes, joins = [], []
-    for members in groups.values():  # in plan order of each change's first piece
-        first = pieces[members[0]]
-        if len(members) == 1:
-            changes.append(first)
+    for index, piece in enumerate(pieces):  # in plan order of each change's first piece
+        if not grouped[index]:
+            changes.append(piece)
             continue
-        total = Piece(first.geometry, first.pixels, first.prob_sum, first.prob_max, first.outline_pixels,
-                      first.outline_observed)
-        for index in members[1:]:
-            total.add(pieces[index])
+        members = groups[roots[index]]
+        if members[0] != index:  # a later piece of a change already made
+            continue
+        total = Piece(piece.geometry, piece.pixels, piece.prob_sum, piece.prob_max, piece.outline_pixels,
+                      piece.outline_observed)
+        for other in members[1:]:
+            total.add(pieces[other])
         changes.append(total)
-        joins.append((total, np.array([pieces[index].geometry for index in members], dtype=object)))
+        joins.append((total, np.array([pieces[member].geometry for member in members], dtype=object)))
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # GEOS works without the GIL
         for (total, _), (geometry, seam_holes) in zip(joins, pool.map(_joined_geometry, [p for _, p in joins])):
             total.geometry, total.seam_holes = geometry, seam_holes
@@ -299,6 +304,13 @@ class _SeamJoins:
     def union(self, a: int, b: int) -> None:
         self.parent[self.find(a)] = self.find(b)
 
+    def roots(self) -> np.ndarray:
+        """Every piece's change (the index of its root), found for all at once."""
+        parent = np.array(self.parent, dtype=np.int64)
+        while not np.array_equal(grand := parent[parent], parent):
+            parent = grand
+        return parent
+
 
 def change_polygons(outputs: BlockOutputs, blocks: list[Block]) -> gpd.GeoDataFrame:
     """One row per changed region of the whole scene, largest first, from the blocks' pieces (made
@@ -308,15 +320,18 @@ def change_polygons(outputs: BlockOutputs, blocks: list[Block]) -> gpd.GeoDataFr
     pixel_area = abs(transform.a * transform.e)
     changes = [p for p in dissolve(outputs.pieces(blocks)) if p.pixels * pixel_area >= min_area_m2]
     _count_seam_holes([c for c in changes if c.seam_holes], ProbabilityStore(outputs.store).probability(), transform)
+    geometries = np.empty(len(changes), dtype=object)
+    geometries[:] = [p.geometry for p in changes]
+    pixels, prob_sum, prob_max, outline_pixels, outline_observed = (
+        np.array([getattr(p, name) for p in changes], dtype=np.float64).reshape(-1) for name in
+        ("pixels", "prob_sum", "prob_max", "outline_pixels", "outline_observed"))
+    area, centroids = shapely.area(geometries), shapely.centroid(geometries)
+    order = np.lexsort((shapely.get_x(centroids), -shapely.get_y(centroids), -area))  # largest, then north-west first
     frame = gpd.GeoDataFrame({
-        "area_m2": [p.geometry.area for p in changes],
-        "perimeter_m": [p.geometry.length for p in changes],
-        "prob_mean": [p.prob_sum / max(p.pixels, 1) for p in changes],
-        "prob_max": [p.prob_max for p in changes],
-        "observed_fraction": [p.outline_observed / max(p.outline_pixels, 1) for p in changes],
-    }, geometry=[p.geometry for p in changes], crs=outputs.crs)
-    if len(frame):
-        centroids = frame.geometry.centroid
-        frame = frame.assign(_x=centroids.x, _y=centroids.y).sort_values(
-            ["area_m2", "_y", "_x"], ascending=[False, False, True]).drop(columns=["_x", "_y"])
+        "area_m2": area[order],
+        "perimeter_m": shapely.length(geometries[order]),
+        "prob_mean": (prob_sum / np.maximum(pixels, 1))[order],
+        "prob_max": prob_max[order],
+        "observed_fraction": (outline_observed / np.maximum(outline_pixels, 1))[order],
+    }, geometry=geometries[order], crs=outputs.crs)
     return frame.reset_index(drop=True)
