@@ -66,11 +66,6 @@ class Levels:
         one block wide, or the block spans whole tiles of that level)."""
         return all(size <= self.block_size or self.block_size % (TILE * factor) == 0 for size in self.shape)
 
-    @property
-    def spanning_factor(self) -> int | None:
-        """The first level whose tiles span blocks; its pixels come from the blocks' reduced ones."""
-        return next((f for f in self.factors if not self.in_blocks(f)), None)
-
 
 @dataclass(frozen=True)
 class Layer:
@@ -243,7 +238,8 @@ def _copy_tiles(tiles: _Tiles, cog) -> None:
         for source, offset, size in zip(tiles.source.ravel(), tiles.offsets.ravel(), tiles.byte_counts.ravel()):
             data = os.pread(handles[source], int(size), int(offset))
             if len(data) != size:
-                raise RuntimeError(f"{tiles.sources[source]} ends inside a tile: it was cut off; run again to remake it")
+                raise RuntimeError(f"{tiles.sources[source]} ends inside a tile: it was cut off; "
+                                   "run again to remake it")
             cog.write(int(size).to_bytes(4, "little"))
             cog.write(data)
             cog.write(data[-4:].rjust(4, b"\0"))

@@ -171,20 +171,21 @@ class _Counter:
         return table
 
     def inside(self, polygon: Polygon, transform: Affine) -> int:
-        r0, r1, c0, c1 = _pixel_bounds(polygon, transform, self.mask.shape)
+        r0, r1, c0, c1 = (int(edge[0]) for edge in _pixel_windows(polygon, transform, self.mask.shape))
         t = self.table
         if t[r1, c1] - t[r0, c1] - t[r1, c0] + t[r0, c0] == 0:
             return 0
         return _count_under(polygon, self.mask[r0:r1, c0:c1], transform * Affine.translation(c0, r0))
 
 
-def _pixel_bounds(polygon: Polygon, transform: Affine, shape: tuple[int, int]) -> tuple[int, int, int, int]:
-    """Rows and columns ``r0, r1, c0, c1`` of a raster under ``transform`` that hold the polygon's bounding box."""
-    left, bottom, right, top = polygon.bounds
-    (c0, r0), (c1, r1) = ~transform * (left, top), ~transform * (right, bottom)
-    r0, r1 = sorted((round(r0), round(r1)))
-    c0, c1 = sorted((round(c0), round(c1)))
-    return max(r0, 0), min(r1, shape[0]), max(c0, 0), min(c1, shape[1])
+def _pixel_windows(geometries, transform: Affine, shape: tuple[int, int]) -> tuple[np.ndarray, ...]:
+    """Rows and columns ``r0, r1, c0, c1`` of a raster under ``transform`` that hold each geometry's
+    bounding box (arrays, one entry per geometry), clipped to the raster's ``shape``."""
+    left, bottom, right, top = shapely.bounds(geometries).reshape(-1, 4).T
+    cols, rows = ~transform * (np.concatenate([left, right]), np.concatenate([top, bottom]))
+    cols, rows = np.rint(cols).astype(np.int64).reshape(2, -1), np.rint(rows).astype(np.int64).reshape(2, -1)
+    return (np.maximum(rows.min(0), 0), np.minimum(rows.max(0), shape[0]),
+            np.maximum(cols.min(0), 0), np.minimum(cols.max(0), shape[1]))
 
 
 def _count_under(polygon: Polygon, mask: np.ndarray, transform: Affine) -> int:
@@ -205,11 +206,7 @@ def _count_seam_holes(changes: list[Piece], probability, transform: Affine) -> N
         return
     holes = shapely.polygons(np.concatenate([
         shapely.get_interior_ring(change.geometry, np.arange(change.seam_holes)) for change in changes]))
-    bounds = shapely.bounds(holes)
-    cols, rows = ~transform * (np.concatenate([bounds[:, 0], bounds[:, 2]]), np.concatenate([bounds[:, 3], bounds[:, 1]]))
-    cols, rows = np.rint(cols).astype(np.int64).reshape(2, -1), np.rint(rows).astype(np.int64).reshape(2, -1)
-    r0, r1 = np.clip(rows.min(0), 0, None), np.clip(rows.max(0), None, probability.shape[0])
-    c0, c1 = np.clip(cols.min(0), 0, None), np.clip(cols.max(0), None, probability.shape[1])
+    r0, r1, c0, c1 = _pixel_windows(holes, transform, probability.shape)
     window_of = (r0 // SEAM_HOLE_WINDOW) * (probability.shape[1] // SEAM_HOLE_WINDOW + 1) + c0 // SEAM_HOLE_WINDOW
     for window in np.unique(window_of):
         inside = np.flatnonzero(window_of == window)
