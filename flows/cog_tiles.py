@@ -209,7 +209,7 @@ def _write_cog(target: Path, levels: Levels, images: list[tuple[int, list[tuple[
         described = [Image(t.shape[1], t.shape[0], t.byte_counts, template.tags, reduced=i > 0)
                      for i, t in enumerate(gathered)]
         sizes = [writer.size(writer.tags(image, np.zeros(image.byte_counts.size, np.uint64))) for image in described]
-        directories_at = writer.header_size + len(ghost)
+        directories_at = writer.header_size + len(ghost) + (writer.header_size + len(ghost)) % 2  # on a word boundary
         data_at = directories_at + sum(sizes)
         if bigtiff or data_at + data_bytes < CLASSIC_LIMIT:
             break
@@ -222,7 +222,7 @@ def _write_cog(target: Path, levels: Levels, images: list[tuple[int, list[tuple[
         tile_offsets[i] = (position + 4 + np.concatenate(([0], np.cumsum(spans)[:-1]))).astype(np.uint64)
         position += int(spans.sum())
     with open(target, "wb", buffering=8 << 20) as cog:
-        cog.write(writer.header(directories_at) + ghost)
+        cog.write((writer.header(directories_at) + ghost).ljust(directories_at, b"\0"))
         at = directories_at
         for i, (image, size) in enumerate(zip(described, sizes)):
             next_at = at + size if i + 1 < len(described) else 0

@@ -63,6 +63,9 @@ def test_every_level_of_both_cogs_holds_the_blocks_pixels_whatever_the_block_siz
             with rasterio.open(folder / name, overview_level=index) as overview:
                 assert np.array_equal(overview.read(1), level, equal_nan=True), (name, index)
     assert sorted(p.name for p in folder.iterdir()) == ["change.tif", "change_prob.tif"]  # nothing left beside
+    head = (folder / "change.tif").read_bytes()[:200]
+    assert int.from_bytes(head[4:8], "little") % 2 == 0  # the first directory on a word boundary, as TIFF wants
+    assert b"LAYOUT=IFDS_BEFORE_DATA" in head
 
 
 def test_a_cog_too_big_for_classic_tiff_is_written_as_bigtiff(tmp_path, monkeypatch):
