@@ -3,11 +3,13 @@
 A model that does not fit a region (or random weights) speckles the map with tens of thousands of
 small regions, many of them holes in larger ones. The outputs must stay cheap then too. This writes
 such a map into a real ``change_prob.zarr`` (the scenes' grid, block done-markers and all), then
-times the steps of ``detect-changes`` that read it, one after another in this process: each block's
-share of the outputs (its tiles of both COGs and its polygon pieces, which a run makes while the
-other blocks are still inferred; here all blocks at once, in threads), then what is left after the
-last block: the two COGs assembled from the blocks' tiles, and the pieces dissolved across the
-seams; and the process's peak resident memory so far (sizes run smallest first).
+times the steps of ``detect-changes`` that read it, one after another in this process: one block's
+share alone, split into its tiles and its polygon pieces (what a child process spends on a block
+while blocks run); each block's share of the outputs (its tiles of both COGs and its polygon pieces,
+which a run makes while the other blocks are still inferred; here all blocks at once, in threads),
+then what is left after the last block: the two COGs assembled from the blocks' tiles, and the
+pieces dissolved across the seams; and the process's peak resident memory so far (sizes run smallest
+first).
 
 The map: 64-px fields of random level plus per-pixel noise, thresholded at 0.5, so about half the
 pixels change, in regions of every size; 0.2 % of the pixels are unobserved.
@@ -31,9 +33,9 @@ from affine import Affine
 from flows.block_outputs import BlockOutputs
 from flows.manifest import peak_rss_gb
 from flows.probability_store import ProbabilityStore
-from flows.rasters import write_change_rasters
+from flows.rasters import write_block_rasters, write_change_rasters
 from flows.tiling import plan_blocks
-from flows.vectorize import change_polygons
+from flows.vectorize import block_pieces, change_polygons
 
 CRS, RESOLUTION, ORIGIN = "EPSG:32633", 0.5, (500000.0, 5400000.0)
 
@@ -68,6 +70,14 @@ def run(size: int, block_size: int, min_area: float, work: Path) -> dict:
     folder.mkdir()
 
     outputs = BlockOutputs.prepare(store, CRS, transform, block_size, threshold=0.5, min_area_m2=min_area)
+    one = blocks[len(blocks) // 2]  # one block's share alone, split: what a child process spends on it
+    pixels = probability[one.top:one.bottom, one.left:one.right]
+    started = time.perf_counter()
+    write_block_rasters(pixels, one, outputs.levels, CRS, transform, 0.5, work / "one_prob.tif", work / "one_change.tif")
+    one_tiles = time.perf_counter() - started
+    started = time.perf_counter()
+    block_pieces(pixels, one, transform, (size, size), 0.5, min_area)
+    one_pieces = time.perf_counter() - started
     started = time.perf_counter()
     outputs.complete(blocks)
     per_block = time.perf_counter() - started
@@ -77,7 +87,8 @@ def run(size: int, block_size: int, min_area: float, work: Path) -> dict:
     started = time.perf_counter()
     polygons = change_polygons(outputs, blocks)
     vectors = time.perf_counter() - started
-    return {"size": size, "blocks": len(blocks), "min_area_m2": min_area, "block_outputs_s": round(per_block, 2),
+    return {"size": size, "blocks": len(blocks), "min_area_m2": min_area, "one_block_tiles_s": round(one_tiles, 2),
+            "one_block_pieces_s": round(one_pieces, 2), "block_outputs_s": round(per_block, 2),
             "cogs_s": round(rasters, 2), "polygons_s": round(vectors, 2), "polygons": len(polygons),
             "holes": int(sum(len(g.interiors) for g in polygons.geometry)),
             "peak_rss_gb_so_far": peak_rss_gb()}

@@ -163,8 +163,8 @@ class BlockOutputs:
 # --stand-in-gil) the blocks of an 8192² scene took 71 s in threads against 21-30 s with the outputs
 # made after them. A child holds 0.2 GB, up to 0.6 GB while it writes a noisy 2048 block, and
 # takes a block at a time. An H200 infers a 2048 block every 0.6 s, and a noisy block's outputs
-# (random weights') take about 2.8 s of one core of the 2-core CPU (2.1 s its polygons, 0.7 s its
-# tiles), far less on a clean map: keeping pace takes four or more, a quarter of a 16-core machine.
+# (random weights') take about 2.5 s of one core of the 2-core CPU (2.0 s its polygons, 0.5 s its
+# tiles of both COGs: bench/outputs.py's one_block_*), far less on a clean map: keeping pace takes four or more, a quarter of a 16-core machine.
 # Those still waiting when the last block is inferred are shared with more (``default_drain``).
 OUTPUT_PROCESSES = 4
 
