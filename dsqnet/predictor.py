@@ -127,4 +127,6 @@ class InputNormalizer:
         x = x.to(self.device, non_blocking=True).float()
         if not is_uint8 and x.numel() and float(x.max()) <= 1.0:
             warnings.warn("float input lies within [0, 1]; the model expects the 0-255 scale", stacklevel=3)
-        return (x - self.mean) / self.std
+        # contiguous (N, C, H, W) whatever the input's layout: a permuted HWC image would otherwise reach the
+        # first convolution as channels-last, whose kernels round differently (1e-6 apart on an EPYC)
+        return ((x - self.mean) / self.std).contiguous()
