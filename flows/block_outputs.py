@@ -10,10 +10,11 @@ threads where it runs elsewhere, and after the last block where it has this mach
     prob/<block>.x<f>.*, change/...        its tiles or pixels of their overview levels (flows/cog_tiles.py)
     pieces/<block>.parquet                 its change polygons with their sums, and the piece of each pixel
                                            along its inner edges (flows/vectorize.block_pieces)
+    preview/<block>.npy                    its pixels of preview.png's three panels (flows/preview.py)
     <block>.json                           written last, with its pixel counts: the block's done marker
 
 and the finishing steps only assemble: the COGs are written by copying the blocks' tiles behind new
-directories, and the polygons that meet at seams are dissolved. A block without its marker
+directories, the polygons that meet at seams are dissolved, and the preview's panels are pasted together. A block without its marker
 (stitched by a run that was killed, say) gets its files then.
 The key names the store's inputs, this code's version, the block size, the threshold and the minimum area, so
 files made for other inputs are never mixed in; a block counts as done only once its marker,
@@ -43,13 +44,15 @@ from affine import Affine
 
 from .cog_tiles import Levels
 from .manifest import code_version
+from .preview import block_panels, preview_step
 from .probability_store import ProbabilityStore
 from .rasters import ChangeCounts, write_block_rasters
 from .tiling import Block
 from .vectorize import BLOCKS_AT_ONCE, BlockPieces, Piece, block_pieces
 
 OUTPUT_CODE = tuple(Path(__file__).with_name(name) for name in (
-    "block_outputs.py", "rasters.py", "cog_tiles.py", "tiff_layout.py", "vectorize.py"))
+    "block_outputs.py", "rasters.py", "cog_tiles.py", "tiff_layout.py", "vectorize.py", "preview.py"))
+KINDS = ("prob", "change", "pieces", "preview")  # a folder of files each, one file (or more) per block
 PIECE_COLUMNS = ("pixels", "prob_sum", "prob_max", "outline_pixels", "outline_observed")
 
 
@@ -68,10 +71,11 @@ class BlockOutputs:
     block_size: int
     threshold: float
     min_area_m2: float
+    scenes: str | None = None  # scenes.zarr, whose images the preview shows; None: no preview
 
     @classmethod
     def prepare(cls, store: ProbabilityStore, crs: str, transform: Affine, block_size: int, threshold: float,
-                min_area_m2: float) -> "BlockOutputs":
+                min_area_m2: float, scenes: str | Path | None = None) -> "BlockOutputs":
         """The outputs folder for this store and these parameters; folders for other ones are removed."""
         code = code_version(*OUTPUT_CODE).rsplit("+", 1)[-1]  # files made by other code are not reused either
         key = f"{store.key() or 'unkeyed'}-{code}-b{block_size}-t{threshold:g}-a{min_area_m2:g}"
@@ -81,8 +85,8 @@ class BlockOutputs:
                 if other.name != key:
                     shutil.rmtree(other, ignore_errors=True)
         outputs = cls(str(store.path), str(parent / key), tuple(store.probability().shape), crs,
-                      tuple(transform)[:6], block_size, threshold, min_area_m2)
-        for kind in ("prob", "change", "pieces"):
+                      tuple(transform)[:6], block_size, threshold, min_area_m2, str(scenes) if scenes else None)
+        for kind in KINDS:
             (parent / key / kind).mkdir(parents=True, exist_ok=True)
         return outputs
 
@@ -95,7 +99,7 @@ class BlockOutputs:
         return Levels(self.shape, self.block_size)
 
     def path(self, kind: str, block: Block) -> Path:
-        suffix = {"prob": "tif", "change": "tif", "pieces": "parquet", "marker": "json"}[kind]
+        suffix = {"prob": "tif", "change": "tif", "pieces": "parquet", "preview": "npy", "marker": "json"}[kind]
         folder = Path(self.folder) if kind == "marker" else Path(self.folder) / kind
         return folder / f"{block.name}.{suffix}"
 
@@ -107,7 +111,7 @@ class BlockOutputs:
         probability = np.asarray(ProbabilityStore(self.store).probability()[
             block.top:block.bottom, block.left:block.right])
         self.path("marker", block).unlink(missing_ok=True)
-        for kind in ("prob", "change", "pieces"):  # GDAL will not write over a TIFF that a kill cut off
+        for kind in KINDS:  # GDAL will not write over a TIFF that a kill cut off
             self.path(kind, block).unlink(missing_ok=True)
             for level in self.path(kind, block).parent.glob(f"{block.name}.x*"):
                 level.unlink()
@@ -115,6 +119,9 @@ class BlockOutputs:
                                                 self.threshold, self.path("prob", block), self.path("change", block))
         _write_pieces(block_pieces(probability, block, self.affine, self.shape, self.threshold, self.min_area_m2),
                       self.path("pieces", block))
+        if self.scenes:
+            np.save(self.path("preview", block),
+                    block_panels(self.scenes, probability, block, preview_step(self.shape), self.threshold))
         # last, and whole or not at all: a rerun redoes a block whose marker is missing, whatever else is there
         marker = self.path("marker", block)
         tmp = marker.with_name(f".{marker.name}.{uuid.uuid4().hex[:8]}")

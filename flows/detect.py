@@ -268,7 +268,7 @@ def run_detect(request: DetectRequest) -> dict:
     lap("plan blocks")
     store = ProbabilityStore(blocks.job.probabilities)
     outputs = BlockOutputs.prepare(store, scenes.grid.crs.to_wkt(), scenes.grid.transform, request.block_size,
-                                   request.threshold, request.min_area_m2)
+                                   request.threshold, request.min_area_m2, scenes=scenes.path)
     reports = []
     if blocks.todo:  # a finished store needs no cluster
         runner = dask_task_runner(request.dask_address, request.workers)
@@ -291,8 +291,7 @@ def run_detect(request: DetectRequest) -> dict:
         shapes = vectorise.submit(outputs, scenes, blocks.blocks, record, run_id, run.staging)
         rasters.add_done_callback(finishes.on_done("mosaic"))
         shapes.add_done_callback(finishes.on_done("vectorise"))
-        write_preview(scenes.path, store.probability(), request.threshold, (request.before, request.after),
-                      run.staging / "preview.png")
+        write_preview(outputs, blocks.blocks, (request.before, request.after), run.staging / "preview.png")
         finishes.mark("preview")
         metrics = (score_run(store, blocks.blocks, scenes.grid.transform, scenes.grid.crs.to_wkt(),
                              request.threshold, request.truth) if request.truth else None)
