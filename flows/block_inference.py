@@ -80,13 +80,38 @@ def read_block(scenes: zarr.Group, lattice: Lattice, block: Block) -> BlockInput
     r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
     image = np.asarray(scenes["image"][:, :, r0:r1, c0:c1])  # (time, band, y, x)
     if not (_in_order(rows) and _in_order(cols)):  # the reach crosses the scene's edge: mirror it
-        image = image[:, :, rows - r0][:, :, :, cols - c0]
+        image = take_runs(take_runs(image, rows - r0, axis=2), cols - c0, axis=3)
     inside = (slice(max(reach.top, 0), min(reach.bottom, lattice.height)),
               slice(max(reach.left, 0), min(reach.right, lattice.width)))
     valid = np.asarray(scenes["valid"][:, inside[0], inside[1]]).all(axis=0)
     observed[inside[0].start - reach.top:inside[0].stop - reach.top,
              inside[1].start - reach.left:inside[1].stop - reach.left] = valid
     return BlockInputs(image[0], image[1], reach, observed)
+
+
+def take_runs(array: np.ndarray, index: np.ndarray, axis: int) -> np.ndarray:
+    """``np.take(array, index, axis)``, copied a run at a time for an index made of a few runs with
+    one step each, as a mirrored reach is (``3 2 1 0 1 2 3 ...``).
+
+    Twelve of the sixteen 2048-px blocks of an 8192² scene reach past its edge; gathering their
+    2 x 3 x 2304² pixels by fancy indexing took 0.10-0.16 s a block on the 2-core CPU, a slice per
+    run 0.02 s, on the thread that feeds the network.
+    """
+    if index.size < 2:
+        return np.take(array, index, axis=axis)
+    steps = np.diff(index)
+    starts = np.concatenate([[0], np.flatnonzero(steps[1:] != steps[:-1]) + 2, [index.size]])
+    parts = []
+    for first, end in zip(starts[:-1], starts[1:]):
+        step = int(steps[first]) if end - first > 1 else 1
+        if step == 0:  # one pixel repeated (a scene one pixel wide)
+            parts.append(np.take(array, index[first:end], axis=axis))
+            continue
+        stop = int(index[end - 1]) + step
+        cut = [slice(None)] * array.ndim
+        cut[axis] = slice(int(index[first]), stop if stop >= 0 else None, step)
+        parts.append(array[tuple(cut)])
+    return np.concatenate(parts, axis=axis)
 
 
 def _in_order(index: np.ndarray) -> bool:

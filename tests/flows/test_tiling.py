@@ -8,7 +8,7 @@ import pytest
 import torch
 import zarr
 
-from flows.block_inference import BlockInputs, BlockJob, process_block, read_block, window_sums
+from flows.block_inference import BlockInputs, BlockJob, process_block, read_block, take_runs, window_sums
 from flows.probability_store import ProbabilityStore
 from flows.stitch import Stitcher, stitch
 from flows.tiling import Lattice, block_reach, block_windows, plan_blocks, reflect_index, window_weight
@@ -35,6 +35,18 @@ def test_reflect_index_matches_numpy_reflect_padding_at_any_distance(length):
     pad = 3 * length + 4
     expected = np.pad(np.arange(length), pad, mode="reflect") if length > 1 else np.zeros(length + 2 * pad, int)
     assert (reflect_index(np.arange(-pad, length + pad), length) == expected).all()
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 37, 300])
+def test_mirrored_reads_copied_by_runs_equal_numpy_take(length):
+    rng = np.random.default_rng(length)
+    image = rng.integers(0, 256, (2, 3, length, length), dtype=np.uint8)
+    reaches = [(-5, 4), (-400, 10), (-3, length + 3), (length - 10, length + 600), (0, length), (length - 1, length)]
+    indexes = [reflect_index(np.arange(lo, hi), length) for lo, hi in reaches]
+    indexes += [rng.integers(0, length, 50), np.array([length - 1]), np.zeros(0, int), np.zeros(4, int)]
+    for index in indexes:
+        for axis in (2, 3):
+            np.testing.assert_array_equal(take_runs(image, index, axis), np.take(image, index, axis=axis))
 
 
 def test_window_cells_tile_the_scene_and_every_window_has_exactly_one_block():
