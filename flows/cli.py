@@ -174,7 +174,8 @@ def _add_predict(commands) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="fp32 (default), bf16 autocast (about 3-4x faster on recent CPUs) or fp16 (CUDA)")
+                   help="fp32 (default), bf16 autocast (2-4x faster on CPUs with AVX512-BF16 or AMX, several times "
+                        "slower on others) or fp16 (CUDA)")
 
 
 def _predict(args: argparse.Namespace) -> None:

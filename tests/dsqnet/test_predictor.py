@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -58,6 +60,7 @@ def test_normalisation_comes_from_the_checkpoint_metadata():
     )
 
 
+@pytest.mark.filterwarnings("ignore:bf16 on this CPU is emulated")
 def test_bf16_autocast_stays_close_to_fp32():
     torch.manual_seed(0)
     model = build_model("dsqnet_swin_mini")
@@ -65,6 +68,37 @@ def test_bf16_autocast_stays_close_to_fp32():
     fp32 = Predictor(model, device="cpu").predict_proba(before[0], after[0])
     bf16 = Predictor(model, device="cpu", precision="bf16").predict_proba(before[0], after[0])
     assert np.abs(fp32 - bf16).mean() < 0.02
+
+
+@pytest.mark.parametrize("native", [True, False, None])
+def test_bf16_warns_only_on_a_cpu_that_emulates_it(native, monkeypatch):
+    import warnings
+
+    from dsqnet import predictor as module
+
+    monkeypatch.setattr(module, "cpu_has_native_bf16", lambda: native)
+    model = build_model("dsqnet_swin_mini")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Predictor(model, device="cpu", precision="bf16")
+        Predictor(model, device="cpu", precision="fp32")
+    emulated = [w for w in caught if "bf16 on this CPU is emulated" in str(w.message)]
+    assert len(emulated) == (1 if native is False else 0)
+    assert all(w.category is RuntimeWarning for w in emulated)
+
+
+def test_bf16_detection_agrees_with_the_cpu_flags():
+    from dsqnet.predictor import cpu_has_native_bf16
+
+    flags = set(open("/proc/cpuinfo").read().split()) if os.path.exists("/proc/cpuinfo") else None
+    if flags is None or cpu_has_native_bf16() is None:
+        pytest.skip("no /proc/cpuinfo, or PyTorch cannot say")
+    if flags & {"avx512_bf16", "amx_bf16"}:
+        assert cpu_has_native_bf16() is True
+    elif not any(flag.startswith("avx512") for flag in flags):  # AVX2 at most, as this project's Zen 3 machines
+        assert cpu_has_native_bf16() is False
+    else:  # AVX-512 without bf16: oneDNN computes bf16 with AVX-512 (not slow), and says so
+        assert cpu_has_native_bf16() is True
 
 
 def test_one_window_covering_the_image_equals_a_direct_pass(predictor):
