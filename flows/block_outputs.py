@@ -14,8 +14,8 @@ threads where it runs elsewhere, and after the last block where it has this mach
     <block>.json                           written last, with its pixel counts: the block's done marker
 
 and the finishing steps only assemble: the COGs are written by copying the blocks' tiles behind new
-directories, the polygons that meet at seams are dissolved, and the preview's panels are pasted together. A block without its marker
-(stitched by a run that was killed, say) gets its files then.
+directories, the polygons that meet at seams are dissolved, and the preview's panels are pasted
+together. A block without its marker (stitched by a run that was killed, say) gets its files then.
 The key names the store's inputs, this code's version, the block size, the threshold and the minimum area, so
 files made for other inputs are never mixed in; a block counts as done only once its marker,
 written aside and renamed, is there.
