@@ -4,9 +4,10 @@ A bare ``dsqnet detect`` (no ``PREFECT_API_URL``) starts Prefect's temporary API
 On a fresh machine that start runs the database migrations: 18-20 s on this project's 2-core CPU,
 and Prefect gives up after 20 s by default ("Timed out while attempting to connect to ephemeral
 Prefect API server"): the README's first command sat at that limit on exactly the machine it is
-written for, and a benchmark's first start here went past it. And the temporary server tries to send telemetry, which logs an error where there
-is no network and is traffic this project promises not to make. Each default is set only where the
-user has not set that variable: theirs always wins.
+written for, and a benchmark's first start here went past it. And the temporary server tries to
+send telemetry, which logs an error where there is no network and is traffic this project
+promises not to make. Each default is set only where the user has not set that variable: theirs
+always wins.
 """
 
 from __future__ import annotations
