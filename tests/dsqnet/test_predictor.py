@@ -97,8 +97,8 @@ def test_bf16_detection_agrees_with_the_cpu_flags():
         assert cpu_has_native_bf16() is True
     elif not any(flag.startswith("avx512") for flag in flags):  # AVX2 at most, as this project's Zen 3 machines
         assert cpu_has_native_bf16() is False
-    else:  # AVX-512 without bf16: oneDNN computes bf16 with AVX-512 (not slow), and says so
-        assert cpu_has_native_bf16() is True
+    else:  # AVX-512 without bf16 (older Intel): not one of this project's machines, whose answer is not pinned
+        pytest.skip("AVX-512 without bf16 instructions")
 
 
 def test_one_window_covering_the_image_equals_a_direct_pass(predictor):
