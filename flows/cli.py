@@ -228,7 +228,8 @@ def _add_train(commands) -> None:
     p.add_argument("--num-workers", type=int, help="data loader processes (overrides data.num_workers)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
-                   help="autocast: auto = bf16/fp16 on CUDA, fp32 on CPU; bf16 also works on CPU")
+                   help="autocast: auto = bf16/fp16 on CUDA, fp32 on CPU; bf16 also works on CPU, fast only "
+                        "with AVX512-BF16 or AMX")
     p.add_argument("--seed", type=int, help="seed of weights, data order and augmentation")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars")
     p.add_argument("--resume", action="store_true",

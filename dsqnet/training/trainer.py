@@ -30,7 +30,7 @@ from ..data.dataset import label_encoding_for
 from ..evaluation import evaluate_model
 from ..losses import OHEMCrossEntropy
 from ..model import DSQNet, build_model
-from ..predictor import InputNormalizer, Predictor, default_device
+from ..predictor import InputNormalizer, Predictor, default_device, warn_if_bf16_is_emulated
 from .config import TrainConfig
 from .schedule import lr_factor
 
@@ -220,6 +220,7 @@ def _resolve_precision(precision: str, device: torch.device) -> str:
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("fp16 training needs CUDA; use runtime.precision bf16 on CPU")
+    warn_if_bf16_is_emulated(precision, device)
     return precision
 
 

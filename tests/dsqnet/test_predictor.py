@@ -76,14 +76,18 @@ def test_bf16_warns_only_on_a_cpu_that_emulates_it(native, monkeypatch):
 
     from dsqnet import predictor as module
 
+    from dsqnet.training.trainer import _resolve_precision
+
     monkeypatch.setattr(module, "cpu_has_native_bf16", lambda: native)
     model = build_model("dsqnet_swin_mini")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         Predictor(model, device="cpu", precision="bf16")
         Predictor(model, device="cpu", precision="fp32")
+        assert _resolve_precision("bf16", torch.device("cpu")) == "bf16"  # training warns too
+        assert _resolve_precision("auto", torch.device("cpu")) == "fp32"
     emulated = [w for w in caught if "bf16 on this CPU is emulated" in str(w.message)]
-    assert len(emulated) == (1 if native is False else 0)
+    assert len(emulated) == (2 if native is False else 0)
     assert all(w.category is RuntimeWarning for w in emulated)
 
 
