@@ -24,7 +24,7 @@ import torch
 from pipeline import prefect_api_start, write_catalogs  # bench/ is on the path when run as a script
 
 from dsqnet import build_model
-from dsqnet.checkpoints import save
+from dsqnet.weights.model_file import save
 
 
 class NoChange:

@@ -30,12 +30,13 @@ import numpy as np
 import xarray as xr
 from affine import Affine
 
-from flows.block_outputs import BlockOutputs
-from flows.manifest import peak_rss_gb
-from flows.probability_store import ProbabilityStore
-from flows.rasters import write_block_rasters, write_change_rasters
-from flows.tiling import plan_blocks
-from flows.vectorize import block_pieces, change_polygons
+from flows.outputs.assemble import change_polygons, write_change_rasters
+from flows.outputs.per_block import BlockOutputs
+from flows.outputs.manifest import peak_rss_gb
+from flows.blocks.store import ProbabilityStore
+from flows.outputs.rasters import write_block_rasters
+from flows.blocks.lattice import plan_blocks
+from flows.outputs.polygons import block_pieces
 
 CRS, RESOLUTION, ORIGIN = "EPSG:32633", 0.5, (500000.0, 5400000.0)
 

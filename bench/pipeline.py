@@ -64,8 +64,8 @@ from shapely.geometry import box, mapping
 
 from catalog.grid import reproject
 from dsqnet import Predictor, build_model
-from dsqnet.checkpoints import save
-from flows.workers import device_lock
+from dsqnet.weights.model_file import save
+from flows.workers.cluster import device_lock
 
 CRS, RESOLUTION, ORIGIN = "EPSG:32633", 0.5, (500000.0, 5400000.0)
 # what each repeat of a size reports besides the row's medians
@@ -249,7 +249,7 @@ def _stolen_seconds() -> float | None:
 def model_alone(model_path: Path, windows: int, window: int, batch: int, precision: str, threads: int,
                 stand_in: StandInNetwork | None = None) -> float:
     torch.set_num_threads(threads)
-    from dsqnet.checkpoints import load
+    from dsqnet.weights.model_file import load
 
     predictor = stand_in or Predictor(load(model_path), precision=precision)
     rng = np.random.default_rng(0)
@@ -311,7 +311,7 @@ def run(size: int, args: argparse.Namespace, work: Path, scenes: tuple[Path, str
 
 
 def run_once(size: int, args: argparse.Namespace, out: Path, scenes: tuple[Path, str]) -> dict:
-    import flows.workers
+    import flows.workers.cluster
     from flows.detect import detect_changes
 
     catalog, region = scenes
@@ -322,8 +322,8 @@ def run_once(size: int, args: argparse.Namespace, out: Path, scenes: tuple[Path,
 
         flows.detect.cached_predictor = lambda *_, **__: stand_in
         flows.detect.warm_up_in_background = lambda *_, **__: None  # nothing to load
-        flows.workers.local_gpu_count = lambda: 1  # the local cluster of a one-GPU machine
-    flows.workers._load_predictor.cache_clear()
+        flows.workers.cluster.local_gpu_count = lambda: 1  # the local cluster of a one-GPU machine
+    flows.workers.cluster._load_predictor.cache_clear()
     started = time.perf_counter()
     with PeakMemory() as memory, CpuUse() as flow_cpu:
         summary = detect_changes(region=region, before="2021-06-10", after="2023-06-12", catalog=str(catalog),

@@ -19,6 +19,7 @@ from .head import DSQHead, DSQHeadConfig
 from .layers import resize
 from .swin import SwinBackbone, SwinConfig
 from .vitae import ViTAEBackbone, ViTAEConfig
+from .weights.imagenet import load_backbone_weights
 
 PAD_MULTIPLE = 32  # the coarsest backbone stride
 
@@ -102,7 +103,7 @@ class DSQNet(nn.Module):
     def __init__(self, config: DSQNetConfig) -> None:
         super().__init__()
         self.config = config
-        # Provenance and input conventions (band order, normalisation); filled by checkpoints.load.
+        # Provenance and input conventions (band order, normalisation); filled by dsqnet.weights.model_file.load.
         self.metadata: dict[str, Any] = {}
         self.backbone = build_backbone(config.backbone)
         self.decode_head = DSQHead(config.head)
@@ -212,7 +213,5 @@ def build_model(name: str, pretrained_backbone: str | Path | None = None, **over
     """
     model = DSQNet(model_config(name, **overrides))
     if pretrained_backbone is not None:
-        from .checkpoints import load_backbone_weights  # checkpoints imports this module
-
         load_backbone_weights(model.backbone, pretrained_backbone)
     return model

@@ -12,7 +12,7 @@ from typing import Any, Literal, Union
 import numpy as np
 import torch
 
-from .checkpoints import IMAGENET_NORMALIZATION
+from dsqnet.weights.imagenet import IMAGENET_NORMALIZATION
 from .model import DSQNet
 from .sliding import slide_logits
 

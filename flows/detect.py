@@ -37,23 +37,25 @@ from catalog.regions import Region
 from catalog.selection import DateChoice
 from catalog.store import inputs_hash, open_scenes
 
-from .artifacts import Progress, publish_artifacts
-from .block_inference import BlockJob, process_block
-from .block_outputs import BlockOutputs, block_output_writer
-from .demo import demo_inputs
-from .manifest import FinishTimes, StepTimer, code_version, package_versions, stac_item
-from .models import ModelRecord, resolve_model
-from .params import DetectRequest, parse_request
-from .preview import write_preview
-from .probability_store import ProbabilityStore
-from .rasters import write_change_rasters
-from .run_folder import RunFolder, check_writable, link_tree, with_output_errors
-from .scoring import score_run
-from .stitch import Stitcher, stitch
-from .subflows import as_subflow
-from .tiling import Block, Lattice, plan_blocks
-from .vectorize import change_polygons
-from .workers import (
+from flows.outputs.assemble import change_polygons, write_change_rasters, write_preview
+from flows.outputs.artifacts import Progress, publish_artifacts
+from flows.blocks.infer import BlockJob, process_block
+from flows.outputs.per_block import BlockOutputs, block_output_writer
+from flows.params.demo import demo_inputs
+from flows.outputs.manifest import FinishTimes, StepTimer, stac_item
+from flows.runtime.versions import code_version, package_versions
+from flows.models.resolve import ModelRecord, resolve_model
+from flows.params.detect import DetectRequest, parse_request
+
+from flows.blocks.store import ProbabilityStore
+
+from flows.outputs.run_folder import RunFolder, check_writable, link_tree, with_output_errors
+from flows.scoring.known_change import score_run
+from flows.blocks.stitch import Stitcher, stitch
+from flows.runtime.subflows import as_subflow
+from flows.blocks.lattice import Block, Lattice, plan_blocks
+
+from flows.workers.cluster import (
     DASK_ADDRESS_ENV,
     block_task_resources,
     blocks_in_flight,
@@ -67,8 +69,7 @@ from .workers import (
     warm_up_in_background,
 )
 
-INFERENCE_CODE = (Path(dsqnet.__file__).parent, Path(__file__).with_name("block_inference.py"),
-                  Path(__file__).with_name("tiling.py"), Path(__file__).with_name("stitch.py"))
+INFERENCE_CODE = (Path(dsqnet.__file__).parent, Path(__file__).with_name("blocks"))
 
 
 @dataclass(frozen=True)

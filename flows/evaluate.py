@@ -3,10 +3,10 @@
     check-model -> [prepare-scenes -> rasterise-labels] -> score-pairs -> publish-evaluation
 
 The labeled data is a benchmark folder (``dsqnet.data`` layouts), or scenes plus label polygons,
-which ``flows.labeled_data`` puts on one grid and writes as a benchmark folder first, so both routes
+which ``flows.scoring.labeled_data`` puts on one grid and writes as a benchmark folder first, so both routes
 are scored by the same code. Scoring is the paper's test mode (``dsqnet.evaluation.predict_change``)
 with one confusion matrix over all pairs, as ``dsqnet evaluate`` reports it, plus object scores
-(``flows.objects``). The result is ``<out>/<run>/evaluation.json`` (published whole or not at all),
+(``flows.scoring.objects``). The result is ``<out>/<run>/evaluation.json`` (published whole or not at all),
 a Prefect table artifact ``evaluation-metrics`` and a markdown summary ``evaluation-summary``.
 
 ``evaluate_labeled_set`` is the same evaluation as a plain function (no flow run, no artifacts, no
@@ -34,16 +34,16 @@ from prefect.runtime import flow_run
 
 from catalog import parse_region
 from dsqnet import Predictor
-from dsqnet.checkpoints import load_model_file
+from dsqnet.weights.model_file import load_model_file
 from dsqnet.data import ChangeDetectionDataset, find_samples
 from dsqnet.data.dataset import label_encoding_for
 from dsqnet.evaluation import predict_change
 from dsqnet.metrics import ConfusionMatrix
 
-from .artifacts import Progress
-from .evaluate_params import EvaluateRequest, parse_evaluate_request
-from .jsonfiles import json_safe, write_json_atomic
-from .labeled_data import (
+from flows.outputs.artifacts import Progress
+from flows.params.evaluate import EvaluateRequest, parse_evaluate_request
+from flows.files.jsonfiles import json_safe, write_json_atomic
+from flows.scoring.labeled_data import (
     LABEL_ENCODING,
     LabeledScenes,
     LabeledScenesSpec,
@@ -51,12 +51,13 @@ from .labeled_data import (
     labeled_scenes_to_folder,
     prepare_labeled_scenes,
 )
-from .manifest import StepTimer, package_versions
-from .models import ModelRecord, resolve_model
-from .objects import ObjectCounts, object_counts
-from .params import ParameterError
-from .registry import ModelRegistry
-from .run_folder import RunFolder, check_writable, with_output_errors
+from flows.outputs.manifest import StepTimer
+from flows.runtime.versions import package_versions
+from flows.models.resolve import ModelRecord, resolve_model
+from flows.scoring.objects import ObjectCounts, object_counts
+from flows.params.detect import ParameterError
+from flows.models.registry import ModelRegistry
+from flows.outputs.run_folder import RunFolder, check_writable, with_output_errors
 
 REPORT = "evaluation.json"
 PIXEL_KEYS = ("precision", "recall", "f1", "iou", "kappa", "miou", "mf1", "overall_accuracy", "pixels",
@@ -102,7 +103,7 @@ class Options:
 
 def benchmark_from_scenes(labeled: LabeledScenesSpec | LabeledScenes, folder: Path,
                           tile_size: int | None = None, work_dir: Path | None = None) -> BenchmarkSet:
-    """Scenes + label polygons -> a benchmark folder at ``folder`` (see ``flows.labeled_data``); tiles do
+    """Scenes + label polygons -> a benchmark folder at ``folder`` (see ``flows.scoring.labeled_data``); tiles do
     not overlap, so every pixel is scored once."""
     written = labeled_scenes_to_folder(labeled, folder, tile_size=tile_size, work_dir=work_dir, full_tiles=False)
     spec = labeled.spec if isinstance(labeled, LabeledScenes) else labeled

@@ -13,10 +13,10 @@ exactly as a hand-started run would (same outputs in ``<out>/<region>_<before>_<
 resume-from-cache after a crash); the monitor adds memory and judgement:
 
 - the region's history GeoParquet gets each pair's polygons, keyed by pair, so nothing is ever
-  counted twice (``flows.monitor_state``);
+  counted twice (``flows.monitoring.state``);
 - watch zones whose changed area or polygon count reaches a threshold raise an alert: a Prefect
   event, a markdown artifact, and optionally a webhook POST or a notification block
-  (``flows.monitor_alerts``);
+  (``flows.monitoring.alerts``);
 - the state moves to the pair's after date only once the history holds it, under an exclusive
   per-region lock, so two runs never process a pair twice and a crash never loses or doubles one.
 
@@ -41,13 +41,13 @@ from prefect.runtime import flow_run
 from catalog.acquisitions import Acquisitions, find_acquisitions
 from catalog.sources import open_source
 
-from .demo import demo_inputs
-from .detect import detect_changes
-from .monitor_alerts import Alert, ZoneChange, send_alert, zone_changes, zone_overlaps, zones_of_each_polygon
-from .monitor_config import MonitorRequest, WatchedRegion, parse_monitor_request, watch_list
-from .monitor_state import RegionBusy, RegionState, RegionStore, geometry_hash, pair_key
-from .run_folder import check_writable
-from .subflows import as_subflow
+from flows.params.demo import demo_inputs
+from flows.detect import detect_changes
+from flows.monitoring.alerts import Alert, ZoneChange, send_alert, zone_changes, zone_overlaps, zones_of_each_polygon
+from flows.monitoring.config import MonitorRequest, WatchedRegion, parse_monitor_request, watch_list
+from flows.monitoring.state import RegionBusy, RegionState, RegionStore, geometry_hash, pair_key
+from flows.outputs.run_folder import check_writable
+from flows.runtime.subflows import as_subflow
 
 EPOCH = "1970-01-01"
 

@@ -4,7 +4,7 @@
     reference set) -> register-candidate -> decide -> publish-retrain
 
 New labels are a benchmark folder, or scenes plus label polygons cut into tiles
-(``flows.labeled_data``). A seeded share of the pairs is held out unless a holdout folder is given.
+(``flows.scoring.labeled_data``). A seeded share of the pairs is held out unless a holdout folder is given.
 The candidate always enters the registry (alias ``candidate``) with its scores and lineage, so
 every attempt can be traced; it becomes ``production`` only when its holdout F1 beats the base
 model's by ``margin`` and, when a frozen reference set is configured, it is not worse there by more
@@ -38,14 +38,14 @@ from dsqnet.data import find_samples
 from dsqnet.data.layouts import LAYOUTS
 from dsqnet.training import Trainer, load_config
 
-from .evaluate import BenchmarkSet, evaluate_labeled_set
-from .jsonfiles import json_safe, read_json, write_json_atomic
-from .labeled_data import LABEL_ENCODING, LabeledScenesSpec, folder_label_encoding, labeled_scenes_to_folder
-from .manifest import code_version, package_versions
-from .models import ModelRecord, file_sha256, resolve_model
-from .registry import ModelRegistry, RegisteredModel
-from .retrain_params import RetrainRequest, parse_retrain_request
-from .run_folder import RunFolder, check_writable, with_output_errors
+from flows.evaluate import BenchmarkSet, evaluate_labeled_set
+from flows.files.jsonfiles import json_safe, read_json, write_json_atomic
+from flows.scoring.labeled_data import LABEL_ENCODING, LabeledScenesSpec, folder_label_encoding, labeled_scenes_to_folder
+from flows.runtime.versions import code_version, package_versions
+from flows.models.resolve import ModelRecord, file_sha256, resolve_model
+from flows.models.registry import ModelRegistry, RegisteredModel
+from flows.params.retrain import RetrainRequest, parse_retrain_request
+from flows.outputs.run_folder import RunFolder, check_writable, with_output_errors
 
 REPORT = "retrain.json"
 PREPARED = "prepared.json"

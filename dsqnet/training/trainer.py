@@ -24,7 +24,8 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import DataLoader
 
-from .. import checkpoints
+from ..weights import files as weight_files
+from ..weights import model_file
 from ..data import ChangeDetectionDataset, TrainingStream, collate_pairs, find_samples
 from ..data.dataset import label_encoding_for
 from ..evaluation import evaluate_model
@@ -130,7 +131,7 @@ class Trainer:
     def _build_model(self) -> DSQNet:
         m = self.config.model
         if m.init_from:
-            model = checkpoints.load_model_file(m.init_from)
+            model = model_file.load_model_file(m.init_from)
             if m.overrides:
                 raise ValueError("model.overrides cannot change a model loaded with model.init_from")
             return model
@@ -158,7 +159,7 @@ class Trainer:
                                                  "data": {"root": self.config.data.root, "layout": self.config.data.layout}}}
         if scores is not None:
             metadata["metrics"] = {"split": self.config.data.val_split, **{k: v for k, v in scores.items() if k != "per_class"}}
-        checkpoints.save(model, path, metadata=metadata)
+        model_file.save(model, path, metadata=metadata)
 
     def _checkpoint(self, model: DSQNet, optimizer, scaler, step: int, best: dict) -> None:
         self._save_weights(model, self.work_dir / "last.safetensors", step)
@@ -179,8 +180,8 @@ class Trainer:
         path = self.work_dir / STATE_FILE
         if not path.is_file():
             raise FileNotFoundError(f"cannot resume: {path} does not exist (no checkpoint was written in {self.work_dir})")
-        state = checkpoints.safe_torch_load(path)
-        checkpoints.load_strict(model, state["model"], source=str(path))
+        state = weight_files.safe_torch_load(path)
+        weight_files.load_strict(model, state["model"], source=str(path))
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])

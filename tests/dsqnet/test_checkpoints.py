@@ -11,17 +11,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from dsqnet import build_model
-from dsqnet.checkpoints import (
-    CheckpointError,
-    inspect_model_file,
-    load,
-    load_model_file,
-    load_opencd,
-    read_metadata,
-    safe_torch_load,
-    save,
-    timm_to_reference_swin,
-)
+from dsqnet.weights.files import CheckpointError, safe_torch_load
+from dsqnet.weights.imagenet import timm_to_reference_swin
+from dsqnet.weights.model_file import inspect_model_file, load, load_model_file, read_metadata, save
+from dsqnet.weights.opencd import load_opencd
 from tests.helpers import GOLDEN_D64, CodePayload, golden_file
 
 

@@ -16,9 +16,9 @@ import torch
 
 from catalog.demo import DATES, change_mask, make_canvas, make_world, render, training_grid
 from dsqnet import Predictor, build_model
-from dsqnet.checkpoints import load, read_metadata
+from dsqnet.weights.model_file import load, read_metadata
 from dsqnet.training import Trainer
-from flows.models import DEMO_MODEL
+from flows.models.resolve import DEMO_MODEL
 from tests.dsqnet.datasets_helpers import generic_dataset
 from tests.dsqnet.test_training import tiny_config
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dsqnet.checkpoints import load_opencd, to_opencd
+from dsqnet.weights.opencd import load_opencd, to_opencd
 from tests.helpers import GOLDEN_D64, GOLDEN_D128, SMALL_SWIN, golden_file
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dsqnet import Predictor, build_model
-from dsqnet.checkpoints import IMAGENET_NORMALIZATION
+from dsqnet.weights.imagenet import IMAGENET_NORMALIZATION
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dsqnet import Predictor
-from dsqnet.checkpoints import load, read_metadata
+from dsqnet.weights.model_file import load, read_metadata
 from dsqnet.data import ChangeDetectionDataset, find_samples
 from dsqnet.evaluation import evaluate_model
 from dsqnet.training import Trainer, load_config

@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from dsqnet import DSQNetConfig, ViTAEConfig, build_model, model_config
-from dsqnet.checkpoints import CheckpointError, load, load_opencd, read_metadata, save, to_opencd
+from dsqnet.weights.files import CheckpointError
+from dsqnet.weights.model_file import load, read_metadata, save
+from dsqnet.weights.opencd import load_opencd, to_opencd
 from dsqnet.model import DSQNet
 from dsqnet.vitae import ViTAEBackbone, drop_path_rates
 from tests.dsqnet.test_architecture import BOX_PATH_PARAMETERS, UNUSED_REFERENCE_PARAMETERS
@@ -82,7 +84,7 @@ def test_export_to_reference_layout_round_trips():
 
 
 def test_an_authors_file_with_vitae_loads_through_the_command_line_loader(tmp_path):
-    from dsqnet.checkpoints import load_model_file
+    from dsqnet.weights.model_file import load_model_file
 
     g = golden_file(GOLDEN_VITAE)
     path = tmp_path / "dsqnet_vitae_levir.pth"

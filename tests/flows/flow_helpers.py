@@ -13,8 +13,8 @@ import xarray as xr
 
 from catalog.store import write_scenes
 from dsqnet import build_model
-from dsqnet.checkpoints import save
-from flows.workers import local_worker_threads
+from dsqnet.weights.model_file import save
+from flows.workers.cluster import local_worker_threads
 from tests.catalog.stac_helpers import SPOT, WORLD_CRS, region_around, utc, write_catalog, write_scene
 
 # A DSQNet small enough that a few hundred 128-px windows take seconds on two CPU cores.

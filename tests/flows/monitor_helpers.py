@@ -19,7 +19,7 @@ from shapely.geometry import box, mapping
 
 from catalog.grid import reproject
 from dsqnet import build_model
-from dsqnet.checkpoints import save
+from dsqnet.weights.model_file import save
 from tests.catalog.stac_helpers import SPOT, WORLD_CRS, region_around, utc, write_catalog, write_scene
 from tests.flows.flow_helpers import TINY
 

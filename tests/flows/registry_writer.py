@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from flows.registry import ModelRegistry
+from flows.models.registry import ModelRegistry
 
 NAME = "shared"
 

@@ -11,8 +11,8 @@ import torch
 from rasterio.errors import NotGeoreferencedWarning
 
 from catalog.example_pair import write_example_pair
-from dsqnet.checkpoints import read_metadata
-from flows.cli import main
+from dsqnet.weights.model_file import read_metadata
+from flows.cli.main import main
 from tests.helpers import GOLDEN_D64, GOLDEN_VITAE, golden_file
 
 
@@ -43,7 +43,7 @@ def test_predict_writes_a_georeferenced_change_map_and_probabilities(example, tm
 
 def test_predict_matches_the_python_api(example, tmp_path):
     from dsqnet import Predictor
-    from dsqnet.checkpoints import load
+    from dsqnet.weights.model_file import load
 
     pair, model = example
     out = tmp_path / "prob.tif"
@@ -104,7 +104,7 @@ def test_convert_opencd_checkpoint_to_our_format(tmp_path):
     torch.save({"state_dict": g["state_dict"], "meta": {"iter": 80000}}, pth)
     assert main(["convert-opencd", str(pth), "--out", str(out)]) == 0
     assert read_metadata(out)["config"]["head"]["head_width"] == 64
-    from dsqnet.checkpoints import load
+    from dsqnet.weights.model_file import load
 
     with torch.no_grad():
         logits = load(out).eval()(g["inputs"]["img_a"], g["inputs"]["img_b"])
@@ -117,7 +117,7 @@ def test_convert_an_authors_vitae_checkpoint(tmp_path):
     torch.save({"state_dict": g["state_dict"], "meta": {"iter": 80000}}, pth)
     assert main(["convert-opencd", str(pth), "--out", str(out)]) == 0
     assert read_metadata(out)["config"]["backbone_type"] == "vitae"
-    from dsqnet.checkpoints import load
+    from dsqnet.weights.model_file import load
 
     with torch.no_grad():
         logits = load(out).eval()(g["inputs"]["img_a"], g["inputs"]["img_b"])

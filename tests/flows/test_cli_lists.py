@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dsqnet.data import LAYOUTS
 from dsqnet.training.config import bundled_configs
-from flows.cli import build_parser
+from flows.cli.main import build_parser
 
 
 def _help(command: str) -> str:

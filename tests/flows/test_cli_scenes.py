@@ -8,7 +8,7 @@ import numpy as np
 
 from catalog import open_scenes
 from catalog.demo import build_demo
-from flows.cli import main
+from flows.cli.main import main
 
 
 def test_scenes_from_the_demo_catalog(tmp_path, capsys):

@@ -6,8 +6,8 @@ import json
 
 import yaml
 
-from dsqnet.checkpoints import read_metadata
-from flows.cli import main
+from dsqnet.weights.model_file import read_metadata
+from flows.cli.main import main
 from tests.dsqnet.datasets_helpers import generic_dataset
 from tests.helpers import SMALL_VITAE
 

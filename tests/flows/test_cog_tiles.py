@@ -7,12 +7,13 @@ import pytest
 import rasterio
 from rio_cogeo.cogeo import cog_validate
 
-from flows import cog_tiles
-from flows.block_outputs import BlockOutputs
-from flows.cog_tiles import Levels
-from flows.probability_store import ProbabilityStore
-from flows.rasters import change_classes, majority_of_observed, mean_of_observed, write_change_rasters
-from flows.tiling import plan_blocks
+from flows.outputs.assemble import write_change_rasters
+from flows.outputs import cog as cog_tiles
+from flows.outputs.per_block import BlockOutputs
+from flows.outputs.cog import Levels
+from flows.blocks.store import ProbabilityStore
+from flows.outputs.rasters import change_classes, majority_of_observed, mean_of_observed
+from flows.blocks.lattice import plan_blocks
 from tests.flows.flow_helpers import scenes_store
 
 H, W = 1100, 1700

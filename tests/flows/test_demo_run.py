@@ -6,7 +6,7 @@ import json
 
 from catalog.demo import build_demo
 from flows.detect import detect_changes
-from flows.models import DEMO_MODEL, resolve_model
+from flows.models.resolve import DEMO_MODEL, resolve_model
 
 
 def test_the_demo_model_ships_small_and_records_how_it_was_made():

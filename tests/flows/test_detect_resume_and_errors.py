@@ -17,7 +17,7 @@ import rasterio
 import torch
 from safetensors.torch import save_file
 
-from flows.cli import main
+from flows.cli.main import main
 from tests.flows.flow_helpers import FAST, cli_env, hole_catalog, tiny_model_file
 
 DSQNET = str(Path(sys.executable).parent / "dsqnet")

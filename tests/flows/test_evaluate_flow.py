@@ -13,22 +13,22 @@ from PIL import Image
 from shapely.geometry import Point, box
 
 from dsqnet import Predictor
-from dsqnet.checkpoints import load
+from dsqnet.weights.model_file import load
 from dsqnet.data import ChangeDetectionDataset, find_samples
 from dsqnet.evaluation import evaluate_model
-from flows.cli import build_parser, main
+from flows.cli.main import build_parser, main
 from flows.evaluate import BenchmarkSet, evaluate_labeled_set, evaluate_model_flow
-from flows.evaluate_params import parse_evaluate_request
-from flows.labeled_data import (
+from flows.params.evaluate import parse_evaluate_request
+from flows.scoring.labeled_data import (
     LabeledScenesSpec,
     LabelError,
     labeled_scenes_to_folder,
     prepare_labeled_scenes,
     read_label_polygons,
 )
-from flows.objects import label_components, object_counts
-from flows.params import ParameterError
-from flows.registry import ModelRegistry
+from flows.scoring.objects import label_components, object_counts
+from flows.params.detect import ParameterError
+from flows.models.registry import ModelRegistry
 from tests.catalog.stac_helpers import SPOT, WORLD_CRS
 from tests.dsqnet.datasets_helpers import generic_dataset
 from tests.flows.flow_helpers import hole_catalog, hole_pixels_in_region, tiny_model_file

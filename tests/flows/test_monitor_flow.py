@@ -27,13 +27,13 @@ import pytest
 import yaml
 from shapely.geometry import shape
 
-from flows.cli import main
+from flows.cli.main import main
 from flows.monitor import MonitorError, monitor_region
-from flows.monitor_alerts import ALERT_EVENT, zone_changes, zone_overlaps, zones_of_each_polygon
-from flows.monitor_config import MonitorConfigError, Thresholds, parse_monitor_request
-from flows.monitor_state import RegionStore
-from flows.params import ParameterError
-from flows.run_folder import OutputError
+from flows.monitoring.alerts import ALERT_EVENT, zone_changes, zone_overlaps, zones_of_each_polygon
+from flows.monitoring.config import MonitorConfigError, Thresholds, parse_monitor_request
+from flows.monitoring.state import RegionStore
+from flows.params.detect import ParameterError
+from flows.outputs.run_folder import OutputError
 from tests.flows.flow_helpers import FAST, cli_env, heartbeating_flow_runs
 from tests.flows.monitor_helpers import (
     DAYS,

@@ -8,11 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from flows.offline import OFFLINE_DEFAULTS, apply_offline_defaults
+from flows.runtime.offline import OFFLINE_DEFAULTS, apply_offline_defaults
 
 ROOT = Path(__file__).resolve().parents[2]
 READ_SETTINGS = """
-import json, flows.cli, prefect.settings
+import json, flows.cli.main, prefect.settings
 settings = prefect.settings.get_current_settings()
 print(json.dumps([settings.server.ephemeral.startup_timeout_seconds, settings.server.analytics_enabled,
                   __import__("os").environ.get("DO_NOT_TRACK")]))

@@ -14,11 +14,12 @@ import scipy.ndimage
 from rio_cogeo.cogeo import cog_validate
 from shapely.geometry import Polygon, box
 
-from flows.block_outputs import BlockOutputs, OutputProcesses
-from flows.probability_store import ProbabilityStore
-from flows.rasters import write_change_rasters
-from flows.tiling import plan_blocks
-from flows.vectorize import change_polygons
+from flows.outputs.assemble import change_polygons, write_change_rasters
+from flows.outputs.per_block import BlockOutputs, OutputProcesses
+from flows.blocks.store import ProbabilityStore
+
+from flows.blocks.lattice import plan_blocks
+
 from tests.flows.flow_helpers import scenes_store
 
 H, W = 1100, 1200

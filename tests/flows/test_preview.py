@@ -7,10 +7,11 @@ import pytest
 import zarr
 from PIL import Image
 
-from flows.block_outputs import BlockOutputs
-from flows.preview import CHANGED_RGB, NOT_OBSERVED_RGB, PANEL, preview_step, write_preview
-from flows.probability_store import ProbabilityStore
-from flows.tiling import plan_blocks
+from flows.outputs.assemble import write_preview
+from flows.outputs.per_block import BlockOutputs
+from flows.outputs.preview import CHANGED_RGB, NOT_OBSERVED_RGB, PANEL, preview_step
+from flows.blocks.store import ProbabilityStore
+from flows.blocks.lattice import plan_blocks
 from tests.flows.flow_helpers import scenes_store
 
 # 1700 columns: every third pixel is kept, and blocks of 512 start at offsets 512 % 3 = 2 and 1024 % 3 = 1

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from flows.cli import main
+from flows.cli.main import main
 from flows.detect import check_model
-from flows.models import ModelError, resolve_model
-from flows.params import parse_request
-from flows.registry import (
+from flows.models.resolve import ModelError, resolve_model
+from flows.params.detect import parse_request
+from flows.models.registry import (
     ALIASES_FILE,
     RECORD_FILE,
     STAGING_PREFIX,
@@ -117,8 +117,8 @@ def test_only_dsqnet_checkpoints_are_registered(tmp_path):
 
 
 def test_the_registry_reads_the_checkpoint_format_dsqnet_writes():
-    from dsqnet.checkpoints import FORMAT
-    from flows.registry import CHECKPOINT_FORMAT
+    from dsqnet.weights.model_file import FORMAT
+    from flows.models.registry import CHECKPOINT_FORMAT
 
     assert CHECKPOINT_FORMAT == FORMAT
 

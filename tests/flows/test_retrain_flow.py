@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from catalog.demo import build_demo
-from dsqnet.checkpoints import load_model_file, save
-from flows.cli import main
-from flows.models import DEMO_MODEL
-from flows.registry import ModelRegistry
+from dsqnet.weights.model_file import load_model_file, save
+from flows.cli.main import main
+from flows.models.resolve import DEMO_MODEL
+from flows.models.registry import ModelRegistry
 from flows.retrain import decide, retrain_model, split_names
 from tests.flows.flow_helpers import cli_env
 

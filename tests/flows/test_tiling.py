@@ -8,11 +8,11 @@ import pytest
 import torch
 import zarr
 
-from flows.block_inference import BlockInputs, BlockJob, process_block, read_block, take_runs, window_sums
-from flows.probability_store import ProbabilityStore
-from flows.stitch import Stitcher, stitch
-from flows.tiling import Lattice, block_reach, block_windows, plan_blocks, reflect_index, window_weight
-from flows.workers import cached_predictor
+from flows.blocks.infer import BlockInputs, BlockJob, process_block, read_block, take_runs, window_sums
+from flows.blocks.store import ProbabilityStore
+from flows.blocks.stitch import Stitcher, stitch
+from flows.blocks.lattice import Lattice, block_reach, block_windows, plan_blocks, reflect_index, window_weight
+from flows.workers.cluster import cached_predictor
 from tests.flows.flow_helpers import content_model, scenes_store, tiny_model_file
 
 

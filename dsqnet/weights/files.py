@@ -1,0 +1,87 @@
+"""Reading tensors safely, and the one error a model file can raise.
+
+Only two ways of reading tensors are allowed: safetensors, and ``torch.load(weights_only=True)``
+for foreign ``.pth`` files. A pickle that carries code is refused, never executed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors import safe_open
+
+
+class CheckpointError(ValueError):
+    """A model file that cannot be used, with the reason and what to do instead."""
+
+
+def safe_torch_load(path: str | Path) -> Any:
+    """``torch.load`` restricted to tensors and plain containers; code-carrying pickles are refused.
+
+    One plain-data class is allowed besides: ``argparse.Namespace``. Checkpoints written by timm's
+    training script (which the ViTAE-Transformer project trained its ImageNet models with) store
+    the run's arguments in one; it only ever holds attributes, so reading it runs no code.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"refused to load {path}: it is a pickle that asks to run code or build objects other than "
+            "tensors and plain containers, and loading it could execute arbitrary code. If you trust "
+            "the file, extract its state dict in a separate environment and save it with safetensors "
+            f"(or re-save it with torch.save(state_dict)). Detail: {str(err).splitlines()[0]}"
+        ) from None
+
+
+def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a ``.safetensors`` file, or the state dict inside a ``.pth``/``.pt`` file."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+    return unwrap_state_dict(safe_torch_load(path), source=str(path))
+
+
+def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Find the state dict in the usual wrappers (mmengine's ``state_dict``, Microsoft's ``model``)."""
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model", "state_dict_ema"):
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+        tensors = {_strip_prefix(k, "module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors:
+            return tensors
+    raise CheckpointError(f"{source} holds no state dict (expected a dict of tensors, possibly under 'state_dict' or 'model')")
+
+
+def _strip_prefix(key: str, prefix: str) -> str:
+    return key[len(prefix):] if key.startswith(prefix) else key
+
+
+def load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """``load_state_dict(strict=True)`` with an error that lists what differs, shapes included."""
+    check_matches(module.state_dict(), state, source)
+    module.load_state_dict(state, strict=True)
+
+
+def check_matches(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise ``CheckpointError`` naming every missing, unexpected and mis-shaped key."""
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        lines = [f"{source} does not match the model it describes:"]
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+            if items:
+                lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:8]) + (" ..." if len(items) > 8 else ""))
+        raise CheckpointError("\n".join(lines))

@@ -1,0 +1,1 @@
+"""Files that appear whole or not at all, and the locks that keep two writers apart."""

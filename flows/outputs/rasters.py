@@ -1,0 +1,98 @@
+"""The mosaic as Cloud-Optimized GeoTIFFs: ``change_prob.tif`` (float32) and ``change.tif`` (three states).
+
+Each block encodes its own tiles of both, overviews included, as soon as it is stitched
+(flows/outputs/per_block.py); at the end the COGs are assembled from those tiles (flows/outputs/cog.py).
+Overviews halve each level 2 x 2: the probability by the mean of the observed pixels, the classes
+by their majority among the observed pixels, changed where the two tie, so that a change one pixel
+wide stays in sight when zoomed out. Unobserved pixels count in neither.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from affine import Affine
+
+from flows.outputs.cog import Layer, Levels, write_block_levels
+from flows.blocks.lattice import Block
+
+
+UNCHANGED, CHANGED, NOT_OBSERVED = 0, 1, 255
+# change.tif's colours: unchanged clear, changed red, not observed grey
+PALETTE = {value: (0, 0, 0, 0) for value in range(256)} | {CHANGED: (230, 30, 30, 255),
+                                                            NOT_OBSERVED: (128, 128, 128, 255)}
+
+
+@dataclass(frozen=True)
+class ChangeCounts:
+    observed_pixels: int
+    changed_pixels: int
+    pixel_area_m2: float
+
+    @property
+    def changed_km2(self) -> float:
+        return self.changed_pixels * self.pixel_area_m2 / 1e6
+
+    @property
+    def observed_km2(self) -> float:
+        return self.observed_pixels * self.pixel_area_m2 / 1e6
+
+
+def change_classes(probability: np.ndarray, threshold: float) -> np.ndarray:
+    """0 unchanged / 1 changed / 255 not observed (NaN probability)."""
+    classes = np.where(probability >= threshold, CHANGED, UNCHANGED).astype(np.uint8)
+    classes[np.isnan(probability)] = NOT_OBSERVED
+    return classes
+
+
+def mean_of_observed(level: np.ndarray) -> np.ndarray:
+    """The next overview level of probabilities: 2 x 2 means of the observed (not NaN) pixels."""
+    quads = _quads(level, np.nan)
+    observed = ~np.isnan(quads)
+    counts = observed.sum(axis=(1, 3))
+    sums = np.where(observed, quads, 0).sum(axis=(1, 3), dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (sums / counts).astype(np.float32)  # 0 / 0: NaN, not observed
+
+
+def majority_of_observed(level: np.ndarray) -> np.ndarray:
+    """The next overview level of classes: the majority of the observed pixels of each 2 x 2, changed on a tie."""
+    quads = _quads(level, NOT_OBSERVED)
+    changed = (quads == CHANGED).sum(axis=(1, 3))
+    unchanged = (quads == UNCHANGED).sum(axis=(1, 3))
+    classes = np.where(changed >= unchanged, CHANGED, UNCHANGED).astype(np.uint8)
+    classes[changed + unchanged == 0] = NOT_OBSERVED
+    return classes
+
+
+def _quads(level: np.ndarray, fill) -> np.ndarray:
+    """``level`` as (rows, 2, columns, 2), a last odd row or column completed with ``fill``."""
+    height, width = level.shape
+    if height % 2 or width % 2:
+        padded = np.full((height + height % 2, width + width % 2), fill, level.dtype)
+        padded[:height, :width] = level
+        level = padded
+    return level.reshape(level.shape[0] // 2, 2, level.shape[1] // 2, 2)
+
+
+# Probabilities' low mantissa bits are noise to deflate: with the floating-point predictor, level 1
+# makes files within 2 % of level 6's (smaller on a smooth map) in half the time (2048² blocks).
+PROBABILITY = Layer("float32", np.nan, mean_of_observed, predictor=3, deflate_level=1)
+
+
+def change_layer(threshold: float) -> Layer:
+    return Layer("uint8", NOT_OBSERVED, majority_of_observed, colormap=PALETTE,
+                 band_tags={"classes": "0 unchanged, 1 changed, 255 not observed in both dates",
+                            "threshold": str(threshold)})
+
+
+def write_block_rasters(probability: np.ndarray, block: Block, levels: Levels, crs: str, transform: Affine,
+                        threshold: float, prob_path: Path, change_path: Path) -> tuple[int, int]:
+    """One block's tiles of both COGs, overviews included; returns its (observed, changed) pixels."""
+    classes = change_classes(probability, threshold)
+    write_block_levels(probability, block, levels, PROBABILITY, crs, transform, prob_path)
+    write_block_levels(classes, block, levels, change_layer(threshold), crs, transform, change_path)
+    return int((classes != NOT_OBSERVED).sum()), int((classes == CHANGED).sum())
+

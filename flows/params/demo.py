@@ -1,0 +1,54 @@
+"""The embedded default run: the demo catalog (built once, then reused) and the demo model.
+
+``dsqnet detect`` with no region and dates, and the ``detect-changes`` deployment's default
+parameters, run on this: a synthetic town whose true change is known, so the run also reports how
+well it found it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from catalog.demo import REGION_NAME, build_demo
+
+from flows.params.detect import DEMO_AFTER, DEMO_BEFORE
+
+MANIFEST = "demo.json"
+
+
+@dataclass(frozen=True)
+class DemoInputs:
+    catalog: str
+    regions: str
+    region: str
+    before: str
+    after: str
+    truth: str  # the true change of (before, after) as GeoParquet polygons
+
+
+def demo_inputs(folder: Path, seed: int = 0) -> DemoInputs:
+    """The demo catalog under ``folder`` (written on first use, atomically), for the default date pair."""
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        tmp = folder.with_name(f".{folder.name}.partial-{uuid.uuid4().hex[:8]}")
+        try:
+            demo = build_demo(tmp, seed=seed)
+            truth = {f"{a}_{b}": str(table.relative_to(tmp)) for (a, b), (_, table) in demo.truth.items()}
+            (tmp / MANIFEST).write_text(json.dumps({
+                "seed": seed, "catalog": str(demo.catalog.relative_to(tmp)), "regions": str(demo.regions.relative_to(tmp)),
+                "region": demo.region_name, "dates": list(demo.dates), "truth": truth,
+            }, indent=2))
+            if folder.exists():
+                shutil.rmtree(folder)
+            tmp.rename(folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    data = json.loads(manifest.read_text())
+    return DemoInputs(
+        catalog=str(folder / data["catalog"]), regions=str(folder / data["regions"]), region=data.get("region", REGION_NAME),
+        before=DEMO_BEFORE, after=DEMO_AFTER, truth=str(folder / data["truth"][f"{DEMO_BEFORE}_{DEMO_AFTER}"]),
+    )

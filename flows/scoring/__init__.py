@@ -1,0 +1,1 @@
+"""Scoring models: pixel and object metrics against labels, and the labeled data they are scored on."""
