@@ -1,19 +1,34 @@
-"""DSQNet change detection: the network, its checkpoints and a predictor. Free of geography."""
+"""DSQNet change detection: the network, its model files and a predictor. Free of geography.
 
-from .head import DSQHeadConfig
-from .model import DSQNet, DSQNetConfig, build_model, list_models, model_config
-from .predictor import Predictor
-from .swin import SwinConfig
-from .vitae import ViTAEConfig
+The names below load on first use, so that a light module of the package (the inference
+defaults, say) can be read without importing torch.
+"""
 
-__all__ = [
-    "DSQHeadConfig",
-    "DSQNet",
-    "DSQNetConfig",
-    "Predictor",
-    "SwinConfig",
-    "ViTAEConfig",
-    "build_model",
-    "list_models",
-    "model_config",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "DSQHeadConfig": "dsqnet.head",
+    "DSQNet": "dsqnet.model",
+    "DSQNetConfig": "dsqnet.model",
+    "build_model": "dsqnet.model",
+    "list_models": "dsqnet.model",
+    "model_config": "dsqnet.model",
+    "Predictor": "dsqnet.predictor",
+    "SwinConfig": "dsqnet.swin",
+    "ViTAEConfig": "dsqnet.vitae",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'dsqnet' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,7 +1,8 @@
 """Scoring a model, or any tool's prediction images, with the benchmarks' metrics.
 
-``evaluate_model`` runs the paper's test mode: 512 windows at stride 256 over each whole image,
-overlapping logits averaged, argmax, and one confusion matrix over the split. ``evaluate_folders``
+``evaluate_model`` runs the one inference procedure of every job (``dsqnet.inference``: 512 windows at
+stride 256 on the image's lattice, blended, thresholded) and one confusion matrix over the split;
+``mode="paper"`` runs the paper's test mode instead (flush windows, mean logits) for its figures. ``evaluate_folders``
 scores prediction images from anywhere against labels, matched by file name, on the same footing.
 """
 
@@ -10,18 +11,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from .data import ChangeDetectionDataset, DatasetError
 from .data.layouts import IMAGE_SUFFIXES, detect_label_encoding, read_label
 from .metrics import ConfusionMatrix
 from .predictor import Predictor
-from .sliding import slide_logits
+from .inference.scene import LATTICE_MODE, predict_scene
+from .inference.threshold import DEFAULT_THRESHOLD, is_change
 
 
 def evaluate_model(predictor: Predictor, pairs: ChangeDetectionDataset, window: int = 512, stride: int = 256,
-                   batch_size: int = 4, save_predictions: str | Path | None = None) -> dict:
+                   batch_size: int = 4, save_predictions: str | Path | None = None, mode: str = LATTICE_MODE,
+                   threshold: float = DEFAULT_THRESHOLD) -> dict:
     """Scores of ``predictor``'s model on every labelled pair; optionally writes 0/255 PNG maps."""
     out_dir = Path(save_predictions) if save_predictions else None
     if out_dir is not None:
@@ -30,7 +32,8 @@ def evaluate_model(predictor: Predictor, pairs: ChangeDetectionDataset, window: 
     for item in pairs:
         if item["label"] is None:
             raise DatasetError(f"pair {item['name']} has no label; evaluation needs labels for every pair")
-        prediction = predict_change(predictor, item["before"], item["after"], window, stride, batch_size)
+        prediction = predict_change(predictor, item["before"], item["after"], window, stride, batch_size, mode,
+                                    threshold)
         matrix.update(prediction, item["label"])
         if out_dir is not None:
             Image.fromarray(prediction * 255).save(out_dir / f"{item['name']}.png")
@@ -38,12 +41,11 @@ def evaluate_model(predictor: Predictor, pairs: ChangeDetectionDataset, window: 
 
 
 def predict_change(predictor: Predictor, before: np.ndarray, after: np.ndarray, window: int = 512, stride: int = 256,
-                   batch_size: int = 4) -> np.ndarray:
-    """The test mode's change map of one pair of any size: uint8 (H, W), 1 where "changed" wins the argmax
-    of the window-averaged logits. Every scorer uses this, so the same model gets the same map everywhere."""
-    a, b = predictor.normalize(before)[0], predictor.normalize(after)[0]
-    logits = slide_logits(predictor.logits, a, b, window=window, stride=stride, batch_size=batch_size)
-    return logits.argmax(dim=0).to(torch.uint8).cpu().numpy()
+                   batch_size: int = 4, mode: str = LATTICE_MODE, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
+    """The change map of one pair of any size, uint8 (H, W), 1 where changed: the same windows, blend
+    and threshold rule as the detect flow (``dsqnet.inference``), so a score measures what production runs."""
+    probability = predict_scene(predictor, before, after, window, stride, batch_size, mode)
+    return is_change(probability, threshold).astype(np.uint8)
 
 
 def evaluate_folders(predictions: str | Path, labels: str | Path) -> dict:

@@ -14,7 +14,7 @@ import torch
 
 from dsqnet.weights.imagenet import IMAGENET_NORMALIZATION
 from .model import DSQNet
-from .sliding import slide_logits
+from .inference.scene import LATTICE_MODE, predict_scene
 
 Array = Union[np.ndarray, torch.Tensor]
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -84,14 +84,15 @@ class Predictor:
         return self._like(before, probs[0] if single else probs)
 
     def predict_windows(
-        self, before: Array, after: Array, window: int = 512, stride: int = 256, batch_size: int = 4
-    ) -> Array:
-        """Change probability for one pair of any size by sliding windows (the paper's test mode)."""
-        a, b, single = self._pair(before, after)
-        if not single:
+        self, before: Array, after: Array, window: int = 512, stride: int = 256, batch_size: int = 4,
+        mode: str = LATTICE_MODE,
+    ) -> np.ndarray:
+        """Change probability (H, W) for one pair of any size: the lattice of blended windows that
+        every job runs (``dsqnet.inference``), or ``mode="paper"`` for the paper's test mode."""
+        if before.ndim != 3 or after.ndim != 3:
             raise ValueError("predict_windows takes one image pair, not a batch")
-        logits = slide_logits(self.logits, a[0], b[0], window=window, stride=stride, batch_size=batch_size)
-        return self._like(before, torch.softmax(logits, dim=0)[1])
+        as_numpy = [x.cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x) for x in (before, after)]
+        return predict_scene(self, *as_numpy, window=window, stride=stride, batch_size=batch_size, mode=mode)
 
     @torch.inference_mode()
     def logits(self, img_a: torch.Tensor, img_b: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,7 @@ from catalog.regions import Region
 from catalog.selection import DateChoice
 from catalog.store import inputs_hash, open_scenes
 
+from flows.params.signature import takes_parameters_of
 from flows.outputs.assemble import change_polygons, write_change_rasters, write_preview
 from flows.outputs.artifacts import Progress, publish_artifacts
 from flows.blocks.infer import BlockJob, process_block
@@ -53,7 +54,8 @@ from flows.outputs.run_folder import RunFolder, check_writable, link_tree, with_
 from flows.scoring.known_change import score_run
 from flows.blocks.stitch import Stitcher, stitch
 from flows.runtime.subflows import as_subflow
-from flows.blocks.lattice import Block, Lattice, plan_blocks
+from dsqnet.inference.lattice import Lattice
+from flows.blocks.lattice import Block, plan_blocks
 
 from flows.workers.cluster import (
     DASK_ADDRESS_ENV,
@@ -213,33 +215,10 @@ def publish(run: RunFolder, manifest: dict, polygons: gpd.GeoDataFrame) -> Path:
 
 
 @flow(name="detect-changes", validate_parameters=False, log_prints=True)
-def detect_changes(
-    region: str | dict | None = None,
-    before: str | None = None,
-    after: str | None = None,
-    catalog: str | None = None,
-    regions: str | None = None,
-    model: str | None = None,
-    out: str = "runs",
-    run_name: str | None = None,
-    tolerance_days: int = 15,
-    crs: str | None = None,
-    resolution: float | None = None,
-    threshold: float = 0.5,
-    min_area_m2: float = 10.0,
-    window: int = 512,
-    stride: int = 256,
-    batch_size: int = 4,
-    block_size: int = 4096,
-    precision: str = "fp32",
-    device: str = "auto",
-    workers: int | None = None,
-    dask_address: str | None = None,
-    truth: str | None = None,
-    registry: str | None = None,
-) -> dict:
+@takes_parameters_of(DetectRequest)
+def detect_changes(**params) -> dict:
     """Detect what changed in ``region`` between ``before`` and ``after``; with no region and dates, the demo."""
-    request = parse_request(**{k: v for k, v in locals().items()})
+    request = parse_request(**params)
     return with_output_errors(run_detect, request, Path(request.out))
 
 

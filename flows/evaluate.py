@@ -4,7 +4,7 @@
 
 The labeled data is a benchmark folder (``dsqnet.data`` layouts), or scenes plus label polygons,
 which ``flows.scoring.labeled_data`` puts on one grid and writes as a benchmark folder first, so both routes
-are scored by the same code. Scoring is the paper's test mode (``dsqnet.evaluation.predict_change``)
+are scored by the same code. Scoring runs the detect flow's own procedure (``dsqnet.evaluation.predict_change``)
 with one confusion matrix over all pairs, as ``dsqnet evaluate`` reports it, plus object scores
 (``flows.scoring.objects``). The result is ``<out>/<run>/evaluation.json`` (published whole or not at all),
 a Prefect table artifact ``evaluation-metrics`` and a markdown summary ``evaluation-summary``.
@@ -40,6 +40,7 @@ from dsqnet.data.dataset import label_encoding_for
 from dsqnet.evaluation import predict_change
 from dsqnet.metrics import ConfusionMatrix
 
+from flows.params.signature import takes_parameters_of
 from flows.outputs.artifacts import Progress
 from flows.params.evaluate import EvaluateRequest, parse_evaluate_request
 from flows.files.jsonfiles import json_safe, write_json_atomic
@@ -238,36 +239,10 @@ def publish_evaluation(run: RunFolder, report: dict) -> Path:
 
 
 @flow(name="evaluate-model", validate_parameters=False, log_prints=True)
-def evaluate_model_flow(
-    model: str | None = None,
-    data: str | None = None,
-    layout: str = "generic",
-    split: str | None = "test",
-    catalog: str | None = None,
-    region: str | dict | None = None,
-    regions: str | None = None,
-    before: str | None = None,
-    after: str | None = None,
-    labels: str | None = None,
-    tolerance_days: int = 15,
-    crs: str | None = None,
-    resolution: float | None = None,
-    tile_size: int | None = None,
-    window: int = 512,
-    stride: int = 256,
-    batch_size: int = 4,
-    precision: str = "fp32",
-    device: str = "auto",
-    iou_threshold: float = 0.5,
-    min_object_pixels: int = 1,
-    out: str = "runs",
-    run_name: str | None = None,
-    save_predictions: bool = False,
-    record_metrics: bool = False,
-    registry: str | None = None,
-) -> dict:
+@takes_parameters_of(EvaluateRequest)
+def evaluate_model_flow(**params) -> dict:
     """Score a model on labeled data (a benchmark folder, or scenes + label polygons): pixel and object metrics."""
-    request = parse_evaluate_request(**{k: v for k, v in locals().items()})
+    request = parse_evaluate_request(**params)
     return with_output_errors(run_evaluation, request, Path(request.out))
 
 

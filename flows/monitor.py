@@ -41,6 +41,7 @@ from prefect.runtime import flow_run
 from catalog.acquisitions import Acquisitions, find_acquisitions
 from catalog.sources import open_source
 
+from flows.params.signature import takes_parameters_of
 from flows.params.demo import demo_inputs
 from flows.detect import detect_changes
 from flows.monitoring.alerts import Alert, ZoneChange, send_alert, zone_changes, zone_overlaps, zones_of_each_polygon
@@ -157,24 +158,10 @@ def publish_summary(reports: list[RegionReport]) -> str:
 
 
 @flow(name="monitor-region", validate_parameters=False, log_prints=True)
-def monitor_region(
-    regions: str | None = None,
-    region_names: list[str] | None = None,
-    catalog: str | None = None,
-    model: str | None = None,
-    state: str = "monitor-state",
-    out: str = "runs",
-    baseline: str | None = None,
-    since: str | None = None,
-    min_coverage: float = 0.99,
-    alert_area_m2: float | None = None,
-    alert_polygons: int | None = None,
-    webhook_url: str | None = None,
-    notify_block: str | None = None,
-    detect_options: dict | None = None,
-) -> dict:
+@takes_parameters_of(MonitorRequest)
+def monitor_region(**params) -> dict:
     """Process every new acquisition pair of the watched regions once; with no regions file, the demo's."""
-    request = parse_monitor_request(**{k: v for k, v in locals().items()})
+    request = parse_monitor_request(**params)
     check_writable(Path(request.out))
     check_state_folder(Path(request.state))
     if request.is_demo:

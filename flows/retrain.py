@@ -38,6 +38,7 @@ from dsqnet.data import find_samples
 from dsqnet.data.layouts import LAYOUTS
 from dsqnet.training import Trainer, load_config
 
+from flows.params.signature import takes_parameters_of
 from flows.evaluate import BenchmarkSet, evaluate_labeled_set
 from flows.files.jsonfiles import json_safe, read_json, write_json_atomic
 from flows.scoring.labeled_data import LABEL_ENCODING, LabeledScenesSpec, folder_label_encoding, labeled_scenes_to_folder
@@ -281,41 +282,10 @@ def publish_retrain(run: RunFolder, report: dict) -> Path:
 
 
 @flow(name="retrain-model", validate_parameters=False, log_prints=True)
-def retrain_model(
-    name: str,
-    base: str | None = None,
-    registry: str | None = None,
-    data: str | None = None,
-    layout: str = "generic",
-    split: str | None = None,
-    catalog: str | None = None,
-    region: str | dict | None = None,
-    regions: str | None = None,
-    before: str | None = None,
-    after: str | None = None,
-    labels: str | None = None,
-    tolerance_days: int = 15,
-    tile_size: int = 256,
-    holdout: str | None = None,
-    holdout_fraction: float = 0.25,
-    reference: str | None = None,
-    config: str = "fine-tune",
-    max_iters: int | None = None,
-    batch_size: int | None = None,
-    lr: float | None = None,
-    seed: int = 0,
-    margin: float = 0.01,
-    reference_tolerance: float = 0.0,
-    alias: str = "production",
-    window: int = 512,
-    stride: int = 256,
-    precision: str = "fp32",
-    device: str = "auto",
-    out: str = "runs",
-    run_name: str | None = None,
-) -> dict:
+@takes_parameters_of(RetrainRequest)
+def retrain_model(**params) -> dict:
     """Fine-tune ``base`` (default NAME@production) on new labels; register the candidate, promote it if better."""
-    request = parse_retrain_request(**{k: v for k, v in locals().items()})
+    request = parse_retrain_request(**params)
     return with_output_errors(run_retrain, request, Path(request.out))
 
 

@@ -14,18 +14,17 @@ import contextlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import zarr
 
 from flows.blocks.store import ProbabilityStore
-from flows.blocks.lattice import Block, Lattice, Reach, block_reach, block_windows, reflect_index, window_weight
+from dsqnet.inference.lattice import Lattice, in_order, reflect_index, take_runs
+from dsqnet.inference.windows import WindowModel, window_sums
+from flows.blocks.lattice import Block, Reach, block_reach, block_windows
 from flows.workers.cluster import device_lock
 
-# (N, 3, h, w) uint8 before, after -> (N, h, w) float32 probability of change, as tensors on the block's device
-WindowModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -79,7 +78,7 @@ def read_block(scenes: zarr.Group, lattice: Lattice, block: Block) -> BlockInput
         return BlockInputs(empty, empty, reach, observed)
     r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
     image = np.asarray(scenes["image"][:, :, r0:r1, c0:c1])  # (time, band, y, x)
-    if not (_in_order(rows) and _in_order(cols)):  # the reach crosses the scene's edge: mirror it
+    if not (in_order(rows) and in_order(cols)):  # the reach crosses the scene's edge: mirror it
         image = take_runs(take_runs(image, rows - r0, axis=2), cols - c0, axis=3)
     inside = (slice(max(reach.top, 0), min(reach.bottom, lattice.height)),
               slice(max(reach.left, 0), min(reach.right, lattice.width)))
@@ -89,36 +88,6 @@ def read_block(scenes: zarr.Group, lattice: Lattice, block: Block) -> BlockInput
     return BlockInputs(image[0], image[1], reach, observed)
 
 
-def take_runs(array: np.ndarray, index: np.ndarray, axis: int) -> np.ndarray:
-    """``np.take(array, index, axis)``, copied a run at a time for an index made of a few runs with
-    one step each, as a mirrored reach is (``3 2 1 0 1 2 3 ...``).
-
-    Twelve of the sixteen 2048-px blocks of an 8192² scene reach past its edge; gathering their
-    2 x 3 x 2304² pixels by fancy indexing took 0.10-0.16 s a block on the 2-core CPU, a slice per
-    run 0.02 s, on the thread that feeds the network.
-    """
-    if index.size < 2:
-        return np.take(array, index, axis=axis)
-    steps = np.diff(index)
-    starts = np.concatenate([[0], np.flatnonzero(steps[1:] != steps[:-1]) + 2, [index.size]])
-    parts = []
-    for first, end in zip(starts[:-1], starts[1:]):
-        step = int(steps[first]) if end - first > 1 else 1
-        if step == 0:  # one pixel repeated (a scene one pixel wide)
-            parts.append(np.take(array, index[first:end], axis=axis))
-            continue
-        stop = int(index[end - 1]) + step
-        cut = [slice(None)] * array.ndim
-        cut[axis] = slice(int(index[first]), stop if stop >= 0 else None, step)
-        parts.append(array[tuple(cut)])
-    return np.concatenate(parts, axis=axis)
-
-
-def _in_order(index: np.ndarray) -> bool:
-    """Whether ``index`` is a plain run of consecutive pixels (no reflection), so the read needs no reordering."""
-    return bool((np.diff(index) == 1).all())
-
-
 def windows_to_run(inputs: BlockInputs, lattice: Lattice, block: Block) -> list[tuple[int, int]]:
     """The block's windows that see at least one pixel observed in both dates."""
     size, reach = lattice.window, inputs.reach
@@ -126,29 +95,11 @@ def windows_to_run(inputs: BlockInputs, lattice: Lattice, block: Block) -> list[
             if inputs.observed[t - reach.top:t - reach.top + size, c - reach.left:c - reach.left + size].any()]
 
 
-def window_sums(run: WindowModel, inputs: BlockInputs, lattice: Lattice, windows: list[tuple[int, int]],
-                batch_size: int, device: str = "cpu") -> np.ndarray:
-    """The weighted sum of ``windows``' probabilities over the block's reach, (h, w) float32.
-
-    The block's pixels go to ``device`` once; windows are cut, run and blended there, and only the
-    sums come back, instead of every batch crossing to the card and back (measured on an H200, per
-    2048-px block at batch 16: 0.92 s with batches through numpy, 0.88 s now; of those, 0.36 s is
-    still reading the block from zarr and storing its sums, on one CPU core, while the GPU waits).
-    """
-    size, reach = lattice.window, inputs.reach
-    target = torch.device(device)
-    before = torch.from_numpy(inputs.before).to(target)
-    after = torch.from_numpy(inputs.after).to(target)
-    weight = torch.from_numpy(window_weight(size)).to(target)
-    sums = torch.zeros(reach.shape, dtype=torch.float32, device=target)
-    for first in range(0, len(windows), batch_size):
-        group = windows[first:first + batch_size]
-        cut = [(slice(t - reach.top, t - reach.top + size), slice(c - reach.left, c - reach.left + size))
-               for t, c in group]
-        probs = run(torch.stack([before[:, r, c] for r, c in cut]), torch.stack([after[:, r, c] for r, c in cut]))
-        for (rows, cols), prob in zip(cut, probs):
-            sums[rows, cols] += weight * prob
-    return sums.cpu().numpy()
+def block_window_sums(run: WindowModel, inputs: BlockInputs, lattice: Lattice, windows: list[tuple[int, int]],
+                      batch_size: int, device: str = "cpu") -> np.ndarray:
+    """The weighted sum of ``windows``' probabilities over the block's reach, (h, w) float32."""
+    return window_sums(run, inputs.before, inputs.after, (inputs.reach.top, inputs.reach.left), windows,
+                       lattice.window, batch_size, device)
 
 
 def process_block(job: BlockJob, block: Block, run: WindowModel, device: str = "cpu") -> BlockReport:
@@ -180,7 +131,7 @@ def process_block(job: BlockJob, block: Block, run: WindowModel, device: str = "
 
     windows = windows_to_run(inputs, lattice, block)
     # nothing seen in both dates: no sums at all rather than a block of zeros
-    sums = window_sums(timed, inputs, lattice, windows, job.batch_size, device) if windows else None
+    sums = block_window_sums(timed, inputs, lattice, windows, job.batch_size, device) if windows else None
     ProbabilityStore(Path(job.probabilities)).write_sums(block, sums)
     top, left = block.top - inputs.reach.top, block.left - inputs.reach.left
     observed = inputs.observed[top:top + block.shape[0], left:left + block.shape[1]]

@@ -17,7 +17,8 @@ import numpy as np
 import zarr
 
 from flows.blocks.store import ProbabilityStore
-from flows.blocks.lattice import Block, Lattice, block_reach
+from dsqnet.inference.lattice import Lattice
+from flows.blocks.lattice import Block, block_reach
 
 
 def stitch_block(store: ProbabilityStore, scenes: zarr.Group, lattice: Lattice, blocks: list[Block],

@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from dsqnet.inference.defaults import BATCH_SIZE, DEFAULT_THRESHOLD, STRIDE, WINDOW
+
 DESCRIPTION = """\
 DSQNet change detection between two images of the same place.
 
@@ -167,11 +169,11 @@ def _add_predict(commands) -> None:
                         "or .png (0 / 255)")
     p.add_argument("--probabilities", type=Path, metavar="TIF",
                    help="also write the change probability (float32 GeoTIFF)")
-    p.add_argument("--threshold", type=float, default=0.5,
-                   help="probability above which a pixel counts as changed (default 0.5, the argmax)")
-    p.add_argument("--window", type=int, default=512, help="window side in pixels (default 512, as the paper)")
-    p.add_argument("--stride", type=int, default=256, help="step between windows (default 256, as the paper)")
-    p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help=f"probability from which a pixel counts as changed (default {DEFAULT_THRESHOLD})")
+    p.add_argument("--window", type=int, default=WINDOW, help=f"window side in pixels (default {WINDOW}, as the paper)")
+    p.add_argument("--stride", type=int, default=STRIDE, help=f"step between windows (default {STRIDE}, as the paper)")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"windows per forward pass (default {BATCH_SIZE})")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="fp32 (default), bf16 autocast (2-4x faster on CPUs with AVX512-BF16 or AMX, several times "
@@ -182,6 +184,7 @@ def _predict(args: argparse.Namespace) -> None:
     import numpy as np
 
     from dsqnet import Predictor
+    from dsqnet.inference.threshold import is_change
     from dsqnet.weights.model_file import load_model_file
 
     from flows.outputs.imageio import read_pair, write_raster
@@ -196,7 +199,7 @@ def _predict(args: argparse.Namespace) -> None:
     probability = predictor.predict_windows(
         before.pixels, after.pixels, window=args.window, stride=args.stride, batch_size=args.batch_size
     )
-    changed = probability > args.threshold
+    changed = is_change(probability, args.threshold)
     scale = 255 if args.out.suffix.lower() == ".png" else 1
     write_raster(args.out, changed.astype(np.uint8) * scale, like=before)
     if args.probabilities:
@@ -265,11 +268,14 @@ def _add_evaluate(commands) -> None:
     p.add_argument("--split", default="test", help="split folder to score (default test; ignored if absent for generic)")
     p.add_argument("--predictions", help="folder of prediction images (0/255 or 0/1) to score instead of a model")
     p.add_argument("--labels", help="folder of label images matching --predictions by file name")
-    p.add_argument("--window", type=int, default=512, help="window side (default 512, as the paper)")
-    p.add_argument("--stride", type=int, default=256, help="window stride (default 256, as the paper)")
-    p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
+    p.add_argument("--window", type=int, default=WINDOW, help=f"window side (default {WINDOW}, as the paper)")
+    p.add_argument("--stride", type=int, default=STRIDE, help=f"window stride (default {STRIDE}, as the paper)")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"windows per forward pass (default {BATCH_SIZE})")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--mode", choices=("lattice", "paper"), default="lattice",
+                   help="lattice: the blended windows every job runs, as detect does (default); paper: the paper's "
+                        "test mode (flush windows, mean logits), for comparing with published figures")
     p.add_argument("--save-predictions", metavar="DIR", help="also write each prediction as a 0/255 PNG")
     p.add_argument("--json", action="store_true", help="print the scores as JSON instead of a table")
 
@@ -304,7 +310,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         predictor = Predictor(load_model_file(locate_model(args.model, args.registry)[0]), device=args.device,
                               precision=args.precision)
         scores = evaluate_model(predictor, pairs, window=args.window, stride=args.stride, batch_size=args.batch_size,
-                                save_predictions=args.save_predictions)
+                                save_predictions=args.save_predictions, mode=args.mode)
     print(json.dumps(scores, indent=2) if args.json else format_table(scores))
 
 

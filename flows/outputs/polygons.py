@@ -25,6 +25,7 @@ from affine import Affine
 from shapely.geometry import Polygon
 
 from flows.blocks.lattice import Block
+from flows.outputs.classes import changed_pixels
 
 
 # Blocks polygonised at once, in threads (flows/outputs/per_block.py): more cores go faster, but each
@@ -75,7 +76,7 @@ def block_pieces(probability: np.ndarray, block: Block, transform: Affine, scene
     on a noisy map that cost 11 s for a 2048² block with 54,000 regions.
     """
     observed = ~np.isnan(probability)
-    changed = observed & (probability >= threshold)
+    changed = observed & changed_pixels(probability, threshold)
     labels, count = scipy.ndimage.label(changed, structure=FOUR_CONNECTED)
     edge_labels = _inner_edges(labels, block, scene_shape)
     if count == 0:

@@ -18,6 +18,7 @@ import numpy as np
 import zarr
 
 from flows.blocks.lattice import Block
+from flows.outputs.classes import changed_pixels
 
 
 PANEL = 600  # longest side of each panel, pixels
@@ -42,6 +43,6 @@ def block_panels(scenes_path: str | Path, probability: np.ndarray, block: Block,
     probability = probability[top::step, left::step]
     overlay = (after.astype(np.float32) * AFTER_DIMMED).astype(np.uint8)
     overlay[np.isnan(probability)] = NOT_OBSERVED_RGB
-    overlay[probability >= threshold] = CHANGED_RGB
+    overlay[changed_pixels(probability, threshold)] = CHANGED_RGB
     return np.stack([before, after, overlay])
 

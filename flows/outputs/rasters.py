@@ -17,9 +17,9 @@ from affine import Affine
 
 from flows.outputs.cog import Layer, Levels, write_block_levels
 from flows.blocks.lattice import Block
+from flows.outputs.classes import CHANGED, NOT_OBSERVED, UNCHANGED, change_classes
 
 
-UNCHANGED, CHANGED, NOT_OBSERVED = 0, 1, 255
 # change.tif's colours: unchanged clear, changed red, not observed grey
 PALETTE = {value: (0, 0, 0, 0) for value in range(256)} | {CHANGED: (230, 30, 30, 255),
                                                             NOT_OBSERVED: (128, 128, 128, 255)}
@@ -38,13 +38,6 @@ class ChangeCounts:
     @property
     def observed_km2(self) -> float:
         return self.observed_pixels * self.pixel_area_m2 / 1e6
-
-
-def change_classes(probability: np.ndarray, threshold: float) -> np.ndarray:
-    """0 unchanged / 1 changed / 255 not observed (NaN probability)."""
-    classes = np.where(probability >= threshold, CHANGED, UNCHANGED).astype(np.uint8)
-    classes[np.isnan(probability)] = NOT_OBSERVED
-    return classes
 
 
 def mean_of_observed(level: np.ndarray) -> np.ndarray:

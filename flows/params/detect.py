@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dsqnet.inference.defaults import BATCH_SIZE, DEFAULT_THRESHOLD, STRIDE, WINDOW
 from flows.blocks.store import CHUNK
 
 RequestT = TypeVar("RequestT", bound=BaseModel)
@@ -61,11 +62,11 @@ class DetectRequest(BaseModel):
     tolerance_days: int = Field(15, ge=0, le=366, description="days either side of each date that still count as it")
     crs: str | None = Field(None, description="target CRS, e.g. EPSG:32633; default the UTM zone of the region")
     resolution: float | None = Field(None, gt=0, description="target pixel size in CRS units; default the finest native")
-    threshold: float = Field(0.5, gt=0, lt=1, description="probability from which a pixel counts as changed")
+    threshold: float = Field(DEFAULT_THRESHOLD, gt=0, lt=1, description="probability from which a pixel counts as changed")
     min_area_m2: float = Field(10.0, ge=0, description="smallest change polygon kept, square metres")
-    window: int = Field(512, ge=32, description="network window, pixels")
-    stride: int = Field(256, ge=1, description="step between windows, pixels (the paper: 256)")
-    batch_size: int = Field(4, ge=1, description="windows per forward pass")
+    window: int = Field(WINDOW, ge=32, description="network window, pixels")
+    stride: int = Field(STRIDE, ge=1, description="step between windows, pixels (the paper: 256)")
+    batch_size: int = Field(BATCH_SIZE, ge=1, description="windows per forward pass")
     block_size: int = Field(4096, ge=CHUNK, description=f"pixels per side of a block of work, a multiple of {CHUNK}")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast precision on the workers")
     device: str = Field("auto", description="'auto' (a GPU when the worker has one), 'cpu' or 'cuda:N'")

@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from dsqnet.inference.defaults import BATCH_SIZE, STRIDE, WINDOW
 from flows.params.detect import IsoDate, RegionText, parse_parameters
 
 SCENE_FIELDS = ("catalog", "region", "before", "after", "labels")
@@ -44,9 +45,9 @@ class EvaluateRequest(BaseModel):
     resolution: float | None = Field(None, gt=0, description="scenes route: target pixel size; default the finest")
     tile_size: int | None = Field(None, ge=32, description="scenes route: score tiles of this many pixels instead "
                                                            "of the region as one pair")
-    window: int = Field(512, ge=32, description="network window, pixels (the paper: 512)")
-    stride: int = Field(256, ge=1, description="step between windows, pixels (the paper: 256)")
-    batch_size: int = Field(4, ge=1, description="windows per forward pass")
+    window: int = Field(WINDOW, ge=32, description="network window, pixels (the paper: 512)")
+    stride: int = Field(STRIDE, ge=1, description="step between windows, pixels (the paper: 256)")
+    batch_size: int = Field(BATCH_SIZE, ge=1, description="windows per forward pass")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast precision")
     device: str = Field("auto", description="'auto' (a GPU when there is one), 'cpu' or 'cuda:N'")
     iou_threshold: float = Field(0.5, gt=0, le=1, description="IoU from which a predicted object matches a true one")

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from dsqnet.inference.defaults import STRIDE, WINDOW
 from flows.params.evaluate import EvaluateRequest, check_labeled_data
 from flows.params.detect import IsoDate, RegionText, parse_parameters
 
@@ -53,8 +54,8 @@ class RetrainRequest(BaseModel):
     reference_tolerance: float = Field(0.0, ge=0, le=1, description="reference F1 the candidate may lose and still "
                                                                     "be promoted")
     alias: str = Field("production", description="alias the candidate gets when it is promoted")
-    window: int = Field(512, ge=32, description="evaluation window, pixels (the paper: 512)")
-    stride: int = Field(256, ge=1, description="evaluation stride, pixels (the paper: 256)")
+    window: int = Field(WINDOW, ge=32, description="evaluation window, pixels (the paper: 512)")
+    stride: int = Field(STRIDE, ge=1, description="evaluation stride, pixels (the paper: 256)")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast precision of evaluation")
     device: str = Field("auto", description="'auto' (a GPU when there is one), 'cpu' or 'cuda:N'")
     out: str = Field("runs", description="folder where the retrain folder (retrain.json) is written")

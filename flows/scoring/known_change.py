@@ -18,7 +18,7 @@ from rasterio.warp import Resampling, reproject
 from dsqnet.metrics import ConfusionMatrix
 
 from flows.blocks.store import ProbabilityStore
-from flows.outputs.rasters import NOT_OBSERVED, change_classes
+from flows.outputs.classes import NOT_OBSERVED, change_classes
 from flows.blocks.lattice import Block
 
 

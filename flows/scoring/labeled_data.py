@@ -35,7 +35,7 @@ from catalog import date_pair, open_source, parse_region
 from catalog.prepare import DEFAULT_CHUNK, PreparedScenes, choose_pair, grid_summary, prepare_chosen
 from catalog.regions import Region
 from catalog.store import open_scenes
-from dsqnet.sliding import window_starts
+from dsqnet.inference.paper import window_starts
 
 from flows.files.jsonfiles import write_json_atomic
 from flows.outputs.run_folder import RunFolder

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from dsqnet.bmq import boxes_from_key, point_offset_layers, region_tokens
-from dsqnet.sliding import window_starts
+from dsqnet.inference.paper import window_starts
 
 
 def test_boxes_always_cover_three_quarters_point_and_stay_below_one_and_a_half():

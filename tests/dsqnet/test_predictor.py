@@ -108,12 +108,12 @@ def test_bf16_detection_agrees_with_the_cpu_flags():
 def test_one_window_covering_the_image_equals_a_direct_pass(predictor):
     before, after = pair(1, 100, 120)
     direct = predictor.predict_proba(before[0], after[0])
-    windowed = predictor.predict_windows(before[0], after[0], window=512, stride=256)
+    windowed = predictor.predict_windows(before[0], after[0], window=512, stride=256, mode="paper")
     np.testing.assert_allclose(windowed, direct, atol=1e-6)
 
 
-def test_overlapping_windows_average_logits(predictor):
-    """Three 64-px windows at stride 32 over 64 x 128: the middle pixels are the mean of two windows."""
+def test_paper_mode_averages_overlapping_logits(predictor):
+    """The paper's test mode: three 64-px windows at stride 32 over 64 x 128: the middle pixels are the mean of two windows."""
     before, after = pair(1, 64, 128)
     a, b = predictor.normalize(before[0]), predictor.normalize(after[0])
     left, middle, right = (predictor.logits(a[..., s:s + 64], b[..., s:s + 64])[0] for s in (0, 32, 64))
@@ -123,7 +123,7 @@ def test_overlapping_windows_average_logits(predictor):
         expected[..., start:start + 64] += logits
         counts[..., start:start + 64] += 1
     want = torch.softmax(expected / counts, dim=0)[1].numpy()
-    got = predictor.predict_windows(before[0], after[0], window=64, stride=32, batch_size=2)
+    got = predictor.predict_windows(before[0], after[0], window=64, stride=32, batch_size=2, mode="paper")
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 

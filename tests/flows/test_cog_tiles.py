@@ -12,7 +12,8 @@ from flows.outputs import cog as cog_tiles
 from flows.outputs.per_block import BlockOutputs
 from flows.outputs.cog import Levels
 from flows.blocks.store import ProbabilityStore
-from flows.outputs.rasters import change_classes, majority_of_observed, mean_of_observed
+from flows.outputs.classes import change_classes
+from flows.outputs.rasters import majority_of_observed, mean_of_observed
 from flows.blocks.lattice import plan_blocks
 from tests.flows.flow_helpers import scenes_store
 

@@ -8,10 +8,12 @@ import pytest
 import torch
 import zarr
 
-from flows.blocks.infer import BlockInputs, BlockJob, process_block, read_block, take_runs, window_sums
+from dsqnet.inference.blend import window_weight
+from dsqnet.inference.lattice import Lattice, reflect_index, take_runs
+from flows.blocks.infer import BlockInputs, BlockJob, block_window_sums, process_block, read_block
 from flows.blocks.store import ProbabilityStore
 from flows.blocks.stitch import Stitcher, stitch
-from flows.blocks.lattice import Lattice, block_reach, block_windows, plan_blocks, reflect_index, window_weight
+from flows.blocks.lattice import block_reach, block_windows, plan_blocks
 from flows.workers.cluster import cached_predictor
 from tests.flows.flow_helpers import content_model, scenes_store, tiny_model_file
 
@@ -150,7 +152,7 @@ def test_window_sums_run_each_owned_window_once_in_batches():
     inputs = BlockInputs(np.zeros((3, *reach.shape), np.uint8), np.zeros((3, *reach.shape), np.uint8), reach,
                          np.ones(reach.shape, bool))
     windows = block_windows(lattice, block)
-    sums = window_sums(counting, inputs, lattice, windows, batch_size=7)
+    sums = block_window_sums(counting, inputs, lattice, windows, batch_size=7)
     assert sum(calls) == len(windows) == 8 * 8 and max(calls) == 7
     # the reach runs from 32 px before the scene to 32 px into the next block; over scene rows
     # 32..480 two owned windows per axis cross-fade to a total weight of exactly one

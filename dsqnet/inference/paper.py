@@ -1,4 +1,4 @@
-"""Sliding-window inference over images larger than the network's window, as the paper evaluates.
+"""The paper's test mode: sliding windows flush with the image's edges, their logits averaged.
 
 The paper runs 512 x 512 windows at stride 256 and averages the overlapping *logits* with equal
 weight (mmseg's "slide" mode). The last window of a row or column is moved back to end at the image
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
+from dsqnet.inference.defaults import BATCH_SIZE, STRIDE, WINDOW
 import torch
 
 
@@ -33,9 +34,9 @@ def slide_logits(
     run: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     img_a: torch.Tensor,
     img_b: torch.Tensor,
-    window: int = 512,
-    stride: int = 256,
-    batch_size: int = 4,
+    window: int = WINDOW,
+    stride: int = STRIDE,
+    batch_size: int = BATCH_SIZE,
 ) -> torch.Tensor:
     """Mean of the window logits at every pixel, for one pair (3, H, W) -> (num_classes, H, W).
 
