@@ -77,7 +77,7 @@ def block_pieces(probability: np.ndarray, block: Block, transform: Affine, scene
     """
     observed = ~np.isnan(probability)
     changed = observed & changed_pixels(probability, threshold)
-    labels, count = scipy.ndimage.label(changed, structure=FOUR_CONNECTED)
+    labels, count = label_components(changed)
     edge_labels = _inner_edges(labels, block, scene_shape)
     if count == 0:
         return BlockPieces([], {side: np.full(len(edge), -1, np.int32) for side, edge in edge_labels.items()})
@@ -143,6 +143,13 @@ def _polygons(rings_of_each: list[list]) -> np.ndarray:
 
 
 FOUR_CONNECTED = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)
+
+
+def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """4-connected regions of a boolean mask -> (int32 labels: 0 background, 1..n in row-major order
+    of each region's first pixel; n). Polygons and object scores both count regions this way."""
+    labels, count = scipy.ndimage.label(np.asarray(mask, dtype=bool), structure=FOUR_CONNECTED, output=np.int32)
+    return labels, int(count)
 
 
 def _inner_edges(labels: np.ndarray, block: Block, scene_shape: tuple[int, int]) -> dict[str, np.ndarray]:

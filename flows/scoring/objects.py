@@ -20,33 +20,10 @@ from dataclasses import asdict, dataclass
 from typing import Self
 
 import numpy as np
-import rasterio.features
+
+from flows.outputs.polygons import label_components
 
 IGNORE = 255
-
-
-def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """4-connected regions of a boolean mask -> (int32 labels, 0 = background and 1..n, n)."""
-    mask = np.asarray(mask, dtype=bool)
-    labels = np.zeros(mask.shape, np.int32)
-    if not mask.any():
-        return labels, 0
-    # Pixel-aligned polygons, rasterised back at pixel centres: exactly each region's pixels.
-    shapes = rasterio.features.shapes(mask.astype(np.uint8), mask=mask, connectivity=4)
-    pairs = [(geometry, k) for k, (geometry, _) in enumerate(shapes, start=1)]
-    rasterio.features.rasterize(pairs, out=labels)
-    return _row_major(labels), len(pairs)
-
-
-def _row_major(labels: np.ndarray) -> np.ndarray:
-    """Renumber regions by their first pixel in row-major order (independent of the polygon tracer)."""
-    flat = labels.ravel()
-    present = flat > 0
-    ids, first = np.unique(flat[present], return_index=True)
-    order = np.empty(int(flat.max()) + 1, np.int32)
-    order[0] = 0
-    order[ids[np.argsort(np.flatnonzero(present)[first])]] = np.arange(1, len(ids) + 1, dtype=np.int32)
-    return order[labels]
 
 
 @dataclass

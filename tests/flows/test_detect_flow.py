@@ -174,7 +174,7 @@ def test_two_workers_and_a_rerun_give_the_same_map(first_run, inputs):
 def test_two_blocks_at_once_as_on_a_one_gpu_machine_give_the_same_map(first_run, inputs, tmp_path, monkeypatch):
     """The local cluster of a one-GPU machine (one in-process worker taking two blocks at once),
     played on whatever device this machine has: the blocks that share it give the map of one at a time."""
-    from flows.workers.cluster import cluster as workers
+    from flows.workers import cluster as workers
 
     folder, _ = first_run
     with rasterio.open(folder / "change_prob.tif") as src:

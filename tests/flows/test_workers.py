@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import dask
 from distributed import LocalCluster
 
-from flows.workers.cluster import cluster as workers
+from flows.workers import cluster as workers
 from tests.flows.flow_helpers import tiny_model_file
 
 
