@@ -80,7 +80,7 @@ def run(size: int, block_size: int, min_area: float, work: Path) -> dict:
     block_pieces(pixels, one, transform, (size, size), 0.5, min_area)
     one_pieces = time.perf_counter() - started
     started = time.perf_counter()
-    outputs.complete(blocks)
+    outputs.make_missing(blocks)
     per_block = time.perf_counter() - started
     started = time.perf_counter()
     write_change_rasters(outputs, blocks, folder)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pystac
 import shapely
+from odc.geo.crs import CRS as OdcCRS
 from odc.geo.geobox import GeoBox
 from pyproj import CRS, Transformer
 
@@ -17,8 +18,8 @@ from .regions import Region
 
 
 def utm_crs(lon: float, lat: float) -> str:
-    zone = min(int((lon + 180.0) // 6.0) + 1, 60)
-    return f"EPSG:{(32600 if lat >= 0 else 32700) + zone}"
+    """The WGS 84 UTM zone of a point, as odc-geo names it (``EPSG:326xx`` north, ``EPSG:327xx`` south)."""
+    return str(OdcCRS.utm(lon, lat))
 
 
 def native_resolution(item: pystac.Item) -> float | None:

@@ -179,7 +179,7 @@ def stitch_blocks(plan: BlockPlan) -> int:
 def complete_block_outputs(outputs: BlockOutputs, blocks: list[Block]) -> int:
     """The outputs' share of every block that has none yet: all of them where the network had this
     machine's cores, else those stitched by a run that was killed; returns how many."""
-    return outputs.complete(blocks)
+    return outputs.make_missing(blocks)
 
 
 @task(name="mosaic", cache_policy=NO_CACHE)
@@ -242,24 +242,24 @@ def run_detect(request: DetectRequest) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     scenes = load_scenes(request, region_, first, second, work)
     lap("load scenes")
-    blocks = plan(request, scenes, record, work)
-    print(f"{len(blocks.blocks)} blocks of {request.block_size} px, {len(blocks.todo)} to compute "
-          f"({len(blocks.blocks) - len(blocks.todo)} already done), {blocks.windows} windows in the scene")
+    work_plan = plan(request, scenes, record, work)
+    print(f"{len(work_plan.blocks)} blocks of {request.block_size} px, {len(work_plan.todo)} to compute "
+          f"({len(work_plan.blocks) - len(work_plan.todo)} already done), {work_plan.windows} windows in the scene")
     lap("plan blocks")
-    store = ProbabilityStore(blocks.job.probabilities)
+    store = ProbabilityStore(work_plan.job.probabilities)
     outputs = BlockOutputs.prepare(store, scenes.grid.crs.to_wkt(), scenes.grid.transform, request.block_size,
                                    request.threshold, request.min_area_m2, scenes=scenes.path)
     reports = []
-    if blocks.todo:  # a finished store needs no cluster
+    if work_plan.todo:  # a finished store needs no cluster
         runner = dask_task_runner(request.dask_address, request.workers)
         with quiet_local_cluster(), as_subflow():  # a local cluster starts with the subflow
             how = outputs_while_blocks_run(request.dask_address, request.workers, request.device)
-            reports = infer_blocks.with_options(task_runner=runner)(blocks.job, blocks.blocks, blocks.todo, outputs,
+            reports = infer_blocks.with_options(task_runner=runner)(work_plan.job, work_plan.blocks, work_plan.todo, outputs,
                                                                     how)
     lap("infer blocks")
-    stitch_blocks(blocks)
+    stitch_blocks(work_plan)
     lap("stitch blocks")
-    late_outputs = complete_block_outputs(outputs, blocks.blocks)
+    late_outputs = complete_block_outputs(outputs, work_plan.blocks)
     lap("block outputs")
 
     run_id = run_identifier(name)
@@ -267,17 +267,17 @@ def run_detect(request: DetectRequest) -> dict:
         store.mark_complete()  # from here on the probabilities are only read, by three steps at once
         store.clear_sums()
         finishes = FinishTimes()
-        rasters = mosaic.submit(outputs, blocks.blocks, run.staging)
-        shapes = vectorise.submit(outputs, scenes, blocks.blocks, record, run_id, run.staging)
+        rasters = mosaic.submit(outputs, work_plan.blocks, run.staging)
+        shapes = vectorise.submit(outputs, scenes, work_plan.blocks, record, run_id, run.staging)
         rasters.add_done_callback(finishes.on_done("mosaic"))
         shapes.add_done_callback(finishes.on_done("vectorise"))
-        write_preview(outputs, blocks.blocks, (request.before, request.after), run.staging / "preview.png")
+        write_preview(outputs, work_plan.blocks, (request.before, request.after), run.staging / "preview.png")
         finishes.mark("preview")
-        metrics = (score_run(store, blocks.blocks, scenes.grid.transform, scenes.grid.crs.to_wkt(),
+        metrics = (score_run(store, work_plan.blocks, scenes.grid.transform, scenes.grid.crs.to_wkt(),
                              request.threshold, request.truth) if request.truth else None)
         counts, polygons = rasters.result(), shapes.result()
         lap("mosaic, vectorise, preview")
-        manifest = build_manifest(request, region_, scenes, record, blocks, reports, counts, polygons, metrics,
+        manifest = build_manifest(request, region_, scenes, record, work_plan, reports, counts, polygons, metrics,
                                   timer, run_id, out_dir / name)
         manifest["blocks"]["outputs_made_after_inference"] = late_outputs
         manifest["outputs_finished_after_s"] = finishes.seconds

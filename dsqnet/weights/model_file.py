@@ -100,9 +100,8 @@ def inspect_model_file(path: str | Path) -> ModelFileSummary:
     A flow checks the model a user named before any work starts, and its workers load it again
     anyway. For our safetensors files the header is enough: the format, the config, and every
     tensor's name and shape against the network built on the meta device (no memory, no random
-    initialisation). Swin-T on 2 CPU cores: 0.10 s, against 0.24-0.28 s for a full load (0.45 s
-    inside a flow run, under cProfile). The authors' ``.pth`` files have no config to read, so they
-    are loaded in full.
+    initialisation), which costs a fraction of a full load. The authors' ``.pth`` files have no
+    config to read, so they are loaded in full.
     """
     path = Path(path)
     if path.suffix != ".safetensors":

@@ -46,7 +46,7 @@ class Stitcher:
 
     Blocks finish one at a time on the workers. Stitching each one when its last neighbour is in,
     in the flow's process while the workers go on, takes most of that work out of the wait after
-    the last block (1.5-2.2 s of a 31 s 8192² run with the bench's stand-in network). What it
+    the last block. What it
     writes does not depend on when: ``stitch_block`` adds every block's sums in plan order.
     """
 

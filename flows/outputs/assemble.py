@@ -28,7 +28,7 @@ from flows.outputs.rasters import PROBABILITY, ChangeCounts, change_layer
 def write_change_rasters(outputs: BlockOutputs, blocks: list[Block], folder: Path) -> ChangeCounts:
     """``change_prob.tif`` and ``change.tif`` in ``folder``, both COGs on the scenes' grid, assembled
     from the blocks' tiles (made first where missing), the two at once."""
-    outputs.complete(blocks)
+    outputs.make_missing(blocks)
     levels, work = outputs.levels, Path(outputs.folder)
     with ThreadPoolExecutor(2) as assemblies:  # GDAL and file copies work without the GIL
         done = [assemblies.submit(assemble_cog, folder / "change_prob.tif", levels, PROBABILITY,
@@ -43,7 +43,7 @@ def write_change_rasters(outputs: BlockOutputs, blocks: list[Block], folder: Pat
 def change_polygons(outputs: BlockOutputs, blocks: list[Block]) -> gpd.GeoDataFrame:
     """One row per changed region of the whole scene, largest first, from the blocks' pieces (made
     first where missing: flows/outputs/per_block.py)."""
-    outputs.complete(blocks)
+    outputs.make_missing(blocks)
     transform, min_area_m2 = outputs.affine, outputs.min_area_m2
     pixel_area = abs(transform.a * transform.e)
     changes = [p for p in dissolve(outputs.pieces(blocks)) if p.pixels * pixel_area >= min_area_m2]

@@ -132,7 +132,7 @@ class BlockOutputs:
         """Names of the blocks whose files are all there."""
         return {p.stem for p in Path(self.folder).glob("block-*.json")}
 
-    def complete(self, blocks: list[Block]) -> int:
+    def make_missing(self, blocks: list[Block]) -> int:
         """Make the files of every block that lacks them, on all cores (nothing else runs by then);
         returns how many blocks that was."""
         done = self.done()

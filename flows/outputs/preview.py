@@ -2,9 +2,9 @@
 
 Each panel keeps every ``step``-th row and column of the scene. Each block samples its own part
 of the three panels as it is stitched, with the rest of its share of the outputs
-(flows/outputs/per_block.py), and the preview is only pasted together at the end: read after the last
-block, the samples meant decompressing all of ``scenes.zarr`` once more (1.4-3.7 s at 8192² on
-the 2-core CPU), at the moment when nothing else is left to overlap with. The rows and columns
+(flows/outputs/per_block.py), and the preview is only pasted together at the end, so that nothing
+decompresses ``scenes.zarr`` again after the last block, when no other work is left to overlap
+with. The rows and columns
 kept are those of the whole scene (multiples of ``step``), so the preview does not depend on the
 block size.
 """

@@ -33,7 +33,7 @@ def _iso_date(value: Any) -> str | None:
 
 
 # Field types shared by the flows' parameter models.
-RegionText = Annotated[str | None, BeforeValidator(_geojson_text)]
+RegionText = Annotated[str | dict | None, BeforeValidator(_geojson_text)]  # a dict: GeoJSON given parsed
 IsoDate = Annotated[str | None, BeforeValidator(_iso_date)]
 
 DEMO_BEFORE, DEMO_AFTER = "2021-06-14", "2023-06-21"

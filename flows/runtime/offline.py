@@ -1,10 +1,9 @@
 """Prefect settings for a machine with no network and slow cores, set when ``flows`` is imported.
 
 A bare ``dsqnet detect`` (no ``PREFECT_API_URL``) starts Prefect's temporary API in its own process.
-On a fresh machine that start runs the database migrations: 18-20 s on this project's 2-core CPU,
-and Prefect gives up after 20 s by default ("Timed out while attempting to connect to ephemeral
-Prefect API server"): the README's first command sat at that limit on exactly the machine it is
-written for, and a benchmark's first start here went past it. And the temporary server tries to
+On a fresh machine that start runs the database migrations, which on a slow machine take about as
+long as Prefect waits by default before it gives up ("Timed out while attempting to connect to
+ephemeral Prefect API server"), so the limit is raised. And the temporary server tries to
 send telemetry, which logs an error where there is no network and is traffic this project
 promises not to make. Each default is set only where the user has not set that variable: theirs
 always wins.
@@ -16,7 +15,7 @@ import os
 from collections.abc import MutableMapping
 
 OFFLINE_DEFAULTS = {
-    # a fresh database's migrations took 18-20 s on 2 cores; a busy machine takes longer
+    # a fresh database's migrations can take about Prefect's default limit (20 s) on slow cores
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     # the temporary server's telemetry, and the client's
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",

@@ -9,11 +9,9 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settin
 def as_subflow():
     """Prefect settings for a subflow: no heartbeat thread of its own.
 
-    Prefect starts a heartbeat thread for every flow run (one beat every 180 s by default, for
-    zombie-run detection). The thread sleeps in one-second steps, and the run waits for it to
-    notice that the run has ended: half a second per flow run on average, 1.1 s of a 4.1 s
-    ``detect-changes`` run (2048², network replaced by zeros, 2 CPU cores) for the flow and its
-    ``infer-blocks`` subflow. A subflow lives and dies with its parent's process, whose own
-    heartbeat already says whether that process is alive, so it has nothing to add.
+    Prefect starts a heartbeat thread for every flow run (zombie-run detection). The thread sleeps
+    in one-second steps, and the run waits for it to notice that the run has ended, which delays
+    every flow run's end. A subflow lives and dies with its parent's process, whose own heartbeat
+    already says whether that process is alive, so it has nothing to add.
     """
     return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})

@@ -37,7 +37,7 @@ def test_predict_writes_a_georeferenced_change_map_and_probabilities(example, tm
         mask, probability = change.read(1), p.read(1)
     assert set(np.unique(mask)) <= {0, 1}
     assert ((probability >= 0) & (probability <= 1)).all()
-    np.testing.assert_array_equal(mask, (probability > 0.5).astype(np.uint8))
+    np.testing.assert_array_equal(mask, (probability >= 0.5).astype(np.uint8))
     assert "changed" in capsys.readouterr().out
 
 

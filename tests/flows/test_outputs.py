@@ -114,13 +114,13 @@ def test_change_rasters_are_cogs_with_three_states(known, tmp_path):
 def test_a_block_whose_outputs_were_cut_off_is_made_again_and_other_parameters_never_mix_in(known, tmp_path):
     store, blocks, transform, prob = known
     outputs = block_outputs(store, transform, 0.5, 0.0)
-    assert outputs.complete(blocks) == len(blocks) and outputs.complete(blocks) == 0
+    assert outputs.make_missing(blocks) == len(blocks) and outputs.make_missing(blocks) == 0
     cut = blocks[3]  # as if the run was killed while writing it: files half there, no marker
     outputs.path("marker", cut).unlink()
     outputs.path("prob", cut).write_bytes(b"II*\x00 cut off")
     outputs.path("pieces", cut).write_bytes(b"")
     assert outputs.done() == {b.name for b in blocks} - {cut.name}
-    assert outputs.complete(blocks) == 1
+    assert outputs.make_missing(blocks) == 1
     write_change_rasters(outputs, blocks, tmp_path)
     with rasterio.open(tmp_path / "change_prob.tif") as src:
         assert np.array_equal(src.read(1), prob, equal_nan=True)
@@ -158,7 +158,7 @@ def test_child_processes_write_the_same_block_outputs_and_say_what_failed(known,
         for block in blocks:
             writer.submit(block)
     assert len(writer.children) == 2  # the blocks still queued at the end were shared with a second child
-    assert outputs.done() == {b.name for b in blocks} and outputs.complete(blocks) == 0
+    assert outputs.done() == {b.name for b in blocks} and outputs.make_missing(blocks) == 0
     write_change_rasters(outputs, blocks, tmp_path)
     with rasterio.open(tmp_path / "change_prob.tif") as src:
         assert np.array_equal(src.read(1), prob, equal_nan=True)

@@ -39,7 +39,7 @@ def preview_of(scene, block_size: int) -> np.ndarray:
         store.write_block(block, probability[block.top:block.bottom, block.left:block.right])
     outputs = BlockOutputs.prepare(store, "EPSG:32633", scenes.rio.transform(), block_size, THRESHOLD, 0.0,
                                    scenes=folder / "scenes.zarr")
-    outputs.complete(blocks)  # each block's share, its preview samples among them
+    outputs.make_missing(blocks)  # each block's share, its preview samples among them
     out = folder / f"preview_{block_size}.png"
     write_preview(outputs, blocks, ("2021-06-10", "2023-06-12"), out)
     return np.asarray(Image.open(out).convert("RGB"))
