@@ -21,7 +21,6 @@ import datetime as dt
 import os
 import shutil
 import time
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from dsqnet.data import find_samples
 from dsqnet.data.layouts import LAYOUTS
 from dsqnet.training import Trainer, load_config
 
+from flows.files.atomic import written_aside
 from flows.params.signature import takes_parameters_of
 from flows.evaluate import BenchmarkSet, evaluate_labeled_set
 from flows.files.jsonfiles import json_safe, read_json, write_json_atomic
@@ -104,8 +104,7 @@ def prepare_labels(request: RetrainRequest, work: Path) -> PreparedLabels:
     folder = work / "labels"
     if (folder / PREPARED).is_file():
         return _prepared_from_json(read_json(folder / PREPARED))
-    staging = work / f".labels.partial-{uuid.uuid4().hex[:8]}"
-    try:
+    with written_aside(folder) as staging:
         if request.route == "scenes":
             spec = LabeledScenesSpec(catalog=request.catalog, region=request.region, before=request.before,
                                      after=request.after, labels=request.labels, regions=request.regions,
@@ -134,10 +133,6 @@ def prepare_labels(request: RetrainRequest, work: Path) -> PreparedLabels:
         prepared = PreparedLabels(str(folder), encoding, len(train), holdout, reference,
                                   {**source, "pairs": len(samples), "train": train, "holdout": held})
         write_json_atomic(staging / PREPARED, asdict(prepared))
-        shutil.rmtree(folder, ignore_errors=True)
-        staging.rename(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return prepared
 
 

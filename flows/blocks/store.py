@@ -14,9 +14,7 @@ removed once the store is complete.
 
 from __future__ import annotations
 
-import os
 import shutil
-import uuid
 from pathlib import Path
 
 import dask.array as da
@@ -25,6 +23,7 @@ import rioxarray  # noqa: F401  (the .rio accessor)
 import xarray as xr
 import zarr
 
+from flows.files.atomic import written_aside
 from flows.blocks.lattice import Block
 
 CHUNK = 512  # blocks are whole multiples of this, so no two blocks share a chunk
@@ -43,19 +42,13 @@ class ProbabilityStore:
         store = cls(path)
         if store.key() == key:
             return store
-        tmp = store.path.with_name(f".{store.path.name}.partial-{uuid.uuid4().hex[:8]}")
-        try:
+        with written_aside(store.path) as tmp:
             _template(scenes, block_grid, key).to_zarr(
                 str(tmp), mode="w", compute=False, zarr_format=3, consolidated=False,
                 encoding={"probability": {"chunks": (CHUNK, CHUNK), "fill_value": np.nan},
                           "done": {"chunks": (1, 1), "fill_value": 0}},
             )
             shutil.rmtree(store.sums_dir, ignore_errors=True)  # sums of other inputs: never mix them in
-            if store.path.exists():
-                shutil.rmtree(store.path)
-            tmp.rename(store.path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return store
 
     def key(self) -> str | None:
@@ -72,10 +65,8 @@ class ProbabilityStore:
         """Store a block's window sums (None: it ran no window), atomically."""
         self.sums_dir.mkdir(parents=True, exist_ok=True)
         final = self.sums_dir / f"{block.name}.npy"
-        tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}")
-        with open(tmp, "wb") as f:
+        with written_aside(final) as tmp, open(tmp, "wb") as f:
             np.save(f, np.zeros((0, 0), np.float32) if sums is None else sums.astype(np.float32, copy=False))
-        os.replace(tmp, final)
 
     def read_sums(self, block: Block) -> np.ndarray | None:
         """A block's window sums (memory-mapped), or None when it ran no window."""

@@ -1,18 +1,18 @@
 """JSON files that are either the old version or the new one, never half of either.
 
 Registry records, alias maps and evaluation reports are read by other processes while they are
-being replaced; each is written to a temporary file beside the target, flushed to disk and renamed
-over it (``os.replace`` is atomic on POSIX filesystems), so a reader or a crash never sees a torn file.
+being replaced; each is written aside and renamed into place (``flows.files.atomic``), so a reader
+or a crash never sees a torn file.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import uuid
 from pathlib import Path
 from typing import Any
+
+from flows.files.atomic import fsync_dir, write_text_atomic  # noqa: F401 - fsync_dir: for callers
 
 
 def json_safe(value: Any) -> Any:
@@ -30,36 +30,10 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_json_atomic(path: str | Path, data: Any) -> Path:
     """Write ``data`` as strict JSON to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(json_safe(data), f, indent=2, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fsync_dir(path.parent)
-    return path
+    text = json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n"  # fails before anything is written
+    return write_text_atomic(path, text)
 
 
 def read_json(path: str | Path) -> Any:

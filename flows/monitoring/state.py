@@ -19,7 +19,6 @@ import fcntl
 import hashlib
 import json
 import os
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -29,6 +28,8 @@ import geopandas as gpd
 import pandas as pd
 
 STATE_VERSION = 1
+
+from flows.files.atomic import written_aside
 
 
 class StateError(ValueError):
@@ -73,21 +74,10 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """``write`` a file beside ``path``, flush it to disk, then rename it over ``path`` in one step.
 
     Readers see the old file or the new one, never half of either; a crash leaves only a hidden
-    ``.*.tmp-*`` file that the next write ignores.
+    ``.*.partial-*`` file that the next write ignores.
     """
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    with written_aside(path) as tmp:
         write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class RegionStore:

@@ -6,7 +6,6 @@ into place, so an interrupted run never leaves a half-written file under the nam
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,8 @@ from typing import Any
 import numpy as np
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning
+
+from flows.files.atomic import written_aside
 
 
 class ImageInputError(ValueError):
@@ -87,15 +88,8 @@ def write_raster(path: str | Path, data: np.ndarray, like: RasterImage | None = 
             profile.update(crs=like.crs, transform=like.transform)
         if nodata is not None:
             profile["nodata"] = nodata
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(tmp, "w", **profile) as dst:
-                dst.write(data[None])
-        os.replace(tmp, path)
-    finally:
-        for leftover in (tmp, tmp.with_name(tmp.name + ".aux.xml")):
-            leftover.unlink(missing_ok=True)
+    with written_aside(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(data[None])
     return path

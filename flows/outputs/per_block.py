@@ -31,7 +31,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ import pyarrow.parquet as pq
 import shapely
 from affine import Affine
 
+from flows.files.atomic import write_text_atomic
 from flows.outputs.cog import Levels
 from flows.runtime.versions import code_version
 from flows.outputs.preview import block_panels, preview_step
@@ -124,9 +124,7 @@ class BlockOutputs:
                     block_panels(self.scenes, probability, block, preview_step(self.shape), self.threshold))
         # last, and whole or not at all: a rerun redoes a block whose marker is missing, whatever else is there
         marker = self.path("marker", block)
-        tmp = marker.with_name(f".{marker.name}.{uuid.uuid4().hex[:8]}")
-        tmp.write_text(json.dumps({"block": block.name, "observed": observed, "changed": changed}))
-        os.replace(tmp, marker)
+        write_text_atomic(marker, json.dumps({"block": block.name, "observed": observed, "changed": changed}))
 
     def done(self) -> set[str]:
         """Names of the blocks whose files are all there."""

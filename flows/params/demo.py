@@ -8,13 +8,12 @@ well it found it.
 from __future__ import annotations
 
 import json
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from catalog.demo import REGION_NAME, build_demo
 
+from flows.files.atomic import written_aside
 from flows.params.detect import DEMO_AFTER, DEMO_BEFORE
 
 MANIFEST = "demo.json"
@@ -34,19 +33,13 @@ def demo_inputs(folder: Path, seed: int = 0) -> DemoInputs:
     """The demo catalog under ``folder`` (written on first use, atomically), for the default date pair."""
     manifest = folder / MANIFEST
     if not manifest.is_file():
-        tmp = folder.with_name(f".{folder.name}.partial-{uuid.uuid4().hex[:8]}")
-        try:
+        with written_aside(folder) as tmp:
             demo = build_demo(tmp, seed=seed)
             truth = {f"{a}_{b}": str(table.relative_to(tmp)) for (a, b), (_, table) in demo.truth.items()}
             (tmp / MANIFEST).write_text(json.dumps({
                 "seed": seed, "catalog": str(demo.catalog.relative_to(tmp)), "regions": str(demo.regions.relative_to(tmp)),
                 "region": demo.region_name, "dates": list(demo.dates), "truth": truth,
             }, indent=2))
-            if folder.exists():
-                shutil.rmtree(folder)
-            tmp.rename(folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     data = json.loads(manifest.read_text())
     return DemoInputs(
         catalog=str(folder / data["catalog"]), regions=str(folder / data["regions"]), region=data.get("region", REGION_NAME),
