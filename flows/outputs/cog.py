@@ -1,9 +1,9 @@
 """COGs assembled from the tiles their blocks encoded, so that nothing is encoded twice.
 
-GDAL's COG driver encodes every tile of a COG as it copies it, and builds the overviews by reading
-its source again: at the end of a run, after the last block. For an 8192² float raster that took
-4.0 s of the 2-core CPU, 1.55 s of it overviews, and the source (a mosaic of the blocks' own
-GeoTIFFs) had been encoded once already. But blocks are aligned to the COG's 512-px tiles, so each
+GDAL's COG driver encodes every tile of a COG, and builds the overviews, from the whole mosaic:
+after the last block, where all of it adds to the run. ``bench/cog_writers.py`` measures it
+against this module on the same map (docs/performance.md): that gap is why the bytes are laid out
+here rather than by the library. Blocks are aligned to the COG's 512-px tiles, so each
 block can encode its tiles with the COG's own encoding as soon as it is stitched, and the tiles of
 every overview level that lie inside it as well. What is left at the end is small: the levels
 whose tiles span several blocks, made from the blocks' reduced pixels, and the COG itself, written
