@@ -33,8 +33,8 @@ def cpu_has_native_bf16() -> bool | None:
 def warn_if_bf16_is_emulated(precision: str, device: torch.device) -> None:
     """A warning where bf16 autocast would run on a CPU that only emulates it.
 
-    One 512 x 512 Swin-T pair took 16.6 s in bf16 against 2.5 s in fp32 on an AVX2-only EPYC,
-    where a CPU with AVX512-BF16 ran bf16 2-4x faster than fp32.
+    Emulated bf16 runs several times slower than fp32, where a CPU with AVX512-BF16 or AMX runs it
+    faster than fp32 (docs/performance.md has the figures).
     """
     if precision == "bf16" and device.type == "cpu" and cpu_has_native_bf16() is False:
         warnings.warn("bf16 on this CPU is emulated (it has neither AVX512-BF16 nor AMX) and runs several "

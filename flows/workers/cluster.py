@@ -85,14 +85,11 @@ def _current_api_url() -> str | None:
 def local_cluster_kwargs(workers: int | None = None) -> dict[str, Any]:
     """One worker per GPU, or CPU workers with the cores split between them.
 
-    A single worker runs inside this process (Dask threads, no worker process). Starting a worker
-    process that imports torch took 9-11 s on the 2-core CPU and 13 s on an H200 machine, more than
-    the network needs for a 2048² region there (44 s and 0.6 s). In this process the model also
-    stays loaded for the next run (``monitor-region`` runs one detect per pair), and memory is
-    lower (2.6 GB against 3.4-3.6 GB at 2048²). Long runs went as fast either way (8192² on 2
-    cores: 759 s and 823 s in this process, 764 s with a worker process; the network's speed on
-    that machine varies by up to 20 % between runs). Several workers get a process each, so that
-    they do not share a GIL.
+    A single worker runs inside this process (Dask threads, no worker process): a worker process
+    would import torch again, which costs more than a small region's network time on a GPU; in
+    this process the model also stays loaded for the next run (``monitor-region`` runs one detect
+    per pair) and memory is lower. Several workers get a process each, so that they do not share a
+    GIL.
     """
     gpus = local_gpu_count()
     # a CPU worker's torch uses several cores; more workers than cores/4 only adds memory
@@ -197,9 +194,8 @@ def warm_up_in_background(model_path: str, model_hash: str, precision: str, devi
     """Load the model for this process's worker while the flow still reads the scenes; on a GPU, also
     run one batch of blank windows through it, so the card's first kernels are loaded by then too.
 
-    On an H200 the first two blocks of an 8192² run took 3.4 s, later pairs 1.1-1.2 s: the
-    difference is loading the weights and starting the card, and the 1.8 s of reading the scenes
-    before them leaves the GPU idle. A failure here is ignored: the worker loads the model again and
+    Otherwise the first blocks pay for loading the weights and starting the card while reading the
+    scenes leaves the GPU idle. A failure here is ignored: the worker loads the model again and
     reports what went wrong, in its own task.
     """
     def warm() -> None:
@@ -232,8 +228,7 @@ def reuse_freed_memory() -> None:
     Dask's nanny starts every worker with ``MALLOC_TRIM_THRESHOLD_=65536`` so that idle workers
     give memory back quickly. Setting that variable also freezes glibc's mmap threshold at 128 kB,
     so each activation of a forward pass becomes a fresh mmap that is page-faulted in and unmapped
-    again: measured on 2 CPU cores, a Swin-T batch of two 512 windows took 2.1 s in a Dask worker
-    against 1.2 s in a plain process, and 1.2 s in the worker after this call. A model worker
+    again, which makes forwards in a worker markedly slower than in a plain process. A model worker
     allocates the same sizes every batch, so it is better served by reusing them.
     """
     libc = _glibc()
@@ -248,11 +243,9 @@ def release_freed_memory() -> None:
     """Hand the memory that this process freed but its allocator kept back to the OS (glibc only).
 
     A block allocates its pixels, windows and sums afresh, and the allocator keeps what the block
-    freed, scattered between what it still holds: processing the sixteen 2048 blocks of an 8192²
-    scene one after another grew a process by 0.70 GB, 0.38 GB when trimmed after each block (RSS
-    between blocks, stand-in network). Worth it where a block runs alone for seconds (a CPU
-    worker), not where two blocks share a GPU: there the partner is about to reuse what was freed,
-    and trimming cost 2.0 s over those sixteen blocks at GPU speed (stand-in, 12.2 s -> 14.2 s).
+    freed, scattered between what it still holds, so the process grows block by block. Worth it
+    where a block runs alone for seconds (a CPU worker), not where two blocks share a GPU: there
+    the partner is about to reuse what was freed, and trimming costs time at GPU speed.
     """
     libc = _glibc()
     if libc is not None:
