@@ -11,7 +11,7 @@ import json
 import re
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dsqnet.inference.defaults import BATCH_SIZE, DEFAULT_THRESHOLD, STRIDE, WINDOW
 from flows.blocks.store import CHUNK
@@ -21,6 +21,12 @@ RequestT = TypeVar("RequestT", bound=BaseModel)
 
 def _geojson_text(value: Any) -> Any:
     return json.dumps(value) if isinstance(value, dict) else value  # `-p region={...}` arrives parsed
+
+
+def _device(value: str) -> str:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+        raise ValueError(f"{value!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    return value
 
 
 def _iso_date(value: Any) -> str | None:
@@ -35,6 +41,7 @@ def _iso_date(value: Any) -> str | None:
 # Field types shared by the flows' parameter models.
 RegionText = Annotated[str | dict | None, BeforeValidator(_geojson_text)]  # a dict: GeoJSON given parsed
 IsoDate = Annotated[str | None, BeforeValidator(_iso_date)]
+DeviceText = Annotated[str, AfterValidator(_device)]
 
 DEMO_BEFORE, DEMO_AFTER = "2021-06-14", "2023-06-21"
 
@@ -69,7 +76,7 @@ class DetectRequest(BaseModel):
     batch_size: int = Field(BATCH_SIZE, ge=1, description="windows per forward pass")
     block_size: int = Field(4096, ge=CHUNK, description=f"pixels per side of a block of work, a multiple of {CHUNK}")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast precision on the workers")
-    device: str = Field("auto", description="'auto' (a GPU when the worker has one), 'cpu' or 'cuda:N'")
+    device: DeviceText = Field("auto", description="'auto' (a GPU when the worker has one), 'cpu' or 'cuda:N'")
     workers: int | None = Field(None, ge=1, description="local Dask workers; default one per GPU or cores/4")
     dask_address: str | None = Field(None, description="scheduler of an existing Dask cluster, e.g. tcp://host:8786")
     truth: str | None = Field(None, description="true change (GeoParquet polygons or a raster) to score the run against")
@@ -80,13 +87,6 @@ class DetectRequest(BaseModel):
         if value % CHUNK:
             raise ValueError(f"must be a multiple of {CHUNK} (blocks write whole chunks of change_prob.zarr), "
                              f"e.g. {max(CHUNK, round(value / CHUNK) * CHUNK)}")
-        return value
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
-            raise ValueError(f"{value!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
         return value
 
     @model_validator(mode="after")

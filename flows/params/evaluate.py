@@ -10,13 +10,12 @@ The labeled data comes one of two ways, and exactly one must be given:
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dsqnet.inference.defaults import BATCH_SIZE, STRIDE, WINDOW
-from flows.params.detect import IsoDate, RegionText, parse_parameters
+from flows.params.detect import DeviceText, IsoDate, RegionText, parse_parameters
 
 SCENE_FIELDS = ("catalog", "region", "before", "after", "labels")
 
@@ -49,7 +48,7 @@ class EvaluateRequest(BaseModel):
     stride: int = Field(STRIDE, ge=1, description="step between windows, pixels (the paper: 256)")
     batch_size: int = Field(BATCH_SIZE, ge=1, description="windows per forward pass")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast precision")
-    device: str = Field("auto", description="'auto' (a GPU when there is one), 'cpu' or 'cuda:N'")
+    device: DeviceText = Field("auto", description="'auto' (a GPU when there is one), 'cpu' or 'cuda:N'")
     iou_threshold: float = Field(0.5, gt=0, le=1, description="IoU from which a predicted object matches a true one")
     min_object_pixels: int = Field(1, ge=1, description="objects smaller than this (pixels) are not counted")
     out: str = Field("runs", description="folder where the evaluation folder (evaluation.json) is written")
@@ -65,13 +64,6 @@ class EvaluateRequest(BaseModel):
 
         if value not in LAYOUTS:
             raise ValueError(f"unknown layout {value!r}; use one of {', '.join(sorted(LAYOUTS))}")
-        return value
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
-            raise ValueError(f"{value!r} is not a device; use 'auto', 'cpu' or 'cuda:N'")
         return value
 
     @model_validator(mode="after")

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from dsqnet.inference.defaults import STRIDE, WINDOW
 from flows.params.evaluate import EvaluateRequest, check_labeled_data
-from flows.params.detect import IsoDate, RegionText, parse_parameters
+from flows.params.detect import DeviceText, IsoDate, RegionText, parse_parameters
 
 
 class RetrainRequest(BaseModel):
@@ -57,7 +57,7 @@ class RetrainRequest(BaseModel):
     window: int = Field(WINDOW, ge=32, description="evaluation window, pixels (the paper: 512)")
     stride: int = Field(STRIDE, ge=1, description="evaluation stride, pixels (the paper: 256)")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast precision of evaluation")
-    device: str = Field("auto", description="'auto' (a GPU when there is one), 'cpu' or 'cuda:N'")
+    device: DeviceText = Field("auto", description="'auto' (a GPU when there is one), 'cpu' or 'cuda:N'")
     out: str = Field("runs", description="folder where the retrain folder (retrain.json) is written")
     run_name: str | None = Field(None, description="name of the retrain folder; default retrain_<name>_<inputs hash>")
 
@@ -65,11 +65,6 @@ class RetrainRequest(BaseModel):
     @classmethod
     def _layout(cls, value: str) -> str:
         return EvaluateRequest._layout(value)
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        return EvaluateRequest._device(value)
 
     @model_validator(mode="after")
     def _one_route(self) -> RetrainRequest:
