@@ -54,6 +54,8 @@ def _groups(items: list, rules: list[Radiometry]) -> list[tuple[Radiometry, list
 def _load_group(items: list, rule: Radiometry, grid: GeoBox, chunk: int) -> tuple[xr.DataArray, xr.DataArray]:
     names = rule.load_names
     mask = rule.mask
+    if any(str(a.href).startswith(("http://", "https://")) for i in items for a in i.assets.values()):
+        odc.stac.configure_rio(cloud_defaults=True)  # GDAL reads remote COGs by range requests, no directory listing
     try:
         data = odc.stac.load(
             [_with_band_counts(item) for item in items], bands=names, geobox=grid, chunks={"x": chunk, "y": chunk},
