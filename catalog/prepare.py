@@ -61,7 +61,8 @@ def choose_pair(region: Region, before: DateWindow, after: DateWindow, source: S
     """The scenes of both dates, each chosen from its own window, from one collection: the one named
     in ``collections``, or the one ``pick_collection`` finds best (its reason kept in both choices)."""
     found = [source.search(region, w.start, w.end, collections) for w in (before, after)]
-    first, second, picked = pick_collection(*found) if found[0] and found[1] else (*found, None)
+    named = bool(collections)  # collections the user named may be mixed, if they share one scale
+    first, second, picked = pick_collection(*found) if found[0] and found[1] and not named else (*found, None)
     return tuple(  # type: ignore[return-value]
         choose_scenes(items, region, w, source.description, min_coverage,
                       collection_reason=picked.reason if picked else "")

@@ -83,12 +83,12 @@ PROVIDER_CASES = {
 
 
 def scene_pair(provider: Provider, folder: Path, before: str = "2021-06-15", after: str = "2022-06-15",
-               href: Callable[[Path], str] = str) -> tuple[pystac.Item, pystac.Item]:
-    """The provider's Item as two dates (ids suffixed, datetimes set), with local pixels; ``href``
-    turns a written file into the href the Item gets (a path, or a URL when served)."""
+               href: Callable[[Path], str] = str, metadata: dict | None = None) -> tuple[pystac.Item, pystac.Item]:
+    """The provider's Item (or ``metadata``) as two dates (ids suffixed, datetimes set), with local
+    pixels; ``href`` turns a written file into the href the Item gets (a path, or a URL when served)."""
     items = []
     for when, label in ((before, "before"), (after, "after")):
-        data = copy.deepcopy(provider.item())
+        data = copy.deepcopy(metadata or provider.item())
         data["id"] = f"{data['id']}-{label}"
         data["properties"]["datetime"] = f"{when}T10:30:00Z"
         data["links"] = [link for link in data.get("links", []) if link.get("rel") not in ("self", "parent", "root", "collection")]
@@ -100,9 +100,28 @@ def scene_pair(provider: Provider, folder: Path, before: str = "2021-06-15", aft
     return items[0], items[1]
 
 
-def region_of(provider: Provider) -> dict:
+def relocated(metadata: dict, onto: dict, collection: str | None = None) -> dict:
+    """``metadata`` moved onto the footprint of ``onto`` (geometry, bbox, CRS and grid origin); every
+    other field as published. Tests of catalogs that mix collections over one place need this: the
+    public fixtures of each collection lie in different places."""
+    moved = copy.deepcopy(metadata)
+    moved["geometry"], moved["bbox"] = onto["geometry"], onto["bbox"]
+    props = moved["properties"]
+    props.pop("proj:code", None)
+    props["proj:epsg"] = onto["properties"].get("proj:epsg")
+    x0, y0 = _asset_transform(onto, "red")[2], _asset_transform(onto, "red")[5]
+    for fields in (props, *moved["assets"].values()):
+        if fields.get("proj:transform"):
+            a, _, _, _, e, _ = fields["proj:transform"][:6]
+            fields["proj:transform"] = [a, 0, x0, 0, e, y0]
+    if collection:
+        moved["collection"] = collection
+    return moved
+
+
+def region_of(provider: Provider, metadata: dict | None = None) -> dict:
     """The lon/lat box of the 60 x 60 red-band pixels around the provider's centre."""
-    transform, crs = _window(provider.item(), provider.rgb[0], provider)
+    transform, crs = _window(metadata or provider.item(), provider.rgb[0], provider)
     size = 2 * HALF_PIXELS
     corners = [transform * (c, r) for c, r in ((0, 0), (size, 0), (size, size), (0, size))]
     to_lonlat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
@@ -117,6 +136,11 @@ def region_of(provider: Provider) -> dict:
 def truth_in_window(provider: Provider) -> tuple[Affine, str]:
     """The red band's window grid (transform, CRS): where ``CHANGE_PIXELS`` and ``CLOUD_PIXELS`` lie."""
     return _window(provider.item(), provider.rgb[0], provider)
+
+
+def expected_byte(rho: float) -> int:
+    """The model's 0-255 value of a reflectance."""
+    return int(round(rho / 0.3 * 255))
 
 
 def _crs(data: dict) -> str:

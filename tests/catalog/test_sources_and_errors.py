@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pystac
@@ -20,7 +21,7 @@ from catalog import (
     prepare_scenes,
 )
 from catalog.radiometry import radiometry_of
-from tests.catalog.stac_api_server import silent_server, stac_api
+from tests.catalog.stac_servers import rustac_api, silent_server
 from tests.catalog.stac_helpers import SPOT, region_around, utc, write_catalog, write_scene
 
 
@@ -38,7 +39,11 @@ def test_the_stac_api_path_speaks_real_http(scenes, tmp_path):
     _, _, items = scenes
     region = parse_region(region_around(SPOT, 150))
     before, after = date_pair("2021-06-15", "2022-06-15")
-    with stac_api(items) as url:
+    items = [i.clone() for i in items]
+    for item in items:  # served over HTTP, a path without a scheme would resolve against the server
+        for asset in item.assets.values():
+            asset.href = Path(asset.get_absolute_href()).as_uri()
+    with rustac_api(items, tmp_path) as url:
         source = open_source(url)
         assert isinstance(source, StacApi)
         found = source.search(region, before.start, before.end)
