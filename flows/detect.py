@@ -95,7 +95,9 @@ def check_model(model: str | None, registry: str | None = None) -> ModelRecord:
 def choose_scenes(request: DetectRequest) -> tuple[Region, DateChoice, DateChoice]:
     region = parse_region(request.region, regions_file=request.regions)
     before, after = date_pair(request.before, request.after, request.tolerance_days)
-    first, second = choose_pair(region, before, after, open_source(request.catalog))
+    first, second = choose_pair(region, before, after, open_source(request.catalog), request.collection)
+    if first.collection_reason:
+        get_run_logger().info(first.collection_reason)
     return region, first, second
 
 
@@ -356,6 +358,9 @@ def summary_text(manifest: dict) -> str:
              f"  changed: {manifest['changed_km2']:.4f} km2 in {manifest['polygons']} polygons "
              f"(observed {manifest['observed_km2']:.4f} km2)",
              f"  blocks: {manifest['blocks']['computed']} computed, {manifest['blocks']['reused']} reused"]
+    if manifest["scenes"]["before"].get("collection_choice"):
+        used = manifest["scenes"]["radiometry"]["before"][0]["collection"]
+        lines.append(f"  collection: {used}, picked from several (run.json: scenes.before.collection_choice says why)")
     if manifest.get("metrics"):
         m = manifest["metrics"]
         lines.append(f"  against the truth: F1 {m['f1']:.3f}  IoU {m['iou']:.3f}  precision {m['precision']:.3f}  "

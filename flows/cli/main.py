@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 import textwrap
 import time
@@ -31,7 +32,7 @@ Start here:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(attach_negative_values(sys.argv[1:] if argv is None else list(argv)))
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2
@@ -40,6 +41,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as err:  # input errors derive from ValueError; output and disk errors from OSError
         print(f"dsqnet {args.command}: error: {err}", file=sys.stderr)
         return 1
+
+
+_NEGATIVE_VALUE = re.compile(r"-\d[\d.]*([eE][-+]?\d+)?(,\s*-?\d[\d.]*([eE][-+]?\d+)?)*")
+
+
+def attach_negative_values(argv: list[str]) -> list[str]:
+    """``--region -105.3,40.1,-105.2,40.2`` as ``--region=-105.3,...``: argparse takes a value that
+    starts with '-' for an option unless it is one plain number, which would refuse every western bbox."""
+    joined: list[str] = []
+    for token in argv:
+        if (joined and joined[-1].startswith("--") and "=" not in joined[-1] and _NEGATIVE_VALUE.fullmatch(token)):
+            joined[-1] = f"{joined[-1]}={token}"
+        else:
+            joined.append(token)
+    return joined
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,6 +100,9 @@ def _add_fields(parser: argparse.ArgumentParser, fields: dict) -> None:
             options = {"help": field.description, "action": "store_true"}
         elif get_origin(kinds[0]) is Literal:
             options["choices"] = list(get_args(kinds[0]))
+        elif get_origin(kinds[0]) is list:
+            options["action"] = "append"
+            options["help"] = f"{field.description} (repeatable)"
         elif kinds[0] in (int, float):
             options["type"] = kinds[0]
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, **options)

@@ -29,6 +29,18 @@ def _device(value: str) -> str:
     return value
 
 
+def _collection_list(value: Any) -> list[str] | None:
+    """One collection id, several comma-separated, or a list (a deployment's JSON)."""
+    if value is None or value == []:
+        return None
+    names = value.split(",") if isinstance(value, str) else list(value)
+    names = [str(n).strip() for n in names if str(n).strip()]
+    for name in names:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:-]*", name):
+            raise ValueError(f"{name!r} is not a STAC collection id (letters, digits, '.', '_', '-', ':')")
+    return names or None
+
+
 def _iso_date(value: Any) -> str | None:
     if value is None:
         return None
@@ -42,6 +54,7 @@ def _iso_date(value: Any) -> str | None:
 RegionText = Annotated[str | dict | None, BeforeValidator(_geojson_text)]  # a dict: GeoJSON given parsed
 IsoDate = Annotated[str | None, BeforeValidator(_iso_date)]
 DeviceText = Annotated[str, AfterValidator(_device)]
+CollectionList = Annotated[list[str] | None, BeforeValidator(_collection_list)]
 
 DEMO_BEFORE, DEMO_AFTER = "2021-06-14", "2023-06-21"
 
@@ -58,7 +71,9 @@ class DetectRequest(BaseModel):
     region: RegionText = Field(None, description="lon/lat bbox 'W,S,E,N', GeoJSON (inline or file), or a name in the regions file")
     before: IsoDate = Field(None, description="the earlier date, YYYY-MM-DD")
     after: IsoDate = Field(None, description="the later date, YYYY-MM-DD")
-    catalog: str | None = Field(None, description="a static STAC catalog (file) or a STAC API URL")
+    catalog: str | None = Field(None, description="a static STAC catalog (file or URL) or a STAC API URL")
+    collection: CollectionList = Field(None, description="search only this STAC collection (repeatable, e.g. "
+                                       "sentinel-2-c1-l2a); default: the one that suits the model, said in the log")
     regions: str | None = Field(None, description="a regions YAML file that names regions and watch zones")
     model: str | None = Field(None, description="a model file (.safetensors, or an authors' .pth) or a registry "
                               "reference name@VERSION / name@ALIAS / name; default: the demo model")

@@ -29,7 +29,7 @@ from pyproj import CRS, Transformer
 PROVIDERS = Path(__file__).with_name("providers")
 FIELD = (0.12, 0.10, 0.08)  # red, green, blue reflectance of the unchanged land
 BUILT = (0.27, 0.25, 0.22)  # reflectance of the new roof in the later date
-HALF_PIXELS = 30  # the region is 60 x 60 pixels of the red band
+HALF_PIXELS = 30  # by default the region is 60 x 60 pixels of the red band
 CHANGE_PIXELS = (slice(20, 36), slice(24, 40))  # rows, columns of the change, in red-band pixels of the window
 CLOUD_PIXELS = (slice(4, 12), slice(4, 14))
 
@@ -52,6 +52,7 @@ class Provider:
     encode: Callable[[np.ndarray], np.ndarray]
     mask: tuple[str, int, int] | None = None  # (asset, clear value, cloud value)
     resolution: float = 10.0
+    half: int = HALF_PIXELS  # the window is 2 * half red-band pixels wide
 
     def item(self) -> dict:
         return json.loads((PROVIDERS / self.fixture).read_text())
@@ -122,7 +123,7 @@ def relocated(metadata: dict, onto: dict, collection: str | None = None) -> dict
 def region_of(provider: Provider, metadata: dict | None = None) -> dict:
     """The lon/lat box of the 60 x 60 red-band pixels around the provider's centre."""
     transform, crs = _window(metadata or provider.item(), provider.rgb[0], provider)
-    size = 2 * HALF_PIXELS
+    size = 2 * provider.half
     corners = [transform * (c, r) for c, r in ((0, 0), (size, 0), (size, size), (0, size))]
     to_lonlat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
     ring = [list(to_lonlat.transform(x, y)) for x, y in corners]
@@ -153,11 +154,11 @@ def _asset_transform(data: dict, key: str) -> list[float]:
 
 
 def _window(data: dict, key: str, provider: Provider) -> tuple[Affine, str]:
-    """The grid of a (2 * HALF_PIXELS)-pixel window of the red asset around the centre, on the asset's own pixels."""
+    """The grid of a (2 * half)-pixel window of the red asset around the centre, on the asset's own pixels."""
     crs = _crs(data)
     a, _, x0, _, e, y0 = _asset_transform(data, key)[:6]
     x, y = Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform(*provider.center)
-    col, row = int((x - x0) / a) - HALF_PIXELS, int((y - y0) / e) - HALF_PIXELS
+    col, row = int((x - x0) / a) - provider.half, int((y - y0) / e) - provider.half
     return Affine(a, 0, x0 + col * a, 0, e, y0 + row * e), crs
 
 
@@ -165,7 +166,7 @@ def _write_asset(data: dict, key: str, provider: Provider, path: Path, changed: 
     red_window, crs = _window(data, provider.rgb[0], provider)
     a, _, x0, _, e, y0 = _asset_transform(data, key)[:6]
     factor = round(a / red_window.a)  # a 20 m asset under a 10 m red band: one pixel per 2 x 2
-    size = 2 * HALF_PIXELS // factor + 2
+    size = 2 * provider.half // factor + 2
     col = int(round((red_window.c - x0) / a))
     row = int(round((red_window.f - y0) / e))
     transform = Affine(a, 0, x0 + col * a, 0, e, y0 + row * e)
