@@ -146,7 +146,7 @@ def _add_monitor(commands) -> None:
     _add_fields(p, {"regions": fields["regions"]})
     p.add_argument("--region", dest="region_names", action="append", metavar="NAME",
                    help="watch only this region of the regions file (repeatable; default: every region)")
-    _add_fields(p, {k: fields[k] for k in ("catalog", "model", "state", "out", "baseline", "since", "min_coverage",
+    _add_fields(p, {k: fields[k] for k in ("catalog", "collection", "model", "state", "out", "baseline", "since", "min_coverage",
                                            "alert_area_m2", "alert_polygons", "webhook_url", "notify_block")})
     detect = p.add_argument_group("detect options", "passed to detect-changes for every pair "
                                                     "(--threshold is the change probability, not an alert threshold)")

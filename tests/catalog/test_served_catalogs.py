@@ -4,11 +4,13 @@ place, and a static catalog published over HTTP, read with range requests."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 
 import numpy as np
 import pystac
 import pytest
 
+from catalog.acquisitions import find_acquisitions
 from catalog import CatalogError, StacApi, StaticCatalog, date_pair, open_scenes, open_source, parse_region, prepare_scenes
 from tests.catalog.provider_scenes import (
     FIELD,
@@ -126,3 +128,17 @@ def test_a_url_that_is_no_stac_is_refused_clearly(tmp_path):
             open_source(f"{url}/index.json")
         with pytest.raises(CatalogError, match="answered 404 Not Found"):
             open_source(f"{url}/missing.json")
+
+
+def test_monitoring_acquisitions_come_from_one_collection_too(earth_search_like):
+    folder, items = earth_search_like
+    region = parse_region(region_of(EARTH_SEARCH))
+    with rustac_api(items, folder) as url:
+        found = find_acquisitions(region, open_source(url), dt.date(2021, 1, 1), dt.date(2022, 12, 31))
+        named = find_acquisitions(region, open_source(url), dt.date(2021, 1, 1), dt.date(2022, 12, 31),
+                                  collections=["landsat-c2-l2"])
+    assert found.collections == ("sentinel-2-c1-l2a",) and "Using sentinel-2-c1-l2a" in found.collection_reason
+    assert [a.day.isoformat() for a in found.covering] == ["2021-06-15", "2022-06-15"]
+    assert all(s.startswith("S2B_T38XNF") for a in found.covering for s in a.scene_ids)
+    assert named.collections == ("landsat-c2-l2",) and named.collection_reason == ""
+    assert all(s.startswith("LC08_L2SP") for a in named.covering for s in a.scene_ids)
