@@ -8,7 +8,7 @@ the store (or reuse an identical one).
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from odc.geo.geobox import GeoBox
@@ -21,6 +21,7 @@ from .grid import target_grid
 from .radiometry import Radiometry, check_one_scale, radiometry_of
 from .regions import DateWindow, Region
 from .scenes import load_pair
+from .signing import sign_items
 from .selection import FULL_COVERAGE, DateChoice, choose_scenes
 from .sources import SceneSource
 from .store import inputs_hash, is_complete, write_scenes
@@ -49,6 +50,11 @@ class PreparedScenes:
                            for when, rules, choice in (("before", self.radiometry[0], self.before),
                                                        ("after", self.radiometry[1], self.after))},
         }
+
+
+def _assets(rule: Radiometry) -> set[str]:
+    """The asset keys a rule reads (``image.2`` is band 2 of asset ``image``)."""
+    return {name.split(".")[0] for name in rule.load_names} | set(rule.load_names)
 
 
 def grid_summary(grid: GeoBox) -> dict:
@@ -98,7 +104,9 @@ def prepare_chosen(region: Region, before: DateWindow, after: DateWindow, first:
     out = Path(out)
     if is_complete(out, key):
         return PreparedScenes(out, True, first, second, grid, rules, key)
-    dataset = load_pair(first, second, (list(rules[0]), list(rules[1])), grid, chunk)
+    readable = [replace(choice, items=tuple(sign_items(list(choice.items), [_assets(r) for r in date_rules])))
+                for choice, date_rules in zip((first, second), rules)]  # Planetary Computer's blobs need a token
+    dataset = load_pair(*readable, (list(rules[0]), list(rules[1])), grid, chunk)
     try:
         write_scenes(dataset, out, key, chunk)
     except (RasterioIOError, OSError) as err:

@@ -25,6 +25,7 @@ import pystac
 
 from .bands import BandSource, BandSpec, raster_bands, rgb_sources
 from .errors import CatalogError
+from .signing import signed_href
 
 SURFACE = "surface reflectance"
 TOP_OF_ATMOSPHERE = "top-of-atmosphere reflectance"
@@ -219,7 +220,7 @@ def _read_data_type(item: pystac.Item, source: BandSource) -> str:
 
     href = item.assets[source.asset].get_absolute_href() or item.assets[source.asset].href
     try:
-        with rasterio.open(href) as dataset:
+        with rasterio.open(signed_href(href)) as dataset:
             return dataset.dtypes[source.index - 1]
     except (rasterio.errors.RasterioIOError, IndexError) as err:
         raise CatalogError(f"asset {source.asset} of item {item.id} ({href}) cannot be read: {err}") from None

@@ -11,6 +11,7 @@ import pystac
 import pytest
 
 from catalog.acquisitions import find_acquisitions
+from catalog.signing import SAS_API_ENV, sign_items
 from catalog import CatalogError, StacApi, StaticCatalog, date_pair, open_scenes, open_source, parse_region, prepare_scenes
 from tests.catalog.provider_scenes import (
     FIELD,
@@ -142,3 +143,21 @@ def test_monitoring_acquisitions_come_from_one_collection_too(earth_search_like)
     assert all(s.startswith("S2B_T38XNF") for a in found.covering for s in a.scene_ids)
     assert named.collections == ("landsat-c2-l2",) and named.collection_reason == ""
     assert all(s.startswith("LC08_L2SP") for a in named.covering for s in a.scene_ids)
+
+
+def test_planetary_computer_hrefs_get_a_read_token_before_they_are_read(tmp_path, monkeypatch):
+    service = tmp_path / "sas"
+    (service / "token" / "naipeuwest").mkdir(parents=True)
+    (service / "token" / "naipeuwest" / "naip").write_text('{"msft:expiry": "2026-12-03T08:00:00Z", "token": "sv=x&sig=y"}')
+    naip = pystac.Item.from_dict(PROVIDER_CASES["planetary-computer naip"].item())
+    local = scene_pair(PROVIDER_CASES["earth-search sentinel-2-l2a"], tmp_path)[0]
+    with static_http(service) as (url, _):
+        monkeypatch.setenv(SAS_API_ENV, f"{url}/token")
+        signed_naip, same_local = sign_items([naip, local])
+        monkeypatch.setenv(SAS_API_ENV, f"{url}/nothing-here")
+        with pytest.raises(CatalogError, match="cannot get a read token for Azure storage naipeuwest/naip"):
+            sign_items([naip])
+        assert sign_items([naip], [{"tilejson"}]) == [naip]  # only the assets to be read are signed
+    assert signed_naip.assets["image"].href == naip.assets["image"].href + "?sv=x&sig=y"
+    assert naip.assets["image"].href.endswith(".tif")  # the Item itself is left as published
+    assert same_local is local
