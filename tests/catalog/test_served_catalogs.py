@@ -161,3 +161,18 @@ def test_planetary_computer_hrefs_get_a_read_token_before_they_are_read(tmp_path
     assert signed_naip.assets["image"].href == naip.assets["image"].href + "?sv=x&sig=y"
     assert naip.assets["image"].href.endswith(".tif")  # the Item itself is left as published
     assert same_local is local
+
+
+def test_an_offset_removed_archive_and_a_reprocessed_one_share_one_scale(earth_search_like, tmp_path):
+    """Before from sentinel-2-l2a (Earth Search removed the +1000), after from Collection 1 (it did not)."""
+    folder, items = earth_search_like
+    keep = [i for i in items if (i.collection_id, i.id.endswith("-before")) in
+            {("sentinel-2-l2a", True), ("sentinel-2-c1-l2a", False)}]
+    region = parse_region(region_of(EARTH_SEARCH))
+    before, after = date_pair("2021-06-15", "2022-06-15")
+    with rustac_api(keep, folder) as url:
+        result = prepare_scenes(region, before, after, open_source(url), tmp_path / "s.zarr", chunk=64,
+                                collections=["sentinel-2-l2a", "sentinel-2-c1-l2a"])
+    offsets = [r["offset"] for when in ("before", "after") for r in result.summary()["radiometry"][when]]
+    assert offsets == [0.0, -0.1]
+    assert _red_median(result) == (expected_byte(FIELD[0]),) * 2
