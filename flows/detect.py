@@ -52,7 +52,7 @@ from flows.params.detect import DetectRequest, parse_request
 from flows.blocks.store import ProbabilityStore
 
 from flows.outputs.run_folder import RunFolder, check_writable, link_tree, run_lock, with_output_errors
-from flows.runtime.interrupts import note_store
+from flows.runtime.interrupts import note_resume_point
 from flows.scoring.known_change import score_run
 from flows.blocks.stitch import Stitcher, stitch
 from flows.runtime.subflows import as_subflow
@@ -251,7 +251,7 @@ def run_detect(request: DetectRequest, locks: ExitStack) -> dict:
           f"({len(work_plan.blocks) - len(work_plan.todo)} already done), {work_plan.windows} windows in the scene")
     lap("plan blocks")
     store = ProbabilityStore(work_plan.job.probabilities)
-    note_store(store.path)  # the resume point an interrupted run reports
+    note_resume_point(store.reusable_blocks)  # what an interrupted run reports
     outputs = BlockOutputs.prepare(store, scenes.grid.crs.to_wkt(), scenes.grid.transform, request.block_size,
                                    request.threshold, request.min_area_m2, scenes=scenes.path)
     reports = []

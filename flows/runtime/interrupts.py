@@ -24,7 +24,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import NoReturn, TypeVar
 
 import psutil
@@ -32,23 +31,21 @@ import psutil
 ResultT = TypeVar("ResultT")
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-_work: list[Path] = []  # the probability store of the detect run in progress (the latest one)
+_resume_points: list[Callable[[], int]] = []  # how many blocks the detect run in progress has done
 
 
-def note_store(path: str | Path) -> None:
-    """Record that this process now works on the probability store at ``path``, the resume point
-    an interrupted run reports."""
-    _work[:] = [Path(path)]
+def note_resume_point(done_blocks: Callable[[], int]) -> None:
+    """Record how to count the blocks of the detect run this process now works on that a rerun will
+    not compute again (the resume point an interrupted run reports)."""
+    _resume_points[:] = [done_blocks]
 
 
 def done_blocks() -> int | None:
-    """How many blocks of the detect run in progress a rerun will not infer again; None before any store."""
-    if not _work:
+    """How many blocks of the detect run in progress a rerun will not compute again; None before any."""
+    if not _resume_points:
         return None
-    from flows.blocks.store import ProbabilityStore
-
     try:
-        return ProbabilityStore(_work[0]).reusable_blocks()
+        return _resume_points[0]()
     except Exception:  # noqa: BLE001 - a store half made when the signal came: nothing to resume from
         return 0
 
