@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import os
 import re
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,8 @@ from flows.params.detect import DetectRequest, parse_request
 
 from flows.blocks.store import ProbabilityStore
 
-from flows.outputs.run_folder import RunFolder, check_writable, link_tree, with_output_errors
+from flows.outputs.run_folder import RunFolder, check_writable, link_tree, run_lock, with_output_errors
+from flows.runtime.interrupts import note_resume_point
 from flows.scoring.known_change import score_run
 from flows.blocks.stitch import Stitcher, stitch
 from flows.runtime.subflows import as_subflow
@@ -221,10 +223,11 @@ def publish(run: RunFolder, manifest: dict, polygons: gpd.GeoDataFrame) -> Path:
 def detect_changes(**params) -> dict:
     """Detect what changed in ``region`` between ``before`` and ``after``; with no region and dates, the demo."""
     request = parse_request(**params)
-    return with_output_errors(run_detect, request, Path(request.out))
+    with ExitStack() as locks:  # the run folder's lock, taken as soon as its name is known
+        return with_output_errors(lambda checked: run_detect(checked, locks), request, Path(request.out))
 
 
-def run_detect(request: DetectRequest) -> dict:
+def run_detect(request: DetectRequest, locks: ExitStack) -> dict:
     timer = StepTimer()
     lap = timer.lap
 
@@ -242,6 +245,7 @@ def run_detect(request: DetectRequest) -> dict:
     name = request.run_name or run_folder_name(region_.name, request.before, request.after)
     work = out_dir / ".cache" / name
     work.mkdir(parents=True, exist_ok=True)
+    locks.enter_context(run_lock(out_dir, name))
     scenes = load_scenes(request, region_, first, second, work)
     lap("load scenes")
     work_plan = plan(request, scenes, record, work)
@@ -249,6 +253,7 @@ def run_detect(request: DetectRequest) -> dict:
           f"({len(work_plan.blocks) - len(work_plan.todo)} already done), {work_plan.windows} windows in the scene")
     lap("plan blocks")
     store = ProbabilityStore(work_plan.job.probabilities)
+    note_resume_point(store.reusable_blocks)  # what an interrupted run reports
     outputs = BlockOutputs.prepare(store, scenes.grid.crs.to_wkt(), scenes.grid.transform, request.block_size,
                                    request.threshold, request.min_area_m2, scenes=scenes.path)
     reports = []

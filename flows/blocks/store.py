@@ -89,6 +89,12 @@ class ProbabilityStore:
         except Exception:  # missing or not a store
             return False
 
+    def reusable_blocks(self) -> int:
+        """How many blocks a rerun will not infer again: those with window sums, or all once complete."""
+        if self.complete:
+            return int(zarr.open_array(str(self.path / "done"), mode="r").size)
+        return len(self.summed_blocks())
+
     def done_blocks(self) -> set[tuple[int, int]]:
         done = np.asarray(zarr.open_array(str(self.path / "done"), mode="r")[:])
         return {(int(r), int(c)) for r, c in zip(*np.nonzero(done))}

@@ -124,11 +124,13 @@ def _flow_command(commands, name: str, help: str, request: str, flow: str) -> No
 
     def run(args: argparse.Namespace) -> None:
         from flows.params.detect import parse_parameters
+        from flows.runtime.interrupts import interruptible
 
         params = {k: getattr(args, k) for k in request_model.model_fields if getattr(args, k) is not None}
         parse_parameters(request_model, name, params)
         flow_module, function = flow.split(":")
-        print(getattr(importlib.import_module(flow_module), function)(**params)["text"])
+        run_flow = getattr(importlib.import_module(flow_module), function)
+        print(interruptible(name, lambda: run_flow(**params))["text"])
 
     _add_fields(_command(commands, name, help, run), request_model.model_fields)
 
@@ -164,9 +166,10 @@ def _monitor(args: argparse.Namespace) -> int:
     if request.regions:
         watch_list(request, request.regions)
     from flows.monitor import MonitorError, monitor_region
+    from flows.runtime.interrupts import interruptible
 
     try:
-        summary = monitor_region(**params)
+        summary = interruptible("monitor", lambda: monitor_region(**params))
     except MonitorError as err:  # some regions failed; the others were processed and are in the message
         print(f"dsqnet monitor: error: {err}", file=sys.stderr)
         return 1

@@ -1,8 +1,9 @@
-"""A run folder that appears whole or not at all.
+"""A run folder that appears whole or not at all, written by one run at a time.
 
 Outputs are written into a hidden staging folder beside the final one; ``commit`` swaps it into
 place. A failure anywhere before that removes the staging folder and leaves an earlier run folder
-of the same name exactly as it was.
+of the same name exactly as it was. ``run_lock`` keeps a second run of the same name out of the
+run folder and its cache while the first one works.
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ import errno
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TypeVar
+
+from flows.files.locks import LockBusy, exclusive
 
 RequestT = TypeVar("RequestT")
 ResultT = TypeVar("ResultT")
@@ -21,6 +25,26 @@ ResultT = TypeVar("ResultT")
 
 class OutputError(OSError):
     """The output folder cannot be written; the message says which folder and what to do."""
+
+
+class RunBusy(OutputError):
+    """Another run of the same name is writing the run folder; the message names its process."""
+
+
+@contextmanager
+def run_lock(out: Path, name: str) -> Iterator[None]:
+    """Hold ``<out>/.cache/<name>.lock`` while this run writes ``<out>/.cache/<name>/`` and ``<out>/<name>/``.
+
+    A second run of the same name fails at once with ``RunBusy``, before it touches either folder,
+    and says which process holds them; runs of other names into the same ``out`` go ahead.
+    """
+    with ExitStack() as held:
+        try:
+            held.enter_context(exclusive(out / ".cache" / f"{name}.lock"))
+        except LockBusy as busy:
+            raise RunBusy(f"run folder {out / name} is being written by {busy.held_by()}; wait for it to finish "
+                          "or choose another --run-name (parameter 'run_name')") from None
+        yield
 
 
 def check_writable(folder: Path, what: str = "", option: str = "out") -> None:
