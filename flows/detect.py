@@ -32,6 +32,7 @@ from prefect.runtime import flow_run
 
 import dsqnet
 from catalog import date_pair, open_source, parse_region
+from catalog.grid import target_grid
 from catalog.prepare import PreparedScenes, choose_pair, grid_summary, prepare_chosen
 from catalog.regions import Region
 from catalog.selection import DateChoice
@@ -50,7 +51,7 @@ from flows.params.detect import DetectRequest, parse_request
 
 from flows.blocks.store import ProbabilityStore
 
-from flows.outputs.run_folder import RunFolder, check_writable, link_tree, with_output_errors
+from flows.outputs.run_folder import RunFolder, check_writable, expect_output_bytes, link_tree, with_output_errors
 from flows.scoring.known_change import score_run
 from flows.blocks.stitch import Stitcher, stitch
 from flows.runtime.subflows import as_subflow
@@ -145,16 +146,16 @@ def infer_blocks(job: BlockJob, blocks: list[Block], todo: list[Block], outputs:
     runner = FlowRunContext.get().task_runner
     with dask.annotate(**block_task_resources(runner.client)):
         futures = [infer_block.submit(job, block) for block in todo]
-    progress = Progress(len(todo), f"blocks inferred of {len(todo)}")
     by_name = {block.name: block for block in blocks}
     reports = []
-    with block_output_writer(outputs, len(blocks), outputs_how) as writer:
+    with block_output_writer(outputs, len(blocks), outputs_how) as writer, \
+            Progress(len(todo), f"blocks inferred of {len(todo)}") as progress:
         stitcher = Stitcher(ProbabilityStore(job.probabilities), job.scenes, job_lattice(job), blocks,
                             on_stitched=writer.submit if writer else None)
         for future in as_completed(futures):
             reports.append(future.result())
             stitcher.add(by_name[reports[-1]["block"]])
-            progress.advance()
+            progress.advance(reports[-1]["windows"])
     order = {block.name: k for k, block in enumerate(todo)}
     return sorted(reports, key=lambda r: order[r["block"]])  # the plan's row-major order
 
@@ -236,6 +237,8 @@ def run_detect(request: DetectRequest) -> dict:
         warm_up_in_background(record.path, record.sha256, request.precision, request.device,
                               local_worker_threads(request.workers), request.batch_size, request.window)
     region_, first, second = choose_scenes(request)
+    expect_output_bytes(bytes_needed(target_grid(region_, [*first.items, *second.items], request.crs,
+                                                 request.resolution).shape))
     lap("choose scenes")
     name = request.run_name or run_folder_name(region_.name, request.before, request.after)
     work = out_dir / ".cache" / name
@@ -300,6 +303,17 @@ def with_demo(request: DetectRequest, folder: Path) -> DetectRequest:
         "region": demo.region, "before": demo.before, "after": demo.after, "catalog": demo.catalog,
         "regions": demo.regions, "truth": request.truth or demo.truth,
     })
+
+
+# Bytes per pixel a run writes, uncompressed, at its peak: scenes.zarr (2 dates x 3 bands + valid), the
+# blocks' window sums (sum and weight), change_prob.zarr, and both COGs with their overviews twice
+# (the blocks' tiles, then the run folder's files).
+BYTES_PER_PIXEL = 8 + 8 + 4 + 2 * 5 * 4 / 3
+
+
+def bytes_needed(shape: tuple[int, int]) -> int:
+    """About how much disk a run over a grid of ``shape`` (rows, cols) needs under ``out``, at most."""
+    return int(shape[0] * shape[1] * BYTES_PER_PIXEL)
 
 
 def run_folder_name(region: str, before: str, after: str) -> str:

@@ -220,8 +220,8 @@ def find_pairs_task(benchmark: BenchmarkSet) -> ChangeDetectionDataset:
 @task(name="score-pairs", cache_policy=NO_CACHE)
 def score_pairs_task(model: ModelRecord, pairs: ChangeDetectionDataset, options: Options,
                      predictions: Path | None) -> dict:
-    progress = Progress(len(pairs), f"pairs scored of {len(pairs)}", key="evaluate-progress")
-    return score_pairs(model, pairs, options, predictions, on_pair=progress.advance)
+    with Progress(len(pairs), f"pairs scored of {len(pairs)}", key="evaluate-progress", unit="pair") as progress:
+        return score_pairs(model, pairs, options, predictions, on_pair=progress.advance)
 
 
 @task(name="publish-evaluation", cache_policy=NO_CACHE)

@@ -49,11 +49,12 @@ from flows.monitoring.config import MonitorRequest, WatchedRegion, parse_monitor
 from flows.monitoring.state import RegionBusy, RegionState, RegionStore, geometry_hash, pair_key
 from flows.outputs.run_folder import check_writable
 from flows.runtime.subflows import as_subflow
+from flows.runtime.user_errors import UserError
 
 EPOCH = "1970-01-01"
 
 
-class MonitorError(RuntimeError):
+class MonitorError(UserError, RuntimeError):
     """One or more regions could not be monitored; the message lists each with its reason."""
 
 

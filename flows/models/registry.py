@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.files.jsonfiles import fsync_dir, json_safe, write_json_atomic
+from flows.runtime.user_errors import UserError
 
 REGISTRY_ENV = "DSQNET_REGISTRY"
 DEFAULT_ALIAS = "production"
@@ -61,7 +62,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _REF_FORM = "name, name@VERSION or name@ALIAS"
 
 
-class RegistryError(ValueError):
+class RegistryError(UserError, ValueError):
     """A registry request that cannot be served; the message names the registry and what exists there."""
 
 

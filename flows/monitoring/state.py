@@ -30,9 +30,10 @@ import pandas as pd
 STATE_VERSION = 1
 
 from flows.files.atomic import written_aside
+from flows.runtime.user_errors import UserError
 
 
-class StateError(ValueError):
+class StateError(UserError, ValueError):
     """A region's state cannot be trusted; the message names the file, what is wrong and the fix."""
 
 
