@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from odc.geo.geobox import GeoBox
-from rasterio.errors import RasterioIOError
 
+from .assets import check_projections, explain_load_failure, read_failures_unlogged
 from .bands import BandSpec, band_spec_for
 from .errors import CatalogError
 from .grid import target_grid
@@ -85,12 +85,18 @@ def prepare_chosen(region: Region, before: DateWindow, after: DateWindow, first:
     out = Path(out)
     if is_complete(out, key):
         return PreparedScenes(out, True, first, second, grid, spec, key)
-    dataset = load_pair(first, second, spec, grid, chunk)
+    bands = [*spec.bands, *([spec.mask_band] if spec.mask_band else [])]
+    check_projections(items, bands)
     try:
-        write_scenes(dataset, out, key, chunk)
-    except (RasterioIOError, OSError) as err:
+        with read_failures_unlogged():
+            write_scenes(load_pair(first, second, spec, grid, chunk), out, key, chunk)
+    except CatalogError:
+        raise
+    except Exception as err:
         if getattr(err, "errno", None) in _OUT_OF_SPACE:
             raise  # our disk, not the source: the caller says so
-        raise CatalogError(f"reading the scenes failed ({err}); the asset may be missing or corrupt. "
-                           f"Nothing was written to {out}.") from None
+        explained = explain_load_failure(err, items, bands, out)
+        if explained is None:
+            raise  # not the scenes' fault: a bug, with its traceback
+        raise explained from None
     return PreparedScenes(out, False, first, second, grid, spec, key)

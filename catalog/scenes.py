@@ -34,7 +34,9 @@ def load_date(choice: DateChoice, spec: BandSpec, grid: GeoBox, chunk: int) -> t
             fail_on_error=True,
         ).isel(time=0)
     except ValueError as err:
-        raise CatalogError(f"cannot load bands {names} of {[i.id for i in items]}: {err}") from None
+        raise CatalogError(f"cannot load bands {names} of Item(s) {', '.join(repr(i.id) for i in items)}: {err}; "
+                           "check the Items' assets and their projection metadata (proj:code, proj:shape, "
+                           "proj:transform)") from None
 
     valid = xr.ones_like(data[spec.bands[0]], dtype=bool)
     channels = []
