@@ -39,6 +39,7 @@ from catalog.selection import DateChoice
 from catalog.store import inputs_hash, open_scenes
 
 from flows.params.signature import takes_parameters_of
+from flows.params.inputs import check_inputs
 from flows.outputs.assemble import change_polygons, write_change_rasters, write_preview
 from flows.outputs.artifacts import Progress, publish_artifacts
 from flows.blocks.infer import BlockJob, process_block
@@ -220,6 +221,7 @@ def publish(run: RunFolder, manifest: dict, polygons: gpd.GeoDataFrame) -> Path:
 def detect_changes(**params) -> dict:
     """Detect what changed in ``region`` between ``before`` and ``after``; with no region and dates, the demo."""
     request = parse_request(**params)
+    check_inputs(request)  # before any task: a bad region, catalog, model or --out fails in one line
     return with_output_errors(run_detect, request, Path(request.out))
 
 

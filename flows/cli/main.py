@@ -119,8 +119,10 @@ def _flow_command(commands, name: str, help: str, request: str, flow: str) -> No
     def run(args: argparse.Namespace) -> None:
         from flows.params.detect import parse_parameters
 
+        from flows.params.inputs import check_inputs
+
         params = {k: getattr(args, k) for k in request_model.model_fields if getattr(args, k) is not None}
-        parse_parameters(request_model, name, params)
+        check_inputs(parse_parameters(request_model, name, params))  # region, catalog, model, --out: before Prefect
         flow_module, function = flow.split(":")
         print(getattr(importlib.import_module(flow_module), function)(**params)["text"])
 

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.files.jsonfiles import fsync_dir, json_safe, write_json_atomic
+from flows.runtime.disk_full import DiskFull
 from flows.runtime.user_errors import UserError
 
 REGISTRY_ENV = "DSQNET_REGISTRY"
@@ -249,8 +250,11 @@ class ModelRegistry:
         except OSError as err:
             raise RegistryError(f"cannot write to the registry at {self.root} ({err.strerror or err}); "
                                 f"choose a writable folder with --registry or {REGISTRY_ENV}") from None
+        full = DiskFull(self.root, source.stat().st_size, fix=f"free some space or choose another registry "
+                                                             f"(--registry or {REGISTRY_ENV}); the registry is unchanged")
         try:
-            sha256, size = _copy_and_hash(source, staging / MODEL_FILE)  # the slow part, outside the lock
+            with full.said():
+                sha256, size = _copy_and_hash(source, staging / MODEL_FILE)  # the slow part, outside the lock
             with self._locked():
                 self._remove_abandoned(folder)
                 version = max([self._last_version(name), *self.versions(name), 0]) + 1
