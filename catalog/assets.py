@@ -40,10 +40,16 @@ def used_assets(item: pystac.Item, bands: Iterable[str]) -> list[tuple[str, pyst
 
 
 def check_projections(items: Iterable[pystac.Item], bands: Iterable[str]) -> None:
-    """Refuse an Item whose projection metadata names a CRS that does not exist, naming the Item,
-    the field and its value (odc-stac would fail inside pyproj, naming none of them)."""
+    """Refuse an Item whose projection metadata names a CRS that does not exist, or gives a grid
+    without a CRS, naming the Item, the field and its value (odc-stac would fail inside pyproj, or
+    list the fields it wants, naming neither)."""
     bands = list(bands)
     for item in items:
+        fields = {**item.properties, **{k: v for _, a in used_assets(item, bands) for k, v in a.extra_fields.items()}}
+        if ("proj:shape" in fields or "proj:transform" in fields) and not any(fields.get(f) for f in PROJ_FIELDS):
+            raise CatalogError(f"Item {item.id!r} gives proj:shape and proj:transform but no CRS (proj:code, "
+                               "proj:epsg, proj:wkt2 or proj:projjson); add its proj:code (e.g. 'EPSG:32633'), or "
+                               "remove proj:shape and proj:transform so that all three are read from the file")
         places = [("Item", item.properties)] + [(f"asset {key!r} of Item", asset.extra_fields)
                                                 for key, asset in used_assets(item, bands)]
         for where, fields in places:

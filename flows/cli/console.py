@@ -51,12 +51,11 @@ class OwnLines(logging.Filter):
 
 
 def terminal_handlers() -> list[logging.Handler]:
-    """Every handler that writes to this process's stderr or stdout (Prefect's console handler, ...)."""
+    """Every handler that writes to a stream rather than a file (Prefect's console handler, ...)."""
     loggers = [logging.getLogger(), *(lg for lg in logging.root.manager.loggerDict.values()
                                       if isinstance(lg, logging.Logger))]
-    streams = {id(sys.stderr), id(sys.stdout), id(sys.__stderr__), id(sys.__stdout__)}
     return [h for lg in loggers for h in lg.handlers
-            if isinstance(h, logging.StreamHandler) and id(getattr(h, "stream", None)) in streams]
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
 
 
 @contextmanager

@@ -28,6 +28,9 @@ _OUTPUT_BYTES: ContextVar[int | None] = ContextVar("output_bytes", default=None)
 class OutputError(UserError, OSError):
     """The output folder cannot be written; the message says which folder and what to do."""
 
+    def __str__(self) -> str:  # the sentence alone, without OSError's "[Errno 20]"
+        return self.strerror or super().__str__()
+
 
 def check_writable(folder: Path, what: str = "", option: str = "out") -> None:
     """Fail now, before hours of work, if ``folder`` cannot hold outputs (``what``, set with ``--option``)."""
