@@ -41,8 +41,9 @@ def safe_torch_load(path: str | Path) -> Any:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except RuntimeError as err:  # torch's zip reader on a truncated or damaged archive
-        raise CheckpointError(f"{path} cannot be read as a PyTorch checkpoint ({str(err).splitlines()[0].split(". ")[0]}); the file "
-                              "is truncated or corrupt: download or copy it again") from None
+        reason = str(err).splitlines()[0].split(". ")[0]
+        raise CheckpointError(f"{path} cannot be read as a PyTorch checkpoint ({reason}); the file is truncated or "
+                              "corrupt: download or copy it again") from None
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"refused to load {path}: it is a pickle that asks to run code or build objects other than "
