@@ -32,8 +32,8 @@ from prefect.runtime import flow_run
 
 import dsqnet
 from catalog import date_pair, open_source, parse_region
-from catalog.grid import target_grid
-from catalog.prepare import PreparedScenes, choose_pair, grid_summary, prepare_chosen
+from catalog.errors import CatalogError
+from catalog.prepare import PreparedScenes, choose_pair, chosen_grid, grid_summary, prepare_chosen
 from catalog.regions import Region
 from catalog.selection import DateChoice
 from catalog.store import inputs_hash, open_scenes
@@ -239,8 +239,11 @@ def run_detect(request: DetectRequest) -> dict:
         warm_up_in_background(record.path, record.sha256, request.precision, request.device,
                               local_worker_threads(request.workers), request.batch_size, request.window)
     region_, first, second = choose_scenes(request)
-    expect_output_bytes(bytes_needed(target_grid(region_, [*first.items, *second.items], request.crs,
-                                                 request.resolution).shape))
+    try:
+        expect_output_bytes(bytes_needed(chosen_grid(region_, first, second, crs=request.crs,
+                                                     resolution=request.resolution).shape))
+    except CatalogError:
+        pass  # load-scenes says what is wrong with the scenes
     lap("choose scenes")
     name = request.run_name or run_folder_name(region_.name, request.before, request.after)
     work = out_dir / ".cache" / name
