@@ -28,13 +28,14 @@ _LIBRARIES = ("rasterio", "odc", "pyproj", "osgeo")
 
 
 def used_assets(item: pystac.Item, bands: Iterable[str]) -> list[tuple[str, pystac.Asset]]:
-    """The assets of ``item`` that a load of ``bands`` reads: by key, or by an ``eo:bands`` name."""
+    """The assets of ``item`` that a load of ``bands`` reads: named as odc-stac loads them (``key``, or
+    ``key.N`` for band N of a multi-band asset), or by an ``eo:bands`` name."""
     wanted = set(bands)
     found = []
     for key, asset in item.assets.items():
         listed = asset.extra_fields.get("eo:bands") or asset.extra_fields.get("bands") or []
-        names = {key} | {b.get(k) for b in listed if isinstance(b, dict) for k in ("name", "common_name")}
-        if names & wanted:
+        names = {b.get(k) for b in listed if isinstance(b, dict) for k in ("name", "common_name")}
+        if key in wanted or names & wanted or any(name.startswith(f"{key}.") for name in wanted):
             found.append((key, asset))
     return found
 
