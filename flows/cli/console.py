@@ -2,8 +2,8 @@
 
 By default a command shows its progress bars, the lines the project itself logs or prints (plain,
 without Prefect's timestamp and run name), and warnings and errors from anywhere. Prefect's
-per-task INFO lines, Dask's cluster logs and rasterio's ``NotGeoreferencedWarning`` stay out of the
-way. A user error is said once, by the command's own last line ``dsqnet <command>: error: ...``,
+per-task INFO lines, Dask's cluster logs and warnings and rasterio's ``NotGeoreferencedWarning`` stay
+out of the way. A user error is said once, by the command's own last line ``dsqnet <command>: error: ...``,
 so Prefect's one-line reports of it (``flows.runtime.user_errors``) are left out of the terminal;
 they still reach the Prefect API. ``--verbose`` shows everything, as the libraries log it.
 """
@@ -73,6 +73,7 @@ def console(verbose: bool, uses_prefect: bool) -> Iterator[None]:
             from rasterio.errors import NotGeoreferencedWarning
 
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            warnings.filterwarnings("ignore", module=r"distributed\.")  # "Port 8787 is already in use", ...
             if uses_prefect:
                 import prefect  # noqa: F401  (configures Prefect's logging, and so its console handler)
             stack.enter_context(_quiet_logging())

@@ -225,3 +225,81 @@ def test_a_real_bug_keeps_its_traceback_and_a_user_error_does_not(capfd, prefect
     user = capfd.readouterr().err
     assert "Task run failed with exception: CatalogError: region x is not a region; give a bbox" in user
     assert "Traceback" not in user
+
+
+# --------------------------------------------------------------------------------------------------
+# The other commands: one line each
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    import torch
+
+    folder = tmp_path_factory.mktemp("bad-files")
+    (folder / "text.safetensors").write_text("not a model")
+    torch.save({"weight": torch.zeros(3)}, folder / "whole.pth")
+    whole = (folder / "whole.pth").read_bytes()
+    (folder / "truncated.pth").write_bytes(whole[: len(whole) // 2])
+    (folder / "garbage.pth").write_bytes(b"garbage")
+    return folder
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["convert-opencd", "{f}/truncated.pth", "--out", "{f}/x.safetensors"],
+     "{f}/truncated.pth cannot be read as a PyTorch checkpoint (PytorchStreamReader failed reading zip archive: failed "
+     "finding central directory); the file is truncated or corrupt: download or copy it again"),
+    (["convert-opencd", "{f}/garbage.pth", "--out", "{f}/x.safetensors"],
+     "{f}/garbage.pth is not a PyTorch checkpoint (neither the zip archive torch.save writes nor a pickle); give the "
+     "authors' .pth file, or a .safetensors file"),
+    (["evaluate", "--model", "{f}/text.safetensors", "--data", "{f}/no-data"], "dataset folder {f}/no-data does not exist"),
+    (["evaluate-model", "--data", "{f}/no-data", "--out", "{f}/runs"],
+     "data: {f}/no-data does not exist or is not a folder; give a labeled benchmark folder"),
+    (["retrain", "--name", "m", "--data", "{f}/no-data", "--registry", "{f}/registry", "--out", "{f}/runs"],
+     "data: {f}/no-data does not exist or is not a folder; give a labeled benchmark folder"),
+    (["models", "show", "levir@3", "--registry", "{f}/registry"],
+     "no model named 'levir' in the registry at {f}/registry (the registry is empty). Register one with `dsqnet models "
+     "register FILE --name levir`, or point --registry (or DSQNET_REGISTRY) at the registry that holds it"),
+    (["monitor", "--regions", "{f}/regions.yaml", "--catalog", "{f}/catalog.json", "--out", "{f}/runs"],
+     "regions file {f}/regions.yaml does not exist; monitor needs a regions file of name: {{geometry, watch_zones, "
+     "monitor}}"),
+    (["scenes", "--region", "16.3,48.1,16.5,48.3", "--before", "2021-06-01", "--after", "2022-06-01", "--catalog",
+      "{f}/catalog.json", "--out", "{f}/s.zarr"],
+     "catalog {f}/catalog.json does not exist (expected a catalog.json, collection.json, an ItemCollection "
+     ".geojson/.json file, or a STAC API URL)"),
+])
+def test_every_command_fails_in_one_line(capfd, bad_files, argv, expected):
+    code, out, err = ran(capfd, [arg.format(f=bad_files) for arg in argv])
+    assert code == 1 and out == ""
+    assert err == f"dsqnet {argv[0]}: error: {expected.format(f=bad_files)}\n"
+
+
+def test_predict_names_a_file_that_is_not_a_model(capfd, bad_files, tmp_path):
+    from catalog.example_pair import write_example_pair
+
+    pair = write_example_pair(tmp_path, size_px=64)
+    model = bad_files / "text.safetensors"
+    code, _, err = ran(capfd, ["predict", "--model", str(model), "--before", str(pair.before), "--after",
+                               str(pair.after), "--out", str(tmp_path / "change.tif")])
+    assert code == 1
+    assert err == (f"dsqnet predict: error: {model} is not a safetensors file (Error while deserializing header: "
+                   "header too large); DSQNet checkpoints are .safetensors\n")
+
+
+# --------------------------------------------------------------------------------------------------
+# Quiet by default
+
+
+def test_a_run_shows_its_progress_and_summary_not_the_libraries_logs(capfd, prefect_as_for_a_user, inputs, tmp_path):
+    code, out, err = ran(capfd, detect_args(inputs, tmp_path / "runs"))
+    assert code == 0
+    assert out.startswith(f"Outputs in {tmp_path / 'runs' / 'spot'}: change.tif, change_prob.tif, changes.parquet, "
+                          "preview.png, run.json\n  changed: ")
+    assert err.startswith("4 blocks of 512 px, 4 to compute (0 already done), ")
+    bar = err.replace("\r", "\n").splitlines()
+    assert any(re.fullmatch(r"blocks: 100%\|.*\| 4/4 \[\d\d:\d\d<00:00, .*block.*, \d+\.\d windows/s\]", line)
+               for line in bar), err
+    for noise in ("INFO", "distributed", "Dask", "Finished in state", "Traceback", "Warning", "temporary server"):
+        assert noise not in err
+    code, _, verbose = ran(capfd, ["--verbose", *detect_args(inputs, tmp_path / "runs")])  # all blocks reused
+    assert code == 0
+    assert "| INFO    | Flow run" in verbose and "Finished in state Completed()" in verbose
