@@ -303,3 +303,17 @@ def test_a_run_shows_its_progress_and_summary_not_the_libraries_logs(capfd, pref
     code, _, verbose = ran(capfd, ["--verbose", *detect_args(inputs, tmp_path / "runs")])  # all blocks reused
     assert code == 0
     assert "| INFO    | Flow run" in verbose and "Finished in state Completed()" in verbose
+
+
+def test_a_flow_run_as_a_deployment_runs_it_fails_on_bad_parameters_in_one_line(capfd, prefect_as_for_a_user,
+                                                                                  tmp_path):
+    from flows.entrypoints import detect_changes
+
+    capfd.readouterr()
+    state = detect_changes(region="16.3,48.1,16.5,48.3", before="2023-13-01", after="2024-06-01", catalog="c.json",
+                           out=str(tmp_path / "runs"), return_state=True)
+    err = capfd.readouterr().err
+    problem = "invalid detect parameters:\n  before: '2023-13-01' is not a date; write it as YYYY-MM-DD, e.g. 2023-06-21"
+    assert state.is_failed() and state.message == f"Flow run encountered an exception: ParameterError: {problem}"
+    assert f"Encountered exception during execution: ParameterError: {problem}\n" in err
+    assert "Traceback" not in err and not (tmp_path / "runs").exists()
