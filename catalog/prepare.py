@@ -12,8 +12,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from odc.geo.geobox import GeoBox
-from rasterio.errors import RasterioIOError
 
+from .assets import check_projections, explain_load_failure, read_failures_unlogged
 from .bands import BandSpec
 from .collections import pick_collection
 from .errors import CatalogError
@@ -85,6 +85,13 @@ def prepare_scenes(region: Region, before: DateWindow, after: DateWindow, source
     return prepare_chosen(region, before, after, first, second, out, bands, crs, resolution, chunk)
 
 
+def chosen_grid(region: Region, first: DateChoice, second: DateChoice, bands: BandSpec | None = None,
+                crs: str | None = None, resolution: float | None = None) -> GeoBox:
+    """The grid ``prepare_chosen`` loads the chosen scenes onto, known before anything is read."""
+    rules = [radiometry_of(item, bands) for choice in (first, second) for item in choice.items]
+    return target_grid(region, [*first.items, *second.items], [r.bands for r in rules], crs, resolution)
+
+
 def prepare_chosen(region: Region, before: DateWindow, after: DateWindow, first: DateChoice, second: DateChoice,
                    out: str | Path, bands: BandSpec | None = None, crs: str | None = None,
                    resolution: float | None = None, chunk: int = DEFAULT_CHUNK) -> PreparedScenes:
@@ -104,14 +111,20 @@ def prepare_chosen(region: Region, before: DateWindow, after: DateWindow, first:
     out = Path(out)
     if is_complete(out, key):
         return PreparedScenes(out, True, first, second, grid, rules, key)
+    names = sorted({name for rule in (*rules[0], *rules[1]) for name in rule.load_names})
+    check_projections(items, names)
     readable = [replace(choice, items=tuple(sign_items(list(choice.items), [_assets(r) for r in date_rules])))
                 for choice, date_rules in zip((first, second), rules)]  # Planetary Computer's blobs need a token
-    dataset = load_pair(*readable, (list(rules[0]), list(rules[1])), grid, chunk)
     try:
-        write_scenes(dataset, out, key, chunk)
-    except (RasterioIOError, OSError) as err:
+        with read_failures_unlogged():
+            write_scenes(load_pair(*readable, (list(rules[0]), list(rules[1])), grid, chunk), out, key, chunk)
+    except CatalogError:
+        raise
+    except Exception as err:
         if getattr(err, "errno", None) in _OUT_OF_SPACE:
             raise  # our disk, not the source: the caller says so
-        raise CatalogError(f"reading the scenes failed ({err}); the asset may be missing or corrupt. "
-                           f"Nothing was written to {out}.") from None
+        explained = explain_load_failure(err, [i for choice in readable for i in choice.items], names, out)
+        if explained is None:
+            raise  # not the scenes' fault: a bug, with its traceback
+        raise explained from None
     return PreparedScenes(out, False, first, second, grid, rules, key)

@@ -65,7 +65,9 @@ def _load_group(items: list, rule: Radiometry, grid: GeoBox, chunk: int) -> tupl
             fail_on_error=True,
         ).isel(time=0)
     except (ValueError, KeyError) as err:
-        raise CatalogError(f"cannot load bands {names} of {[i.id for i in items]}: {err}") from None
+        raise CatalogError(f"cannot load bands {names} of Item(s) {', '.join(repr(i.id) for i in items)}: {err}; "
+                           "check the Items' assets and their projection metadata (proj:code, proj:shape, "
+                           "proj:transform)") from None
 
     valid = xr.ones_like(data[rule.bands[0]], dtype=bool)
     channels = []

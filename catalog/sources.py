@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from pathlib import Path
 from typing import Protocol
 
@@ -65,15 +66,17 @@ class StaticCatalog:
     def _read(self) -> list[pystac.Item]:
         io = _TimedStacIO(self.timeout)
         try:
-            if json.loads(io.read_text(str(self.path))).get("type") == "FeatureCollection":
-                return list(pystac.ItemCollection.from_file(str(self.path), stac_io=io).items)
+            document = json.loads(io.read_text(str(self.path)))
+            if isinstance(document, dict) and document.get("type") == "FeatureCollection":
+                return [item_from_dict(feature, f"feature {k} of {self.path}")
+                        for k, feature in enumerate(document.get("features", []))]
             obj = pystac.read_file(str(self.path), stac_io=io)
             if isinstance(obj, pystac.Catalog):
                 return list(obj.get_items(recursive=True))
         except CatalogError:
             raise
         except Exception as err:  # json, urllib and pystac raise several error types for unreadable STAC
-            raise CatalogError(f"cannot read {self.path} as STAC: {err}") from None
+            raise CatalogError(f"cannot read {self.path} as STAC: {stac_problem(err)}") from None
         if isinstance(obj, pystac.ItemCollection):
             return list(obj.items)
         if isinstance(obj, pystac.Item):
@@ -115,7 +118,7 @@ class StacApi:
             client = pystac_client.Client.open(self.url, stac_io=io, timeout=self.timeout)
             search = client.search(intersects=region.to_geojson(), datetime=[start, end], collections=collections,
                                    max_items=self.max_items)
-            return list(search.items())
+            return [item_from_dict(found, f"an Item of STAC API {self.url}") for found in search.items_as_dicts()]
         except (requests.Timeout, requests.ConnectionError):
             raise CatalogError(unreachable) from None
         except pystac_client.exceptions.APIError as err:
@@ -186,6 +189,59 @@ class _TimedStacIO(pystac.stac_io.DefaultStacIO):
             raise CatalogError(f"{href} answered {err.response.status_code} {err.response.reason}; "
                                "a link of the static catalog is broken") from None
         return response.text
+
+
+NO_DATETIME_FIX = ("give it a datetime (e.g. \"datetime\": \"2023-06-21T10:30:00Z\"), or a start_datetime and an "
+                   "end_datetime")
+_HREF = re.compile(r"HREF: '([^']+)'")
+
+
+def item_from_dict(data: dict, where: str) -> pystac.Item:
+    """An Item from its JSON, or a ``CatalogError`` that names it (by id) and says what is wrong."""
+    try:
+        return pystac.Item.from_dict(data)
+    except Exception as err:  # pystac raises several error types for an invalid Item
+        name = f"Item {data.get('id')!r} ({where})" if isinstance(data, dict) and data.get("id") else where
+        raise CatalogError(f"{name} {item_problem(err)}") from None
+
+
+def stac_problem(err: BaseException) -> str:
+    """pystac's complaint in full: it nests the reason (an Item without a datetime, say) in the error it
+    raised from, and names the file only in the outer one."""
+    said = _said(err)
+    href = next((m[1] for text in said if (m := _HREF.search(text))), None)
+    if href and _no_datetime(said):
+        return f"Item {_item_id(href)!r} ({href}) {item_problem(err)}"
+    return ": ".join(said) or type(err).__name__
+
+
+def item_problem(err: BaseException) -> str:
+    """What is wrong with an Item pystac refused, as the end of a sentence naming the Item."""
+    said = _said(err)
+    if _no_datetime(said):
+        return f"has no datetime, nor a start_datetime and an end_datetime; {NO_DATETIME_FIX}"
+    return f"is not a valid STAC Item: {': '.join(said) or type(err).__name__}"
+
+
+def _said(err: BaseException | None) -> list[str]:
+    said: list[str] = []
+    while err is not None:
+        text = " ".join(str(err).split())
+        if text and text not in said:
+            said.append(text)
+        err = err.__cause__ or err.__context__
+    return said
+
+
+def _no_datetime(said: list[str]) -> bool:
+    return any("datetime is None" in text or "start_datetime and end_datetime must" in text for text in said)
+
+
+def _item_id(href: str) -> str:
+    try:
+        return str(json.loads(Path(href).read_text()).get("id"))
+    except (OSError, ValueError, AttributeError):
+        return Path(href).stem
 
 
 def item_datetime(item: pystac.Item) -> dt.datetime | None:

@@ -33,12 +33,14 @@ from prefect.runtime import flow_run
 
 import dsqnet
 from catalog import date_pair, open_source, parse_region
-from catalog.prepare import PreparedScenes, choose_pair, grid_summary, prepare_chosen
+from catalog.errors import CatalogError
+from catalog.prepare import PreparedScenes, choose_pair, chosen_grid, grid_summary, prepare_chosen
 from catalog.regions import Region
 from catalog.selection import DateChoice
 from catalog.store import inputs_hash, open_scenes
 
 from flows.params.signature import takes_parameters_of
+from flows.params.inputs import check_inputs
 from flows.outputs.assemble import change_polygons, write_change_rasters, write_preview
 from flows.outputs.artifacts import Progress, publish_artifacts
 from flows.blocks.infer import BlockJob, process_block
@@ -51,7 +53,7 @@ from flows.params.detect import DetectRequest, parse_request
 
 from flows.blocks.store import ProbabilityStore
 
-from flows.outputs.run_folder import RunFolder, check_writable, link_tree, run_lock, with_output_errors
+from flows.outputs.run_folder import RunFolder, check_writable, expect_output_bytes, link_tree, run_lock, with_output_errors
 from flows.runtime.interrupts import note_resume_point
 from flows.scoring.known_change import score_run
 from flows.blocks.stitch import Stitcher, stitch
@@ -149,16 +151,16 @@ def infer_blocks(job: BlockJob, blocks: list[Block], todo: list[Block], outputs:
     runner = FlowRunContext.get().task_runner
     with dask.annotate(**block_task_resources(runner.client)):
         futures = [infer_block.submit(job, block) for block in todo]
-    progress = Progress(len(todo), f"blocks inferred of {len(todo)}")
     by_name = {block.name: block for block in blocks}
     reports = []
-    with block_output_writer(outputs, len(blocks), outputs_how) as writer:
+    with block_output_writer(outputs, len(blocks), outputs_how) as writer, \
+            Progress(len(todo), f"blocks inferred of {len(todo)}") as progress:
         stitcher = Stitcher(ProbabilityStore(job.probabilities), job.scenes, job_lattice(job), blocks,
                             on_stitched=writer.submit if writer else None)
         for future in as_completed(futures):
             reports.append(future.result())
             stitcher.add(by_name[reports[-1]["block"]])
-            progress.advance()
+            progress.advance(reports[-1]["windows"])
     order = {block.name: k for k, block in enumerate(todo)}
     return sorted(reports, key=lambda r: order[r["block"]])  # the plan's row-major order
 
@@ -223,6 +225,7 @@ def publish(run: RunFolder, manifest: dict, polygons: gpd.GeoDataFrame) -> Path:
 def detect_changes(**params) -> dict:
     """Detect what changed in ``region`` between ``before`` and ``after``; with no region and dates, the demo."""
     request = parse_request(**params)
+    check_inputs(request)  # before any task: a bad region, catalog, model or --out fails in one line
     with ExitStack() as locks:  # the run folder's lock, taken as soon as its name is known
         return with_output_errors(lambda checked: run_detect(checked, locks), request, Path(request.out))
 
@@ -241,6 +244,11 @@ def run_detect(request: DetectRequest, locks: ExitStack) -> dict:
         warm_up_in_background(record.path, record.sha256, request.precision, request.device,
                               local_worker_threads(request.workers), request.batch_size, request.window)
     region_, first, second = choose_scenes(request)
+    try:
+        expect_output_bytes(bytes_needed(chosen_grid(region_, first, second, crs=request.crs,
+                                                     resolution=request.resolution).shape))
+    except CatalogError:
+        pass  # load-scenes says what is wrong with the scenes
     lap("choose scenes")
     name = request.run_name or run_folder_name(region_.name, request.before, request.after)
     work = out_dir / ".cache" / name
@@ -307,6 +315,17 @@ def with_demo(request: DetectRequest, folder: Path) -> DetectRequest:
         "region": demo.region, "before": demo.before, "after": demo.after, "catalog": demo.catalog,
         "regions": demo.regions, "truth": request.truth or demo.truth,
     })
+
+
+# Bytes per pixel a run writes, uncompressed, at its peak: scenes.zarr (2 dates x 3 bands + valid), the
+# blocks' window sums (sum and weight), change_prob.zarr, and both COGs with their overviews twice
+# (the blocks' tiles, then the run folder's files).
+BYTES_PER_PIXEL = 8 + 8 + 4 + 2 * 5 * 4 / 3
+
+
+def bytes_needed(shape: tuple[int, int]) -> int:
+    """About how much disk a run over a grid of ``shape`` (rows, cols) needs under ``out``, at most."""
+    return int(shape[0] * shape[1] * BYTES_PER_PIXEL)
 
 
 def run_folder_name(region: str, before: str, after: str) -> str:

@@ -49,11 +49,12 @@ from flows.monitoring.config import MonitorRequest, WatchedRegion, parse_monitor
 from flows.monitoring.state import RegionBusy, RegionState, RegionStore, geometry_hash, pair_key
 from flows.outputs.run_folder import check_writable
 from flows.runtime.subflows import as_subflow
+from flows.runtime.user_errors import UserError, is_user_error
 
 EPOCH = "1970-01-01"
 
 
-class MonitorError(RuntimeError):
+class MonitorError(UserError, RuntimeError):
     """One or more regions could not be monitored; the message lists each with its reason."""
 
 
@@ -225,7 +226,7 @@ def watch(request: MonitorRequest, watched: WatchedRegion) -> RegionReport:
         get_run_logger().warning("%s: %s", watched.name, err)
     except Exception as err:  # noqa: BLE001 - one region's failure must not stop the others; it is re-raised at the end
         report.status, report.message = "failed", f"{type(err).__name__}: {err}"
-        get_run_logger().error("%s: %s", watched.name, report.message)
+        get_run_logger().error("%s: %s", watched.name, report.message, exc_info=not is_user_error(err))  # a bug: where
     return report
 
 

@@ -36,10 +36,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2
+    from flows.cli.console import console
+
     try:
-        return args.handler(args) or 0
-    except (ValueError, OSError) as err:  # input errors derive from ValueError; output and disk errors from OSError
-        print(f"dsqnet {args.command}: error: {err}", file=sys.stderr)
+        with console(args.verbose, uses_prefect=getattr(args, "uses_prefect", False)):
+            return args.handler(args) or 0
+    except Exception as err:  # a user error in one line; a bug keeps its traceback
+        from flows.cli.errors import user_message
+
+        message = user_message(err)
+        if message is None:
+            raise
+        print(f"dsqnet {args.command}: error: {message}", file=sys.stderr)
         return 1
 
 
@@ -62,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dsqnet", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_detect, _add_monitor, _add_predict, _add_train, _add_evaluate, _add_evaluate_model, _add_retrain,
                 _add_models, _add_scenes, _add_demo_data, _add_init_model, _add_convert, _add_example_pair,
@@ -80,7 +89,11 @@ class _HelpFormatter(argparse.HelpFormatter):
 def _command(commands, name: str, help: str, handler: Callable[[argparse.Namespace], int | None]) -> argparse.ArgumentParser:
     sub = commands.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
     sub.set_defaults(handler=handler)
+    sub.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return sub
+
+
+VERBOSE_HELP = "also show the libraries' logs (Prefect, Dask) and warnings; by default only progress and results"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -126,13 +139,17 @@ def _flow_command(commands, name: str, help: str, request: str, flow: str) -> No
         from flows.params.detect import parse_parameters
         from flows.runtime.interrupts import interruptible
 
+        from flows.params.inputs import check_inputs
+
         params = {k: getattr(args, k) for k in request_model.model_fields if getattr(args, k) is not None}
-        parse_parameters(request_model, name, params)
+        check_inputs(parse_parameters(request_model, name, params))  # region, catalog, model, --out: before Prefect
         flow_module, function = flow.split(":")
         run_flow = getattr(importlib.import_module(flow_module), function)
         print(interruptible(name, lambda: run_flow(**params))["text"])
 
-    _add_fields(_command(commands, name, help, run), request_model.model_fields)
+    sub = _command(commands, name, help, run)
+    sub.set_defaults(uses_prefect=True)
+    _add_fields(sub, request_model.model_fields)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -144,6 +161,7 @@ def _add_monitor(commands) -> None:
                  "Watch regions for change: run detect on every new acquisition pair of each region in a regions "
                  "file (once each), keep a history of the change polygons, alert when a watch zone changes too "
                  "much. With no regions file it watches the embedded demo.", _monitor)
+    p.set_defaults(uses_prefect=True)
     fields = MonitorRequest.model_fields
     _add_fields(p, {"regions": fields["regions"]})
     p.add_argument("--region", dest="region_names", action="append", metavar="NAME",

@@ -46,6 +46,8 @@ from typing import Any
 
 from flows.files.jsonfiles import fsync_dir, json_safe, write_json_atomic
 from flows.files.locks import LockBusy, exclusive
+from flows.runtime.disk_full import DiskFull
+from flows.runtime.user_errors import UserError
 
 REGISTRY_ENV = "DSQNET_REGISTRY"
 DEFAULT_ALIAS = "production"
@@ -59,7 +61,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _REF_FORM = "name, name@VERSION or name@ALIAS"
 
 
-class RegistryError(ValueError):
+class RegistryError(UserError, ValueError):
     """A registry request that cannot be served; the message names the registry and what exists there."""
 
 
@@ -246,8 +248,11 @@ class ModelRegistry:
         except OSError as err:
             raise RegistryError(f"cannot write to the registry at {self.root} ({err.strerror or err}); "
                                 f"choose a writable folder with --registry or {REGISTRY_ENV}") from None
+        full = DiskFull(self.root, source.stat().st_size, fix=f"free some space or choose another registry "
+                                                             f"(--registry or {REGISTRY_ENV}); the registry is unchanged")
         try:
-            sha256, size = _copy_and_hash(source, staging / MODEL_FILE)  # the slow part, outside the lock
+            with full.said():
+                sha256, size = _copy_and_hash(source, staging / MODEL_FILE)  # the slow part, outside the lock
             with self._locked():
                 self._remove_abandoned(folder)
                 version = max([self._last_version(name), *self.versions(name), 0]) + 1

@@ -34,6 +34,7 @@ from catalog.errors import CatalogError
 from catalog.regions import Region, load_regions
 
 from flows.params.detect import CollectionList, DetectRequest, parse_parameters
+from flows.runtime.user_errors import UserError
 
 # detect-changes parameters the monitor sets itself for every pair
 MONITOR_SETS = ("region", "before", "after", "catalog", "collection", "regions", "model", "out", "run_name",
@@ -42,7 +43,7 @@ DETECT_OPTIONS = tuple(name for name in DetectRequest.model_fields if name not i
 WHOLE_REGION = "whole-region"  # the zone watched in a region that names no watch zones
 
 
-class MonitorConfigError(ValueError):
+class MonitorConfigError(UserError, ValueError):
     """A regions file whose ``monitor`` sections cannot work; the message names the region, key and fix."""
 
 

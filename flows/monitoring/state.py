@@ -30,9 +30,11 @@ STATE_VERSION = 1
 
 from flows.files.atomic import written_aside
 from flows.files.locks import LockBusy, exclusive
+from flows.runtime.disk_full import DiskFull
+from flows.runtime.user_errors import UserError
 
 
-class StateError(ValueError):
+class StateError(UserError, ValueError):
     """A region's state cannot be trusted; the message names the file, what is wrong and the fix."""
 
 
@@ -134,7 +136,14 @@ class RegionStore:
         return RegionState(region, geometry_sha256, last, pairs, data.get("updated"))
 
     def write_state(self, state: RegionState) -> None:
-        atomic_write(self.state_path, lambda tmp: tmp.write_text(json.dumps(state.to_dict(), indent=2)))
+        text = json.dumps(state.to_dict(), indent=2)
+        with self._full_disk_said(len(text)):
+            atomic_write(self.state_path, lambda tmp: tmp.write_text(text))
+
+    def _full_disk_said(self, need: int):
+        """A full disk here leaves the region's files as they were; the next run does this pair again."""
+        return DiskFull(self.folder, need, fix="free some space or choose another --state; the region's state and "
+                                               "history are unchanged, and the next run processes this pair again").said()
 
     # -- history ----------------------------------------------------------------------------------
     def check_history(self) -> None:
@@ -169,5 +178,8 @@ class RegionStore:
                 rows = rows.to_crs(history.crs) if rows.crs != history.crs else rows
                 table = gpd.GeoDataFrame(pd.concat([kept, rows], ignore_index=True), geometry="geometry",
                                          crs=history.crs)
-        atomic_write(self.history_path, table.to_parquet)
+        need = (self.history_path.stat().st_size if self.history_path.exists() else 0) \
+            + int(rows.memory_usage(deep=True).sum())
+        with self._full_disk_said(need):
+            atomic_write(self.history_path, table.to_parquet)
         return len(table)

@@ -15,6 +15,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from dsqnet.inference.defaults import BATCH_SIZE, DEFAULT_THRESHOLD, STRIDE, WINDOW
 from flows.blocks.store import CHUNK
+from flows.runtime.user_errors import UserError
 
 RequestT = TypeVar("RequestT", bound=BaseModel)
 
@@ -59,7 +60,7 @@ CollectionList = Annotated[list[str] | None, BeforeValidator(_collection_list)]
 DEMO_BEFORE, DEMO_AFTER = "2021-06-14", "2023-06-21"
 
 
-class ParameterError(ValueError):
+class ParameterError(UserError, ValueError):
     """Parameters that cannot work together or alone; the message names each one and the fix."""
 
 
