@@ -8,6 +8,7 @@ needs no privilege.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import re
 import resource
@@ -52,14 +53,15 @@ def small_disk(tmp_path):
 
 
 def fill(folder: Path) -> None:
-    """Write until the disk is full."""
-    with open(folder / f"filler-{uuid.uuid4().hex[:6]}", "wb") as f:
-        try:
+    """Write until the disk is full (it may be already: then not even a new file fits)."""
+    try:
+        with open(folder / f"filler-{uuid.uuid4().hex[:6]}", "wb") as f:
             while True:
                 f.write(b"\0" * 65536)
                 f.flush()
-        except OSError:
-            pass
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
 
 
 def digest(folder: Path) -> dict[str, str]:
