@@ -116,10 +116,14 @@ class DSQNet(nn.Module):
             )
         height, width = img_a.shape[-2:]
         pad = (0, (-width) % PAD_MULTIPLE, 0, (-height) % PAD_MULTIPLE)
-        img_a, img_b = nn.functional.pad(img_a, pad), nn.functional.pad(img_b, pad)
-        feats_a, feats_b = self.extract_features(img_a, img_b)
-        logits = self.decode_head(feats_a, feats_b)
-        return resize(logits, img_a.shape[-2:])[..., :height, :width]
+        if any(pad):
+            img_a, img_b = nn.functional.pad(img_a, pad), nn.functional.pad(img_b, pad)
+        if self.training:
+            logits = self.decode_head(*self.extract_features(img_a, img_b))
+        else:  # both dates in one backbone call, and the head takes them stacked as they come
+            logits = self.decode_head.forward_dates(self.backbone(torch.cat([img_a, img_b])))
+        logits = resize(logits, img_a.shape[-2:])
+        return logits[..., :height, :width] if any(pad) else logits
 
     def extract_features(self, img_a: torch.Tensor, img_b: torch.Tensor) -> tuple[list, list]:
         """Run the shared backbone on both dates.

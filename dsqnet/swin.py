@@ -16,7 +16,8 @@ import torch
 from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock
 from torch import nn
 
-from .windows import WindowPlan, cached, window_plan
+from .caches import cached
+from .windows import WindowPlan, window_plan
 
 
 @dataclass(frozen=True)

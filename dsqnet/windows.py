@@ -14,11 +14,8 @@ every padding position of every window reads that last token.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Hashable, TypeVar
 
 import torch
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -42,6 +39,7 @@ class WindowPlan:
     shift_mask: torch.Tensor | None
 
 
+@torch.compiler.disable  # built once per size, outside any compiled graph
 def build_plan(height: int, width: int, window: int, shift: int, device: torch.device,
                shift_first: bool = False) -> WindowPlan:
     """The plan of the reference's order: pad bottom/right to whole windows, then roll the padded
@@ -89,26 +87,3 @@ def window_plan(height: int, width: int, window: int, shift: int, device: torch.
     if plan is None:
         plan = _PLANS[key] = build_plan(height, width, window, shift, device, shift_first)
     return plan
-
-
-def cached(owner: object, key: Hashable, sources: tuple[torch.Tensor, ...], build: Callable[[], T]) -> T:
-    """``build()``, kept on ``owner`` under ``key`` while the ``sources`` it reads stay unchanged.
-
-    For tensors derived from parameters (an attention bias from its table): reused in inference,
-    rebuilt when a source changes in place (training steps, ``load_state_dict``) and never kept
-    where gradients must reach the sources, or while ``torch.compile`` traces (the compiled graph
-    computes it itself).
-    """
-    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(s.requires_grad for s in sources)):
-        return build()
-    try:
-        stamp = tuple((s.data_ptr(), s._version) for s in sources)
-    except RuntimeError:  # inference tensors keep no version counter: nothing to check a copy against
-        return build()
-    store: dict = owner.__dict__.setdefault("_derived_cache", {})
-    hit = store.get(key)
-    if hit is not None and hit[0] == stamp:
-        return hit[1]
-    value = build()
-    store[key] = (stamp, value)
-    return value

@@ -1,0 +1,51 @@
+"""Tensors a forward pass needs but need not recompute: constants per size, and parameter-derived
+tensors while their parameters stay unchanged.
+
+Small tables (index grids, window plans, attention biases) cost a dozen tiny operations each to
+build; built at every forward they dominate the operation count of a network whose real work is a
+few dozen matrix products. Both helpers build inline while ``torch.compile`` traces, so that a
+compiled graph holds no Python-side state.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Hashable, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+_CONSTANTS: dict[Hashable, object] = {}
+
+
+def cached_constant(key: Hashable, build: Callable[[], T]) -> T:
+    """``build()`` once per ``key``, which must name everything the value depends on (sizes, device)."""
+    if torch.compiler.is_compiling():
+        return build()
+    value = _CONSTANTS.get(key)
+    if value is None:
+        value = _CONSTANTS[key] = build()
+    return value  # type: ignore[return-value]
+
+
+def cached(owner: object, key: Hashable, sources: tuple[torch.Tensor, ...], build: Callable[[], T]) -> T:
+    """``build()``, kept on ``owner`` under ``key`` while the ``sources`` it reads stay unchanged.
+
+    For tensors derived from parameters (an attention bias from its table): reused in inference,
+    rebuilt when a source changes in place (training steps, ``load_state_dict``) and never kept
+    where gradients must reach the sources, or while ``torch.compile`` traces (the compiled graph
+    computes it itself).
+    """
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(s.requires_grad for s in sources)):
+        return build()
+    try:
+        stamp = tuple((s.data_ptr(), s._version) for s in sources)
+    except RuntimeError:  # inference tensors keep no version counter: nothing to check a copy against
+        return build()
+    store: dict = owner.__dict__.setdefault("_derived_cache", {})
+    hit = store.get(key)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    value = build()
+    store[key] = (stamp, value)
+    return value
