@@ -17,6 +17,7 @@ from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock
 from torch import nn
 
 from .caches import cached
+from .layers import mlp_forward
 from .windows import WindowPlan, window_plan
 
 
@@ -64,7 +65,7 @@ class ReferenceSwinBlock(SwinTransformerBlock):
         y = nn.functional.pad(self.norm1(x), (0, 0, 0, 1))  # the zero token every padding position reads
         y = self.attn_windows(y.index_select(1, plan.gather), plan)
         x = x + self.drop_path1(y.index_select(1, plan.scatter))
-        return x + self.drop_path2(_mlp(self.mlp, self.norm2(x)))
+        return x + self.drop_path2(mlp_forward(self.mlp, self.norm2(x)))
 
     def attn_windows(self, windows: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
         """Attention within each window of ``windows`` (B, num_windows * L, C), window-major."""
@@ -103,13 +104,6 @@ class ReferenceSwinBlock(SwinTransformerBlock):
 
         key = ("swin_bias", plan.height, plan.width, str(table.device), dtype)
         return cached(self, key, (table,), build)
-
-
-def _mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """timm's ``Mlp`` (fc1, act, fc2), skipping its dropouts where they do nothing."""
-    if mlp.training:
-        return mlp(x)
-    return mlp.fc2(mlp.norm(mlp.act(mlp.fc1(x))))
 
 
 class SwinBackbone(nn.Module):
