@@ -3,8 +3,8 @@ tensors while their parameters stay unchanged.
 
 Small tables (index grids, window plans, attention biases) cost a dozen tiny operations each to
 build; built at every forward they dominate the operation count of a network whose real work is a
-few dozen matrix products. Both helpers build inline while ``torch.compile`` traces, so that a
-compiled graph holds no Python-side state.
+few dozen matrix products. While ``torch.compile`` traces, neither helper keeps what it builds, so
+that a compiled graph leaves no traced values behind.
 """
 
 from __future__ import annotations
@@ -19,12 +19,16 @@ _CONSTANTS: dict[Hashable, object] = {}
 
 
 def cached_constant(key: Hashable, build: Callable[[], T]) -> T:
-    """``build()`` once per ``key``, which must name everything the value depends on (sizes, device)."""
-    if torch.compiler.is_compiling():
-        return build()
+    """``build()`` once per ``key``, which must name everything the value depends on (sizes, device).
+
+    While ``torch.compile`` traces, a value built before (by an eager call) enters the graph as a
+    constant; a missing one is built inside the graph and not kept.
+    """
     value = _CONSTANTS.get(key)
     if value is None:
-        value = _CONSTANTS[key] = build()
+        value = build()
+        if not torch.compiler.is_compiling():
+            _CONSTANTS[key] = value
     return value  # type: ignore[return-value]
 
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .caches import cached_constant
+
 
 @dataclass(frozen=True)
 class WindowPlan:
@@ -39,14 +41,14 @@ class WindowPlan:
     shift_mask: torch.Tensor | None
 
 
-@torch.compiler.disable  # built once per size, outside any compiled graph
 def build_plan(height: int, width: int, window: int, shift: int, device: torch.device,
                shift_first: bool = False) -> WindowPlan:
     """The plan of the reference's order: pad bottom/right to whole windows, then roll the padded
     grid by ``-shift`` (``shift_first=True``: roll the unpadded map, then pad, as stock timm)."""
     padded_h, padded_w = -(-height // window) * window, -(-width // window) * window
-    source = torch.full((padded_h, padded_w), height * width, dtype=torch.int64)
-    tokens = torch.arange(height * width, dtype=torch.int64).view(height, width)
+    ints = dict(dtype=torch.int64, device=device)
+    source = torch.full((padded_h, padded_w), height * width, **ints)
+    tokens = torch.arange(height * width, **ints).view(height, width)
     if shift_first:
         tokens = torch.roll(tokens, shifts=(-shift, -shift), dims=(0, 1))
         source[:height, :width] = tokens
@@ -55,17 +57,16 @@ def build_plan(height: int, width: int, window: int, shift: int, device: torch.d
         source = torch.roll(source, shifts=(-shift, -shift), dims=(0, 1))
     rows, cols = padded_h // window, padded_w // window
     gather = source.view(rows, window, cols, window).transpose(1, 2).reshape(-1)
-    scatter = torch.empty(height * width, dtype=torch.int64)
-    valid = gather < height * width
-    scatter[gather[valid]] = torch.arange(gather.numel())[valid]
-    mask = _shift_mask(padded_h, padded_w, window, shift) if shift else None
-    return WindowPlan(height, width, window, shift, rows * cols, gather.to(device), scatter.to(device),
-                      None if mask is None else mask.to(device))
+    # Where each token went; every padding position writes the extra last entry, which is dropped.
+    positions = torch.arange(gather.numel(), **ints)
+    scatter = torch.zeros(height * width + 1, **ints).scatter_(0, gather, positions)[:-1]
+    mask = _shift_mask(padded_h, padded_w, window, shift, device) if shift else None
+    return WindowPlan(height, width, window, shift, rows * cols, gather, scatter, mask)
 
 
-def _shift_mask(padded_h: int, padded_w: int, window: int, shift: int) -> torch.Tensor:
+def _shift_mask(padded_h: int, padded_w: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
     """The shifted-window mask over the padded grid: regions numbered as Swin's, -100 across them."""
-    region = torch.zeros(padded_h, padded_w)
+    region = torch.zeros(padded_h, padded_w, device=device)
     bounds = ((0, -window), (-window, -shift), (-shift, None))
     for i, (h0, h1) in enumerate(bounds):
         for j, (w0, w1) in enumerate(bounds):
@@ -76,14 +77,8 @@ def _shift_mask(padded_h: int, padded_w: int, window: int, shift: int) -> torch.
     return torch.where(diff != 0, -100.0, 0.0)
 
 
-_PLANS: dict[tuple, WindowPlan] = {}
-
-
 def window_plan(height: int, width: int, window: int, shift: int, device: torch.device,
                 shift_first: bool = False) -> WindowPlan:
     """``build_plan``, kept per (size, window, shift, device): built once, reused by every block."""
-    key = (height, width, window, shift, str(device), shift_first)
-    plan = _PLANS.get(key)
-    if plan is None:
-        plan = _PLANS[key] = build_plan(height, width, window, shift, device, shift_first)
-    return plan
+    key = ("window_plan", height, width, window, shift, str(device), shift_first)
+    return cached_constant(key, lambda: build_plan(height, width, window, shift, device, shift_first))
