@@ -26,10 +26,17 @@ def cached_constant(key: Hashable, build: Callable[[], T]) -> T:
     """
     value = _CONSTANTS.get(key)
     if value is None:
-        value = build()
-        if not torch.compiler.is_compiling():
-            _CONSTANTS[key] = value
+        if torch.compiler.is_compiling():
+            return build()
+        value = _CONSTANTS[key] = _plain(build)
     return value  # type: ignore[return-value]
+
+
+def _plain(build: Callable[[], T]) -> T:
+    """``build()`` as ordinary tensors without autograd history, even inside ``torch.inference_mode``:
+    a value kept may serve a later forward that autograd records (training after a validation)."""
+    with torch.inference_mode(False), torch.no_grad():
+        return build()
 
 
 def cached(owner: object, key: Hashable, sources: tuple[torch.Tensor, ...], build: Callable[[], T]) -> T:
@@ -50,6 +57,6 @@ def cached(owner: object, key: Hashable, sources: tuple[torch.Tensor, ...], buil
     hit = store.get(key)
     if hit is not None and hit[0] == stamp:
         return hit[1]
-    value = build()
+    value = _plain(build)
     store[key] = (stamp, value)
     return value

@@ -18,7 +18,8 @@ import os
 from pathlib import Path
 
 import torch
-from torch import nn
+
+from .model import DSQNet
 
 COMPILE_ENV = "DSQNET_COMPILE"
 COMPILE_MODE_ENV = "DSQNET_COMPILE_MODE"
@@ -60,16 +61,19 @@ def compiler_cache_dir() -> Path:
 class CompiledForward:
     """``model(img_a, img_b)`` in inference, compiled once per input size.
 
-    The first call for a size also runs the model eagerly once: that builds the constant tables the
-    network keeps per size (window plans, grids), which the compiled graph then reads instead of
-    rebuilding them at every call. Outputs equal the eager model's to float round-off.
+    Two graphs: the backbone on both dates (``features``) and the head with the final resize
+    (``head``), which ``bench/model_throughput.py`` times apart. The first call for a size also runs
+    the model eagerly once: that builds the constant tables the network keeps per size (window
+    plans, grids), which the compiled graphs then read instead of rebuilding them at every call.
+    Outputs equal the eager model's to float round-off.
     """
 
-    def __init__(self, model: nn.Module, mode: str | None = None) -> None:
+    def __init__(self, model: DSQNet, mode: str | None = None) -> None:
         compiler_cache_dir()
         self.model = model
         self.mode = mode or compile_mode(next(model.parameters()).device)
-        self.compiled = torch.compile(model, mode=self.mode, dynamic=False)
+        self.features = torch.compile(model.features_of_dates, mode=self.mode, dynamic=False)
+        self.head = torch.compile(model.logits_of_features, mode=self.mode, dynamic=False)
         self._batch: dict[tuple[int, ...], int] = {}  # per pair shape: the batch size compiled for it
 
     def __call__(self, img_a: torch.Tensor, img_b: torch.Tensor) -> torch.Tensor:
@@ -80,12 +84,11 @@ class CompiledForward:
         if compiled_for is None or n > compiled_for:
             self._batch[shape] = compiled_for = n
         if n < compiled_for:  # blank pairs fill the batch: each pair's logits are its own
-            blank = img_a.new_zeros((compiled_for - n, *shape))
-            img_a, img_b = torch.cat([img_a, blank]), torch.cat([img_b, blank])
-        elif torch.is_inference_mode_enabled() and not img_a.is_inference():
-            # made here, a filled batch is an inference tensor; a guard on that would compile again
-            img_a, img_b = img_a.clone(), img_b.clone()
+            # made as the inputs were (in inference mode or not): the compiled code is guarded on that
+            with torch.inference_mode(img_a.is_inference()):
+                blank = img_a.new_zeros((compiled_for - n, *shape))
+                img_a, img_b = torch.cat([img_a, blank]), torch.cat([img_b, blank])
         if self.mode in _CUDA_GRAPH_MODES:
             torch.compiler.cudagraph_mark_step_begin()
-            return self.compiled(img_a, img_b)[:n].clone()  # the graph's output buffer is reused
-        return self.compiled(img_a, img_b)[:n]
+            return self.model.infer(img_a, img_b, self.features, self.head)[:n].clone()  # buffers are reused
+        return self.model.infer(img_a, img_b, self.features, self.head)[:n]
