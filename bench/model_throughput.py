@@ -11,7 +11,8 @@ timed in turns, so that the machine's drift affects them alike and their ratios 
 Operations per forward, the CPU proxy for GPU speed (issue #22): ``ops`` is the eager forward's
 top-level operations (``bench/op_counts.py``); for the compiled path, the kernels one forward runs
 (generated kernels called plus operations left to aten). On CUDA, ``launches`` counts the kernel
-launches the profiler sees. ``max|d|`` is the compiled logits' largest difference from eager ones.
+launches the profiler sees. ``max|d|`` is the compiled logits' largest difference from the eager
+ones in the same precision, ``vs fp32`` each row's largest difference from eager fp32 logits.
 
 Goals (issue #22): ops at most a third of those when the goal was set (Swin-T 1,431, ViTAEv2-S
 1,125); the head at most 10 % of the backbone's time on CPU in bf16, 25 % on a GPU. Where the CPU
@@ -107,13 +108,15 @@ def measure(model_name: str, device: torch.device, precisions: list[str], paths:
         eager_logits = whole().float()
         row_base = {"model": model_name, "device": str(device), "precision": precision, "size": size, "batch": batch,
                     "gflop_per_pair": flops / batch / 1e9}
-        candidates = {"eager": {"whole": whole, "backbone": backbone,
-                                "ops": sum(top_level_ops(whole).values())}}
+        candidates = {"eager": {"whole": whole, "backbone": backbone, "ops": sum(top_level_ops(whole).values()),
+                                "vs_fp32": float((eager_logits - reference).abs().max())}}
         if device.type == "cuda":
             candidates["eager"]["launches"] = gpu_launches(whole)
         if "compiled" in paths:
             candidates["compiled"] = compiled_path(model, img_a, img_b, device, precision, mode)
-            candidates["compiled"]["max_abs_diff"] = float((candidates["compiled"].pop("logits") - eager_logits).abs().max())
+            compiled_logits = candidates["compiled"].pop("logits")
+            candidates["compiled"]["max_abs_diff"] = float((compiled_logits - eager_logits).abs().max())
+            candidates["compiled"]["vs_fp32"] = float((compiled_logits - reference).abs().max())
         fns, owners = [], []
         for path in paths:
             for part in ("whole", "backbone"):
@@ -135,7 +138,7 @@ def measure(model_name: str, device: torch.device, precisions: list[str], paths:
                          "ops_per_forward": c.get("ops"), "kernels_per_forward": c.get("kernels"),
                          "generated_kernels": c.get("generated"), "aten_ops_left": c.get("extern"),
                          "gpu_launches": c.get("launches"), "compile_seconds": c.get("compile_seconds"),
-                         "max_abs_diff": c.get("max_abs_diff"),
+                         "max_abs_diff": c.get("max_abs_diff"), "max_abs_diff_vs_eager_fp32": c.get("vs_fp32"),
                          "cpu_per_wall": cpu_ratio if device.type == "cpu" else None,
                          "bf16_emulated": precision == "bf16" and device.type == "cpu" and cpu_has_native_bf16() is False})
     del reference
@@ -171,12 +174,13 @@ def print_row(r: dict) -> None:
     count_text = f"{count}" + ("" if when_set is None else (" ok" if count <= when_set / 3 else " HIGH"))
     cpu = f"{r['cpu_per_wall']:.2f}" if r["cpu_per_wall"] is not None else "-"
     diff = "-" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.1e}"
+    vs_fp32 = f"{r['max_abs_diff_vs_eager_fp32']:.1e}"
     launches = "-" if r["gpu_launches"] is None else str(r["gpu_launches"])
     prec = r["precision"] + ("*" if r["bf16_emulated"] else "")
     print(f"{r['model']:16} {device:5} {prec:5} {r['path']:8} {r['seconds_per_batch']:7.3f} "
           f"{(r['backbone_seconds'] or float('nan')):8.3f} {r['pairs_per_s']:8.2f} {r['megapixels_per_s']:6.2f} "
           f"{r['achieved_tflops']:7.3f} {r['fraction_of_peak']:6.1%}{peak_mark:4} {head:12} {count_text:>9} "
-          f"{launches:>8} {diff:>8} {cpu:>8}", flush=True)
+          f"{launches:>8} {diff:>8} {vs_fp32:>8} {cpu:>8}", flush=True)
 
 
 def main() -> None:
@@ -206,7 +210,7 @@ def main() -> None:
     if "cpu" in args.devices and "bf16" in args.precisions and cpu_has_native_bf16() is False:
         print("# bf16* : this CPU emulates bf16 (no AVX512-BF16, no AMX): those rows are not the network's speed")
     print(f"{'model':16} {'dev':5} {'prec':5} {'path':8} {'s/batch':>7} {'backbone':>8} {'pairs/s':>8} {'Mpx/s':>6} "
-          f"{'TFLOP/s':>7} {'of peak':>10} {'head':12} {'ops/kern':>9} {'launches':>8} {'max|d|':>8} {'cpu/wall':>8}")
+          f"{'TFLOP/s':>7} {'of peak':>10} {'head':12} {'ops/kern':>9} {'launches':>8} {'max|d|':>8} {'vs fp32':>8} {'cpu/wall':>8}")
     results = []
     for device_name in args.devices:
         device = torch.device(device_name)

@@ -51,11 +51,24 @@ def compile_mode(device: torch.device) -> str:
 
 
 def compiler_cache_dir() -> Path:
-    """Where compiled kernels are kept: ``TORCHINDUCTOR_CACHE_DIR``, set to the user's cache if unset."""
-    if not os.environ.get(CACHE_ENV):
+    """Where compiled kernels are kept: ``TORCHINDUCTOR_CACHE_DIR``, set to the user's cache if unset.
+
+    Importing timm already sets the variable to inductor's own default, a temporary directory that
+    does not outlive a reboot; that value counts as unset.
+    """
+    current = os.environ.get(CACHE_ENV)
+    if not current or current == _inductor_default():
         base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
         os.environ[CACHE_ENV] = str(base / "dsqnet" / "inductor")
     return Path(os.environ[CACHE_ENV])
+
+
+def _inductor_default() -> str | None:
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:  # another torch layout: only an unset variable counts as unset
+        return None
+    return os.path.abspath(default_cache_dir())
 
 
 class CompiledForward:

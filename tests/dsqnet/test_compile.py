@@ -61,5 +61,10 @@ def test_the_mode_and_the_cache_directory_have_defaults_the_environment_override
     monkeypatch.setenv(CACHE_ENV, "")  # restored afterwards, whatever compiler_cache_dir sets
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert compiler_cache_dir() == tmp_path / "dsqnet" / "inductor"
+    import timm  # noqa: F401  (importing it sets the variable to inductor's temporary default)
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.setenv(CACHE_ENV, default_cache_dir())
+    assert compiler_cache_dir() == tmp_path / "dsqnet" / "inductor"
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "elsewhere"))
     assert compiler_cache_dir() == Path(tmp_path / "elsewhere")
