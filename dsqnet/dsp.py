@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import ConvBNReLU, resize
+from .caches import cached
+from .layers import ConvBNReLU, folded_conv_bn, resize
 
 
 class LMLP(nn.Module):
@@ -74,11 +75,27 @@ class DSPPyramid(nn.Module):
         upsampled from 1/32 at every level, never chained, as in the reference.
         """
         width = semantics.shape[1]
-        weight = block.conv.weight
         size = skip.shape[-2:]
+        w_semantics, w_coarser, w_skip, bias = _fuse_weights(block, width)
         summed = (
-            resize(nn.functional.conv2d(semantics, weight[:, :width]), size)
-            + resize(nn.functional.conv2d(coarser, weight[:, width:2 * width]), size)
-            + nn.functional.conv2d(skip, weight[:, 2 * width:])
+            resize(nn.functional.conv2d(semantics, w_semantics), size)
+            + resize(nn.functional.conv2d(coarser, w_coarser), size)
+            + nn.functional.conv2d(skip, w_skip, bias)
         )
-        return torch.relu(block.bn(summed))
+        return torch.relu(summed if bias is not None else block.bn(summed))
+
+
+def _fuse_weights(block: ConvBNReLU, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The conv weight's three input slices (semantics, coarser, skip), with the batch norm folded in
+    (and its bias returned) in eager inference; raw, with no bias, where the norm must run itself."""
+    conv, bn = block.conv, block.bn
+    if bn.training or torch.compiler.is_compiling():
+        weight = conv.weight
+        return weight[:, :width], weight[:, width:2 * width], weight[:, 2 * width:], None
+
+    def build() -> tuple[torch.Tensor, ...]:
+        weight, bias = folded_conv_bn(conv, bn)
+        return weight[:, :width], weight[:, width:2 * width], weight[:, 2 * width:], bias
+
+    sources = (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+    return cached(conv, ("dsp_fuse", width), sources, build)

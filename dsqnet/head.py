@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .bmq import QueryKeyGenerator, bidirectional_match, boxes_from_key, point_offset_layers, region_tokens
+from .bmq import (QueryKeyGenerator, bidirectional_match_dates, key_boxes, per_date, point_offset_layers,
+                  region_tokens_of_dates)
 from .dsp import DSPPyramid
 from .fdaf import FDAF
 from .layers import ConvBNReLU, MixFFN
@@ -60,15 +61,28 @@ class DSQHead(nn.Module):
             self.regions_cor2 = nn.Conv2d(half, half, 1)
 
     def forward(self, feats1: list[torch.Tensor], feats2: list[torch.Tensor]) -> torch.Tensor:
+        if self.training:  # the pyramid's batch norms take each date's own statistics, as in the reference
+            (fine1, query1), (fine2, query2) = self.CFP(feats1), self.CFP(feats2)
+            return self._after_pyramid(torch.cat([fine1, fine2]), torch.cat([query1, query2]))
+        return self.forward_dates([torch.cat([a, b]) for a, b in zip(feats1, feats2)])
+
+    def forward_dates(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """``forward`` on both dates' levels stacked in the batch axis (2B, C, H, W), date 1 first:
+        what one backbone call on both dates gives. Each step then runs once for both dates."""
+        if self.training:
+            halves = [f.chunk(2) for f in feats]
+            return self.forward([h[0] for h in halves], [h[1] for h in halves])
+        return self._after_pyramid(*self.CFP(feats))
+
+    def _after_pyramid(self, fine: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         cfg = self.config
-        fine1, query1 = self.CFP(feats1)
-        fine2, query2 = self.CFP(feats2)
-        key = self.key_generation(query1, query2)
-        boxes = boxes_from_key(key, *fine1.shape[-2:])
-        tokens1 = region_tokens(fine2, boxes, self.point1, self.point2, cfg.roi_size, cfg.num_points)
-        tokens2 = region_tokens(fine1, boxes, self.point1, self.point2, cfg.roi_size, cfg.num_points)
-        fine1, fine2 = bidirectional_match(fine1, fine2, tokens1, tokens2)
-        fused = self.neck_layer(self.norm_conv(fine1), self.norm_conv(fine2))
+        key = self.key_generation.forward_dates(query)
+        boxes = key_boxes(key, *fine.shape[-2:])
+        # Both dates' regions in the same boxes; entry t holds the tokens cut from date t + 1.
+        tokens = region_tokens_of_dates(fine.unflatten(0, (2, -1)), boxes, self.point1, self.point2,
+                                        cfg.roi_size, cfg.num_points)
+        fine = bidirectional_match_dates(fine, tokens)
+        fused = self.neck_layer.forward_dates(per_date(self.norm_conv, fine))
         if cfg.use_projection_head:
             fused = self.discriminator(fused)
-        return self.conv_seg(self.dropout(fused))
+        return self.conv_seg(self.dropout(fused) if self.training else fused)

@@ -114,12 +114,35 @@ class DSQNet(nn.Module):
                 f"img_a and img_b must be N x C x H x W tensors of one shape, got {tuple(img_a.shape)} "
                 f"and {tuple(img_b.shape)}"
             )
+        if self.training:
+            return self._padded(img_a, img_b,
+                                lambda a, b: resize(self.decode_head(*self.extract_features(a, b)), a.shape[-2:]))
+        return self.infer(img_a, img_b)
+
+    def infer(self, img_a: torch.Tensor, img_b: torch.Tensor, features: Callable | None = None,
+              head: Callable | None = None) -> torch.Tensor:
+        """The forward in eval mode, in its two parts, each replaceable by a compiled version of
+        itself: ``features`` (``features_of_dates``) and ``head`` (``logits_of_features``)."""
+        features, head = features or self.features_of_dates, head or self.logits_of_features
+        return self._padded(img_a, img_b, lambda a, b: head(features(a, b), a.shape[-2:]))
+
+    def features_of_dates(self, img_a: torch.Tensor, img_b: torch.Tensor) -> list[torch.Tensor]:
+        """Both dates through the backbone in one call: each level (2N, C, h, w), date 1 first."""
+        return self.backbone(torch.cat([img_a, img_b]))
+
+    def logits_of_features(self, feats: list[torch.Tensor], size: tuple[int, int] | torch.Size) -> torch.Tensor:
+        """Logits at ``size`` from both dates' levels as ``features_of_dates`` gives them."""
+        return resize(self.decode_head.forward_dates(feats), size)
+
+    @staticmethod
+    def _padded(img_a: torch.Tensor, img_b: torch.Tensor, run: Callable) -> torch.Tensor:
+        """``run`` on both images zero-padded bottom/right to whole multiples of 32, cropped back."""
         height, width = img_a.shape[-2:]
         pad = (0, (-width) % PAD_MULTIPLE, 0, (-height) % PAD_MULTIPLE)
-        img_a, img_b = nn.functional.pad(img_a, pad), nn.functional.pad(img_b, pad)
-        feats_a, feats_b = self.extract_features(img_a, img_b)
-        logits = self.decode_head(feats_a, feats_b)
-        return resize(logits, img_a.shape[-2:])[..., :height, :width]
+        if not any(pad):
+            return run(img_a, img_b)
+        logits = run(nn.functional.pad(img_a, pad), nn.functional.pad(img_b, pad))
+        return logits[..., :height, :width]
 
     def extract_features(self, img_a: torch.Tensor, img_b: torch.Tensor) -> tuple[list, list]:
         """Run the shared backbone on both dates.

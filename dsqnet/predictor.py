@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from dsqnet.weights.imagenet import IMAGENET_NORMALIZATION
+from .compiled import CompiledForward, compile_by_default
 from .model import DSQNet
 from .inference.scene import LATTICE_MODE, predict_scene
 
@@ -54,7 +55,10 @@ class Predictor:
 
     ``precision`` picks autocast: ``"bf16"`` (fast on recent GPUs and on CPUs with AVX512-BF16 or AMX,
     slow elsewhere: it warns then), ``"fp16"``
-    (CUDA only) or ``"fp32"``. ``compile=True`` wraps the model in ``torch.compile``.
+    (CUDA only) or ``"fp32"``. ``compile`` runs the network through ``torch.compile``
+    (``dsqnet.compiled``): True or False, or None for the default, which is on for CUDA and off
+    for CPU unless the ``DSQNET_COMPILE`` environment variable says otherwise; ``compile_mode``
+    overrides the mode (``DSQNET_COMPILE_MODE``, else one suited to the device).
     """
 
     def __init__(
@@ -62,8 +66,9 @@ class Predictor:
         model: DSQNet,
         device: str | torch.device | None = None,
         precision: Precision = "fp32",
-        compile: bool = False,
+        compile: bool | None = None,
         normalization: dict[str, Any] | None = None,
+        compile_mode: str | None = None,
     ) -> None:
         self.device = torch.device(device) if device is not None else default_device()
         if precision not in ("fp32", "bf16", "fp16"):
@@ -73,7 +78,8 @@ class Predictor:
         warn_if_bf16_is_emulated(precision, self.device)
         self.precision = precision
         self.model = model.to(self.device).eval()
-        self._forward = torch.compile(self.model) if compile else self.model
+        self.compiled = compile_by_default(self.device) if compile is None else bool(compile)
+        self._forward = CompiledForward(self.model, compile_mode) if self.compiled else self.model
         self.normalizer = InputNormalizer.for_model(model, self.device, normalization)
 
     # ---------------------------------------------------------------------------------------------

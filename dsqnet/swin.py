@@ -13,8 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock, window_partition, window_reverse
+from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock
 from torch import nn
+
+from .caches import cached
+from .layers import mlp_forward
+from .windows import WindowPlan, window_plan
 
 
 @dataclass(frozen=True)
@@ -43,27 +47,63 @@ class SwinConfig:
 
 
 class ReferenceSwinBlock(SwinTransformerBlock):
-    """A timm Swin block whose window attention pads *before* the cyclic shift, as the reference."""
+    """A timm Swin block whose window attention pads *before* the cyclic shift, as the reference.
 
-    def _attn(self, x: torch.Tensor) -> torch.Tensor:
-        _, height, width, channels = x.shape
-        win_h, win_w = self.window_size
-        x = nn.functional.pad(x, (0, 0, 0, (-width) % win_w, 0, (-height) % win_h))
-        _, padded_h, padded_w, _ = x.shape
+    The pad, roll and window split are one gather through a cached ``WindowPlan`` and attention
+    is ``scaled_dot_product_attention`` with the relative-position bias (plus the shift mask) as
+    its additive mask, cached per map size while the bias table is unchanged. The numbers are the
+    step-by-step reference's to float round-off. ``forward_tokens`` takes the row-major token list
+    (B, H * W, C), which is how ``SwinBackbone`` passes tokens between blocks.
+    """
 
-        shift_h, shift_w = self.shift_size
-        mask = None
-        if shift_h or shift_w:
-            x = torch.roll(x, shifts=(-shift_h, -shift_w), dims=(1, 2))
-            mask = self.get_attn_mask(x)  # built over the padded grid, as the reference does
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, height, width, channels = x.shape
+        return self.forward_tokens(x.reshape(batch, height * width, channels), height, width).view_as(x)
 
-        windows = window_partition(x, self.window_size).view(-1, self.window_area, channels)
-        windows = self.attn(windows, mask=mask).view(-1, win_h, win_w, channels)
-        x = window_reverse(windows, self.window_size, padded_h, padded_w)
+    def forward_tokens(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        plan = window_plan(height, width, self.window_size[0], self.shift_size[0], x.device)
+        y = nn.functional.pad(self.norm1(x), (0, 0, 0, 1))  # the zero token every padding position reads
+        y = self.attn_windows(y.index_select(1, plan.gather), plan)
+        x = x + self.drop_path1(y.index_select(1, plan.scatter))
+        return x + self.drop_path2(mlp_forward(self.mlp, self.norm2(x)))
 
-        if shift_h or shift_w:
-            x = torch.roll(x, shifts=(shift_h, shift_w), dims=(1, 2))
-        return x[:, :height, :width].contiguous()
+    def attn_windows(self, windows: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
+        """Attention within each window of ``windows`` (B, num_windows * L, C), window-major."""
+        attn = self.attn
+        batch, tokens, channels = windows.shape
+        heads, area = attn.num_heads, self.window_area
+        dropout = attn.attn_drop.p if self.training else 0.0
+        qkv = attn.qkv(windows)
+        if plan.shift_mask is None:
+            # One bias for every window: windows stay in the batch axis, the mask broadcasts.
+            q, k, v = qkv.view(batch * plan.num_windows, area, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+            out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=self._bias(plan, q.dtype),
+                                                             dropout_p=dropout)
+            out = out.transpose(1, 2).reshape(batch, tokens, channels)
+        else:
+            # A mask per window: windows join the heads axis so that one (1, windows * heads, L, L)
+            # mask broadcasts over the batch (the fused CPU kernel wants 4-d inputs).
+            qkv = qkv.view(batch, plan.num_windows, area, 3, heads, -1).permute(3, 0, 1, 4, 2, 5)
+            q, k, v = qkv.reshape(3, batch, plan.num_windows * heads, area, -1).unbind(0)
+            out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=self._bias(plan, q.dtype),
+                                                             dropout_p=dropout)
+            out = out.view(batch, plan.num_windows, heads, area, -1).transpose(2, 3).reshape(batch, tokens, channels)
+        out = attn.proj(out)
+        return attn.proj_drop(out) if self.training else out
+
+    def _bias(self, plan: WindowPlan, dtype: torch.dtype) -> torch.Tensor:
+        """The additive attention mask: relative-position bias (1, heads, L, L), or with the shift
+        mask added per window (1, windows * heads, L, L)."""
+        table = self.attn.relative_position_bias_table
+
+        def build() -> torch.Tensor:
+            bias = self.attn._get_rel_pos_bias()  # (1, heads, L, L)
+            if plan.shift_mask is not None:
+                bias = (bias + plan.shift_mask.unsqueeze(1)).flatten(0, 1).unsqueeze(0)
+            return bias.to(dtype)
+
+        key = ("swin_bias", plan.height, plan.width, str(table.device), dtype)
+        return cached(self, key, (table,), build)
 
 
 class SwinBackbone(nn.Module):
@@ -101,9 +141,41 @@ class SwinBackbone(nn.Module):
             self.add_module(f"norm{i}", nn.LayerNorm(channels))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.config.attention_order != "reference":
+            return self._forward_stock(x)
+        # Tokens travel as row-major lists (B, H * W, C), reshaped only where a layer needs the grid.
+        embed = self.patch_embed
+        height, width = -(-x.shape[-2] // embed.patch_size[0]), -(-x.shape[-1] // embed.patch_size[1])
+        if x.shape[-2:] != (height * embed.patch_size[0], width * embed.patch_size[1]):
+            x = nn.functional.pad(x, (0, width * embed.patch_size[1] - x.shape[-1], 0, height * embed.patch_size[0] - x.shape[-2]))
+        x = embed.norm(embed.proj(x).flatten(2).transpose(1, 2))
+        outs = []
+        for i, stage in enumerate(self.layers):
+            if not isinstance(stage.downsample, nn.Identity):
+                x, height, width = _merge_patches(stage.downsample, x, height, width)
+            for block in stage.blocks:
+                x = block.forward_tokens(x, height, width)
+            out = getattr(self, f"norm{i}")(x)
+            outs.append(out.transpose(1, 2).reshape(x.shape[0], -1, height, width))
+        return outs
+
+    def _forward_stock(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Stock timm blocks (``attention_order="timm"``), step by step."""
         x = self.patch_embed(x)
         outs = []
         for i, stage in enumerate(self.layers):
             x = stage(x)
             outs.append(getattr(self, f"norm{i}")(x).permute(0, 3, 1, 2).contiguous())
         return outs
+
+
+def _merge_patches(merge: nn.Module, x: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, int, int]:
+    """timm's ``PatchMerging`` on a token list: 2 x 2 neighbours concatenated (odd sizes zero-padded)."""
+    batch, _, channels = x.shape
+    x = x.view(batch, height, width, channels)
+    if height % 2 or width % 2:
+        x = nn.functional.pad(x, (0, 0, 0, width % 2, 0, height % 2))
+        height, width = height + height % 2, width + width % 2
+    x = x.view(batch, height // 2, 2, width // 2, 2, channels).permute(0, 1, 3, 4, 2, 5)
+    x = x.reshape(batch, (height // 2) * (width // 2), 4 * channels)
+    return merge.reduction(merge.norm(x)), height // 2, width // 2

@@ -31,6 +31,9 @@ import torch
 from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
 
+from .layers import conv_bn, mlp_forward
+from .windows import window_plan
+
 TOKEN_TYPES = ("swin", "transformer")  # the reference's names: 7 x 7 window attention, global attention
 
 
@@ -135,21 +138,24 @@ class GlobalAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, height, width, _ = x.shape
-        qkv = self.qkv(x.reshape(batch, height * width, -1))
-        q, k, v = qkv.reshape(batch, height * width, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        return self.attend(x, batch, height * width, (batch, height, width, -1))
+
+    def attend(self, x: torch.Tensor, groups: int, length: int, shape: tuple[int, ...]) -> torch.Tensor:
+        """Attention within each of ``groups`` runs of ``length`` consecutive tokens of ``x`` (any
+        shape ending in C_in); the result (groups * length tokens of C_out) in ``shape``."""
+        q, k, v = self.qkv(x).view(groups, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         # Scale (out_dim / heads) ** -0.5, the head width: SDPA's default.
-        out = nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
-        out = self.proj(out)
+        out = self.proj(nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(shape))
         if self.value_skip:
-            out = out + v.transpose(1, 2).flatten(2)
-        return out.reshape(batch, height, width, -1)
+            out = out + v.transpose(1, 2).reshape(shape)
+        return out
 
 
 class WindowAttention(GlobalAttention):
     """Attention inside non-overlapping, never shifted windows.
 
     The map is zero-padded bottom/right to whole windows (the padding tokens take part as keys,
-    unmasked, as in the reference) and cropped back. The relative-position table is registered
+    unmasked, as in the reference) and cropped back, both by gathers through a ``WindowPlan``. The relative-position table is registered
     only because the reference registers it; the reference disables it, so it is never read.
     """
 
@@ -161,13 +167,12 @@ class WindowAttention(GlobalAttention):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, height, width, channels = x.shape
-        win = self.window_size
-        x = nn.functional.pad(x, (0, 0, 0, (-width) % win, 0, (-height) % win))
-        rows, cols = x.shape[1] // win, x.shape[2] // win
-        windows = x.reshape(batch, rows, win, cols, win, channels).transpose(2, 3).reshape(-1, win, win, channels)
-        out = super().forward(windows)  # each window is a tiny map of its own
-        out = out.reshape(batch, rows, cols, win, win, -1).transpose(2, 3).reshape(batch, rows * win, cols * win, -1)
-        return out[:, :height, :width]
+        plan = window_plan(height, width, self.window_size, 0, x.device)
+        # One gather pads the map with zero tokens and cuts it into windows; one puts results back.
+        tokens = nn.functional.pad(x.reshape(batch, height * width, channels), (0, 0, 0, 1))
+        windows = tokens.index_select(1, plan.gather)
+        out = self.attend(windows, batch * plan.num_windows, self.window_size ** 2, (batch, windows.shape[1], -1))
+        return out.index_select(1, plan.scatter).view(batch, height, width, -1)
 
 
 def make_attention(tokens_type: str, in_dim: int, out_dim: int, num_heads: int, window_size: int,
@@ -181,14 +186,23 @@ def make_attention(tokens_type: str, in_dim: int, out_dim: int, num_heads: int, 
 # Convolution branches
 
 
-def conv_stack(in_dim: int, widths: tuple[int, int, int], strides: tuple[int, int, int], groups: int) -> nn.Sequential:
+class ConvStack(nn.Sequential):
     """The parallel convolution module (PCM): three grouped 3 x 3 convs, BN + SiLU between them.
 
-    ``widths`` are the three convs' output channels. Indices 0, 1, 3, 4 and 6 hold the weights,
-    as in the reference's ``nn.Sequential``.
+    Indices 0, 1, 3, 4 and 6 hold the weights, as in the reference's ``nn.Sequential``. In
+    inference each batch norm is folded into the convolution before it (``conv_bn``).
     """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv1, bn1, act1, conv2, bn2, act2, conv3 = self
+        x = act1(conv_bn(conv1, bn1, x))
+        return conv3(act2(conv_bn(conv2, bn2, x)))
+
+
+def conv_stack(in_dim: int, widths: tuple[int, int, int], strides: tuple[int, int, int], groups: int) -> ConvStack:
+    """The PCM: ``widths`` are the three convs' output channels."""
     (w1, w2, w3), (s1, s2, s3) = widths, strides
-    return nn.Sequential(
+    return ConvStack(
         nn.Conv2d(in_dim, w1, 3, stride=s1, padding=1, groups=groups),
         nn.BatchNorm2d(w1),
         nn.SiLU(),
@@ -262,10 +276,12 @@ class ReductionCell(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Whole multiples of the ratio keep both branches at exactly H/r x W/r for any input size.
         height, width = x.shape[-2:]
-        x = nn.functional.pad(x, (0, (-width) % self.ratio, 0, (-height) % self.ratio))
+        pad = (0, (-width) % self.ratio, 0, (-height) % self.ratio)
+        if any(pad):
+            x = nn.functional.pad(x, pad)
         block = self.attn
         y = block.attn(block.norm1(self.PRM(x))) + self.PCM(x).permute(0, 2, 3, 1)
-        return y + block.mlp(block.norm2(y))
+        return y + mlp_forward(block.mlp, block.norm2(y))
 
 
 class NormalCell(nn.Module):
@@ -287,7 +303,7 @@ class NormalCell(nn.Module):
         # stochastic-depth masks are drawn independently.
         conv = self.PCM(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         x = x + self.drop_path(self.attn(self.norm1(x))) + self.drop_path(conv)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        return x + self.drop_path(mlp_forward(self.mlp, self.norm2(x)))
 
 
 class ViTAEStage(nn.Module):

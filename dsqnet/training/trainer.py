@@ -151,7 +151,8 @@ class Trainer:
 
     def _validate(self, model: DSQNet, pairs: ChangeDetectionDataset) -> dict:
         e = self.config.eval
-        predictor = Predictor(model, device=self.device, precision=self.precision)
+        # eager: the weights change between validations, and compiling would cost more than it saves
+        predictor = Predictor(model, device=self.device, precision=self.precision, compile=False)
         return evaluate_model(predictor, pairs, window=e.window, stride=e.stride, batch_size=e.batch_size)
 
     def _save_weights(self, model: DSQNet, path: Path, step: int, scores: dict | None = None) -> None:

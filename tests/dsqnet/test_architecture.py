@@ -86,6 +86,23 @@ def test_every_used_parameter_gets_a_gradient_except_the_box_path():
     assert no_grad == UNUSED_REFERENCE_PARAMETERS | BOX_PATH_PARAMETERS
 
 
+def test_tables_kept_by_an_inference_forward_serve_a_later_training_forward():
+    """Window plans, grids and folded norms kept in inference mode are plain tensors, so autograd can
+    record a later forward that reuses them (training after a validation, a frozen backbone)."""
+    model = build_model("dsqnet_swin_mini").eval()
+    a, b = torch.randn(1, 3, 64, 96), torch.randn(1, 3, 64, 96)
+    with torch.inference_mode():
+        expected = model(a, b)
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)  # frozen: its derived tables are reused, not rebuilt
+    logits = model(a, b)
+    logits.square().mean().backward()
+    torch.testing.assert_close(logits.detach(), expected)
+    model.train()
+    model(a, b).square().mean().backward()
+    assert model.decode_head.conv_seg.weight.grad is not None
+
+
 def test_box_path_batchnorm_statistics_still_train():
     model = build_model("dsqnet_swin_mini").train()
     bn = model.decode_head.key_generation.query_key_conv.bn

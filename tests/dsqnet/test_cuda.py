@@ -43,7 +43,7 @@ def test_fp32_on_the_gpu_gives_the_cpu_probabilities(name, demo_pair):
     model = load(DEMO_MODEL) if name == "demo" else build_model(name)
     before, after, _ = demo_pair
     on_cpu = Predictor(model, device="cpu").predict_proba(before, after)
-    on_gpu = Predictor(model, device="cuda").predict_proba(before, after)
+    on_gpu = Predictor(model, device="cuda", compile=False).predict_proba(before, after)
     assert isinstance(on_gpu, np.ndarray) and on_gpu.shape == on_cpu.shape == (512, 512)
     difference = np.abs(on_gpu - on_cpu)
     print(f"{name}: fp32 GPU - CPU max {difference.max():.2e} mean {difference.mean():.2e}")
@@ -56,12 +56,29 @@ def test_fp32_on_the_gpu_gives_the_cpu_probabilities(name, demo_pair):
 def test_mixed_precision_keeps_the_demo_change_map(precision, demo_pair):
     model = load(DEMO_MODEL)
     before, after, truth = demo_pair
-    full = Predictor(model, device="cuda").predict_proba(before, after)
-    mixed = Predictor(model, device="cuda", precision=precision).predict_proba(before, after)
+    full = Predictor(model, device="cuda", compile=False).predict_proba(before, after)
+    mixed = Predictor(model, device="cuda", precision=precision, compile=False).predict_proba(before, after)
     agree = ((full >= 0.5) == (mixed >= 0.5)).mean()
     print(f"{precision}: max |p - p_fp32| {np.abs(mixed - full).max():.3f}, change map agreement {agree:.5f}")
     assert truth.any() and (full >= 0.5)[truth == 1].mean() > 0.5  # the model sees the buildings at all
     assert agree > 0.995 and np.abs(mixed - full).mean() < 0.01
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_compiled_network_on_the_gpu_gives_the_eager_probabilities(precision, demo_pair):
+    """The default fast path on CUDA, compiled in inductor's quickest mode (the default mode's
+    autotuning only changes which kernels run)."""
+    model = load(DEMO_MODEL)
+    before, after, _ = demo_pair
+    batch = [np.stack([before, before[::-1]]), np.stack([after, after[::-1]])]
+    eager = Predictor(model, device="cuda", precision=precision, compile=False).predict_proba(*batch)
+    compiled = Predictor(model, device="cuda", precision=precision, compile=True, compile_mode="default")
+    fast = compiled.predict_proba(*batch)
+    last = compiled.predict_proba(before, after)  # one pair: padded to the compiled batch of two
+    difference = np.abs(fast - eager)
+    print(f"{precision}: compiled - eager max {difference.max():.2e} mean {difference.mean():.2e}")
+    assert difference.max() < (2e-3 if precision == "fp32" else 5e-2) and difference.mean() < 1e-3
+    np.testing.assert_allclose(last, fast[0], atol=1e-5)
 
 
 def test_sliding_windows_on_the_gpu_match_the_cpu(demo_pair):
@@ -70,7 +87,7 @@ def test_sliding_windows_on_the_gpu_match_the_cpu(demo_pair):
     crop = (slice(0, 400), slice(0, 300))  # not a multiple of the window: padding and partial windows
     a, b = before[:, crop[0], crop[1]], after[:, crop[0], crop[1]]
     on_cpu = Predictor(model, device="cpu").predict_windows(a, b, window=256, stride=128)
-    on_gpu = Predictor(model, device="cuda").predict_windows(a, b, window=256, stride=128)
+    on_gpu = Predictor(model, device="cuda", compile=False).predict_windows(a, b, window=256, stride=128)
     assert on_gpu.shape == (400, 300)
     assert np.abs(on_gpu - on_cpu).max() < 5e-3
 
