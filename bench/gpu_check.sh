@@ -56,7 +56,7 @@ install_wheels() {  # the carried wheels, once per machine (SITE is kept while t
         rm -rf "$unpacked" && mkdir -p "$unpacked" &&
             python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="data")' \
                 "$WHEELS" "$unpacked" &&
-            python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --disable-pip-version-check \
+            python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --disable-pip-version-check --root-user-action=ignore \
                 --find-links "$unpacked" --target "$SITE" "$unpacked"/*.whl &&
             touch "$SITE/.installed" || { echo "== install: FAILED"; exit 1; }
         rm -rf "$unpacked"
