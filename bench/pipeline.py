@@ -191,7 +191,7 @@ class StandInNetwork:
             else:
                 darkest_band = torch.as_tensor(after).amin(dim=1).float()
                 probability = torch.sigmoid((darkest_band - 222) / 2)  # fields stay under 212, new rectangles 235
-            count_cpu("network", time.thread_time() - tick)
+            count_cpu(time.thread_time() - tick)
             return probability
 
 
@@ -208,62 +208,39 @@ def _python_steps_per_second() -> float:
     return 2_000_000 / (time.perf_counter() - started)
 
 
-# CPU seconds counted in the threads that spent them, for PipelineCpu. Dask pickles the infer-block
-# task's function by value (its Prefect task object has taken its module name), with everything it
-# refers to that this script patched in (the stand-in, PipelineCpu's wrappers), and runs the copy in
-# this process's worker: so copies add to this process's one table, found by module name, not to
-# counters of their own.
-CPU_COUNTED = {"network": 0.0, "blocks": 0.0, "stitch": 0.0, "stitch_after_blocks": 0.0}
+# The stand-in's CPU seconds, counted in the threads that ran it. Dask pickles the infer-block task's
+# function by value (its Prefect task object has taken its module name), with everything it refers
+# to that this script patched in (the stand-in), and runs the copy in this process's worker: so the
+# copies add to this process's one count, found by module name, rather than to counts of their own.
+NETWORK_CPU = [0.0]
 
 
-def count_cpu(field: str, seconds: float) -> None:
+def count_cpu(seconds: float) -> None:
     with device_lock("bench-cpu-counts"):  # one lock per process, whichever copy asks
-        sys.modules[__name__].CPU_COUNTED[field] += seconds
-
-
-def _counted(function, field: str):
-    """``function``, adding the CPU seconds of its calls (in the calling thread) to ``CPU_COUNTED[field]``."""
-    def counted(*args, **kwargs):
-        tick = time.thread_time()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            count_cpu(field, time.thread_time() - tick)
-    return counted
+        sys.modules[__name__].NETWORK_CPU[0] += seconds
 
 
 class PipelineCpu:
     """The CPU seconds a run costs this machine: every thread of this process (the in-process Dask
     worker's included) and the child processes that ended during it (the block outputs' writers),
-    with two parts counted in the threads that do them (``time.thread_time``): the blocks' tasks
-    (``process_block``, the network inside them) and stitching (``Stitcher.stitch_ready``, apart
-    for the stitch-blocks step after the blocks). Both are wrapped for the run and put back after.
+    less the stand-in network's; by step from run.json's ``cpu_seconds``.
 
+    Within the blocks' step the blocks, stitching, and Prefect and Dask around them run at once,
+    and much of their work is done in threads of zarr and torch rather than in the thread that asks
+    for it, so that step is reported whole; ``bench/block_steps.py`` splits it outside the flow.
     The Prefect API's server process is counted apart (``server``): a deployment's runs report to
     a server that runs elsewhere and serves many runs.
     """
 
     def __enter__(self) -> "PipelineCpu":
-        import flows.detect
-        from flows.blocks.stitch import Stitcher
-
-        self._saved = flows.detect.process_block, flows.detect.stitch, Stitcher.stitch_ready
-        flows.detect.process_block = _counted(flows.detect.process_block, "blocks")
-        flows.detect.stitch = _counted(flows.detect.stitch, "stitch_after_blocks")
-        Stitcher.stitch_ready = _counted(Stitcher.stitch_ready, "stitch")
-        self._start, self._server, self._counted = cpu_seconds(), _server_cpu_seconds(), dict(CPU_COUNTED)
+        self._start, self._server, self._network = cpu_seconds(), _server_cpu_seconds(), NETWORK_CPU[0]
         return self
 
     def __exit__(self, *exc) -> None:
-        import flows.detect
-        from flows.blocks.stitch import Stitcher
-
         end, server = cpu_seconds(), _server_cpu_seconds()
-        flows.detect.process_block, flows.detect.stitch, Stitcher.stitch_ready = self._saved
         self.process, self.children = end[0] - self._start[0], end[1] - self._start[1]
         self.server = None if server is None or self._server is None else server - self._server
-        for field, before in self._counted.items():
-            setattr(self, field, CPU_COUNTED[field] - before)
+        self.network = NETWORK_CPU[0] - self._network
 
     def breakdown(self, steps: dict[str, dict[str, float]], sampler: float, megapixels: float) -> dict:
         """The pipeline's CPU seconds (all but the network's and the bench's sampler's) per megapixel
@@ -271,21 +248,17 @@ class PipelineCpu:
         def step(name: str) -> float:
             return sum(steps.get(name, {}).values())
 
-        network = self.network
-        total = self.process + self.children - network - sampler
+        total = self.process + self.children - self.network - sampler
         infer = steps.get("infer blocks", {"process": 0.0, "children": 0.0})
         parts = {
             "load scenes": step("load scenes"),
-            "blocks, less the network (reading, windows, sums)": self.blocks - network,
-            "Prefect and Dask in the blocks' step": infer["process"] - self.blocks
-                                                   - (self.stitch - self.stitch_after_blocks),
-            "stitch": self.stitch,
+            "blocks' step, less the network (blocks, stitching, Prefect and Dask)": infer["process"] - self.network,
             "outputs (while blocks run, then after)": infer["children"] + step("block outputs")
                                                       + step("mosaic, vectorise, preview"),
         }
         parts["the rest (choosing scenes, planning, publishing, the flows' start and end)"] = total - sum(parts.values())
         return {"cpu_s_per_mpx": round(total / megapixels, 4), "cpu_s": round(total, 2),
-                "network_cpu_s": round(network, 2), "sampler_cpu_s": round(sampler, 2),
+                "network_cpu_s": round(self.network, 2), "sampler_cpu_s": round(sampler, 2),
                 "api_server_cpu_s": None if self.server is None else round(self.server, 2),
                 "by_step_s": {k: round(v, 2) for k, v in parts.items()},
                 "by_step_s_per_mpx": {k: round(v / megapixels, 4) for k, v in parts.items()}}
