@@ -30,7 +30,17 @@ one batch at a time, and the flow gets the local cluster of a one-GPU machine (o
 fast network (an H200 runs Swin-T in bf16 at 6-9 ms per window) on a machine without one; its
 rows say ``"network": "stand-in"``.
 
+With the stand-in each row also gives ``cpu_s_per_mpx``: the pipeline's own CPU seconds per
+megapixel of region, everything but the network (issue #22's goal: at most 0.3, so that a 16-core
+GPU host can feed 50 Mpx/s). It is the CPU time of this process (all its threads, the in-process
+Dask worker's too) and of the children that ended during the run (the block outputs' writers),
+less what the stand-in itself used and the bench's memory sampler; a figure the 2-core CPU can
+measure as well as a GPU host, up to the cores' own speed. ``pipeline_cpu`` breaks it down by the
+flow's steps (run.json's ``cpu_seconds``) and gives the temporary Prefect API server's CPU apart
+(a deployment's server runs elsewhere); ``bench/block_steps.py`` splits the blocks' step further.
+
     python bench/pipeline.py                                  # dsqnet_swin_t, 2048^2 and 8192^2
+    python bench/pipeline.py --sizes 4096 8192 --batch 16 --stand-in-ms 8   # the pipeline's CPU-s per Mpx
     python bench/pipeline.py --sizes 1024 2048 --precision bf16 --block-size 2048 --json out.json
     python bench/pipeline.py --sizes 2048 --precision bf16 --block-size 2048 --repeats 3     # medians of 3 pairs
     python bench/pipeline.py --sizes 2048 8192 --batch 16 --stand-in-ms 8     # the pipeline around a fast network
