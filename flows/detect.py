@@ -370,6 +370,7 @@ def build_manifest(request: DetectRequest, region: Region, scenes: PreparedScene
         "metrics": metrics,
         "timings": timer.timings,
         "peak_rss_gb": timer.peak_rss_gb,
+        "cpu_seconds": timer.cpu_seconds,
         "versions": package_versions(),
         "stac_item": stac_item(run_id, region.to_geojson(), list(region.bbox), grid, before_time, after_time, outputs,
                                {"dsqnet:model": model.name, "dsqnet:model_sha256": model.sha256,
