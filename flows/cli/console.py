@@ -11,6 +11,7 @@ they still reach the Prefect API. ``--verbose`` shows everything, as the librari
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -74,12 +75,26 @@ def console(verbose: bool, uses_prefect: bool) -> Iterator[None]:
 
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             warnings.filterwarnings("ignore", module=r"distributed\.")  # "Port 8787 is already in use", ...
+            # Dask's worker processes log on their own terminal handler: errors only, unless --verbose
+            stack.enter_context(_environment(DASK_LOGGING__DISTRIBUTED="error"))
             if uses_prefect:
                 import prefect  # noqa: F401  (configures Prefect's logging, and so its console handler)
             stack.enter_context(_quiet_logging())
             yield
     finally:
         show_progress_bars(bars)
+
+
+@contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """Set environment variables (for the processes the command starts) unless the user set them."""
+    added = {k: v for k, v in values.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
 
 
 @contextmanager

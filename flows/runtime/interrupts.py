@@ -113,8 +113,16 @@ def stop(command: str, signum: int) -> NoReturn:
     stop_children()
     what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
     line = f"dsqnet {command}: {what}; {resume_hint(command)}\n"
+    if _progress_bar_open():
+        line = "\n" + line  # below the bar, not on its line
     os.write(terminal, line.encode())
     os._exit(128 + signum)
+
+
+def _progress_bar_open() -> bool:
+    """Whether a tqdm bar is on the terminal (its line has no end yet)."""
+    tqdm = sys.modules.get("tqdm")
+    return bool(tqdm is not None and getattr(tqdm.tqdm, "_instances", None))
 
 
 def stop_children(deadline_s: float = 3.0) -> None:
