@@ -266,7 +266,8 @@ class PipelineCpu:
             "outputs (while blocks run, then after)": infer["children"] + step("block outputs")
                                                       + step("mosaic, vectorise, preview"),
         }
-        parts["the rest (choosing scenes, planning, publishing, the flows' start and end)"] = total - sum(parts.values())
+        rest = "the rest (choosing scenes, planning, publishing, the flows' start and end)"
+        parts[rest] = total - sum(parts.values())
         return {"cpu_s_per_mpx": round(total / megapixels, 4), "cpu_s": round(total, 2),
                 "network_cpu_s": round(self.network, 2), "sampler_cpu_s": round(sampler, 2),
                 "api_server_cpu_s": None if self.server is None else round(self.server, 2),

@@ -114,7 +114,7 @@ def _asset_of(item, bands: tuple[str, ...]) -> SharedAsset | None:
 def _to_byte_scale(raw: xr.DataArray, item, band: str, spec: BandSpec) -> xr.DataArray:
     if spec.scaling == "none":
         # bytes already: the same values as through float32, without four bytes a pixel to make
-        # and read again (2 of the 8 s of CPU that computing an 8192² pair took)
+        # and read again (computing an 8192² pair: 7.8 -> 7.2 s of CPU)
         return raw if raw.dtype == np.uint8 else raw.astype(np.float32)
     scale, offset = scale_offset(item, band, spec)
     low, high = spec.value_range
