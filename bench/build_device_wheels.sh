@@ -32,9 +32,11 @@ DEVICE_HAS="torch torchvision timm triton numpy scipy pandas pyarrow pillow safe
 NOT_IMPORTED="pyogrio apprise docker"
 
 find_python() {
-    local candidate
-    for candidate in "${PYTHON:-}" python3.12 "$(ls -d "$HOME"/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | tail -n 1)"; do
-        if [[ -n "$candidate" ]] && "$candidate" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then
+    local candidate pyenv
+    pyenv=$(ls -d "$HOME"/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | tail -n 1)
+    for candidate in "${PYTHON:-}" python3.12 "$pyenv"; do
+        if [[ -n "$candidate" ]] && "$candidate" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null
+        then
             echo "$candidate"
             return
         fi
@@ -96,7 +98,8 @@ tar -C "$work/wheels" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner
 (cd "$work/wheels" && sha256sum *.whl) >"$DIR/MANIFEST"
 
 mib=$(( $(stat -c %s "$DIR/wheels.tar.xz") / 1048576 ))
-echo "$(wc -l <"$DIR/MANIFEST") wheels, $(du -sh "$DIR/wheels.tar.xz" | cut -f1) in $DIR/wheels.tar.xz (limit ${LIMIT_MIB} MiB)"
+echo "$(wc -l <"$DIR/MANIFEST") wheels, $(du -sh "$DIR/wheels.tar.xz" | cut -f1) in $DIR/wheels.tar.xz" \
+    "(limit ${LIMIT_MIB} MiB)"
 if ((mib > LIMIT_MIB)); then
     echo "over ${LIMIT_MIB} MiB: the device takes 64 MiB of working tree and wheels per call" >&2
     exit 1

@@ -33,7 +33,8 @@ WHEELS=${WHEELS:-.device-wheels/wheels.tar.xz}
 SITE=${SITE:-/tmp/dsqnet-site}
 export DSQNET_COMPILE_MODE=${DSQNET_COMPILE_MODE:-default}
 
-step() {  # step NAME SECONDS COMMAND...: run with a limit (at most what is left of the budget), keep the log, show its end
+# step NAME SECONDS COMMAND...: run with a limit (at most what is left of the budget), keep the log, show its end
+step() {
     local name=$1 limit=$2
     shift 2
     [[ " $STEPS " == *" $name "* ]] || return 0
@@ -59,8 +60,8 @@ install_wheels() {  # the carried wheels, once per machine (SITE is kept while t
         rm -rf "$unpacked" && mkdir -p "$unpacked" &&
             python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="data")' \
                 "$WHEELS" "$unpacked" &&
-            python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --disable-pip-version-check --root-user-action=ignore \
-                --find-links "$unpacked" --target "$SITE" "$unpacked"/*.whl &&
+            python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --disable-pip-version-check \
+                --root-user-action=ignore --find-links "$unpacked" --target "$SITE" "$unpacked"/*.whl &&
             touch "$SITE/.installed" || { echo "== install: FAILED"; exit 1; }
         rm -rf "$unpacked"
     fi

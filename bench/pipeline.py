@@ -266,7 +266,8 @@ class PipelineCpu:
             "outputs (while blocks run, then after)": infer["children"] + step("block outputs")
                                                       + step("mosaic, vectorise, preview"),
         }
-        parts["the rest (choosing scenes, planning, publishing, the flows' start and end)"] = total - sum(parts.values())
+        rest = "the rest (choosing scenes, planning, publishing, the flows' start and end)"
+        parts[rest] = total - sum(parts.values())
         return {"cpu_s_per_mpx": round(total / megapixels, 4), "cpu_s": round(total, 2),
                 "network_cpu_s": round(self.network, 2), "sampler_cpu_s": round(sampler, 2),
                 "api_server_cpu_s": None if self.server is None else round(self.server, 2),
@@ -391,7 +392,7 @@ def run(size: int, args: argparse.Namespace, work: Path, scenes: tuple[Path, str
         "mpx_per_s": round(height * width / 1e6 / seconds, 4),
         "model_seconds": round(model_seconds, 2), "ratio": round(seconds / model_seconds, 3),
         "samples": [{k: s[k] for k in SAMPLE_FIELDS} for s in samples],
-        "cpu_s_per_mpx": (statistics.median(s["cpu_s_per_mpx"] for s in samples)
+        "cpu_s_per_mpx": (round(statistics.median(s["cpu_s_per_mpx"] for s in samples), 4)
                           if last["cpu_s_per_mpx"] is not None else None),
         "pipeline_cpu": last["pipeline_cpu"],
         "windows_run": last["windows_run"], "windows_scene": last["windows_scene"],

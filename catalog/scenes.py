@@ -157,7 +157,7 @@ def shared_asset(items: list, bands: tuple[str, ...]) -> SharedAsset | None:
 def _to_byte_scale(raw: xr.DataArray, rule: Radiometry) -> xr.DataArray:
     if (rule.scale, rule.offset, rule.value_range) == (1.0, 0.0, (0.0, 255.0)) and raw.dtype == np.uint8:
         # bytes already: the same values as through float32, without four bytes a pixel to make
-        # and read again (2 of the 8 s of CPU that computing an 8192² pair took)
+        # and read again (computing an 8192² pair: 7.8 -> 7.2 s of CPU)
         return raw
     low, high = rule.value_range
     value = raw.astype(np.float32) * rule.scale + rule.offset
