@@ -86,17 +86,20 @@ def test_a_named_collection_is_searched_alone(earth_search_like, tmp_path, colle
     assert _red_median(result) == (expected_byte(FIELD[0]),) * 2
 
 
-def test_a_pair_of_two_processing_levels_is_refused_with_the_reason(earth_search_like, tmp_path):
+def _one_date_from_each(earth_search_like, first: str, second: str, out):
+    """Both collections named, the API holding the earlier date of ``first`` and the later of ``second`` only."""
     folder, items = earth_search_like
-    keep = [i for i in items if (i.collection_id, i.id.endswith("-before")) in
-            {("sentinel-2-l2a", True), ("sentinel-2-l1c", False)}]
+    keep = [i for i in items if (i.collection_id, i.id.endswith("-before")) in {(first, True), (second, False)}]
     region = parse_region(region_of(EARTH_SEARCH))
     before, after = date_pair("2021-06-15", "2022-06-15")
     with rustac_api(keep, folder) as url:
-        with pytest.raises(CatalogError, match=r"cannot be put on one scale .*before: Sentinel-2 L2A \(surface "
-                                               r"reflectance\); after: Sentinel-2 L1C \(top-of-atmosphere"):
-            prepare_scenes(region, before, after, open_source(url), tmp_path / "s.zarr", chunk=64,
-                           collections=["sentinel-2-l2a", "sentinel-2-l1c"])
+        return prepare_scenes(region, before, after, open_source(url), out, chunk=64, collections=[first, second])
+
+
+def test_a_pair_of_two_processing_levels_is_refused_with_the_reason(earth_search_like, tmp_path):
+    with pytest.raises(CatalogError, match=r"cannot be put on one scale .*before: Sentinel-2 L2A \(surface "
+                                           r"reflectance\); after: Sentinel-2 L1C \(top-of-atmosphere"):
+        _one_date_from_each(earth_search_like, "sentinel-2-l2a", "sentinel-2-l1c", tmp_path / "s.zarr")
     assert not (tmp_path / "s.zarr").exists()
 
 
@@ -165,14 +168,7 @@ def test_planetary_computer_hrefs_get_a_read_token_before_they_are_read(tmp_path
 
 def test_an_offset_removed_archive_and_a_reprocessed_one_share_one_scale(earth_search_like, tmp_path):
     """Before from sentinel-2-l2a (Earth Search removed the +1000), after from Collection 1 (it did not)."""
-    folder, items = earth_search_like
-    keep = [i for i in items if (i.collection_id, i.id.endswith("-before")) in
-            {("sentinel-2-l2a", True), ("sentinel-2-c1-l2a", False)}]
-    region = parse_region(region_of(EARTH_SEARCH))
-    before, after = date_pair("2021-06-15", "2022-06-15")
-    with rustac_api(keep, folder) as url:
-        result = prepare_scenes(region, before, after, open_source(url), tmp_path / "s.zarr", chunk=64,
-                                collections=["sentinel-2-l2a", "sentinel-2-c1-l2a"])
+    result = _one_date_from_each(earth_search_like, "sentinel-2-l2a", "sentinel-2-c1-l2a", tmp_path / "s.zarr")
     offsets = [r["offset"] for when in ("before", "after") for r in result.summary()["radiometry"][when]]
     assert offsets == [0.0, -0.1]
     assert _red_median(result) == (expected_byte(FIELD[0]),) * 2
