@@ -151,8 +151,11 @@ def _landing_page(url: str, timeout: float) -> dict:
         response = requests.get(url, timeout=timeout, headers={"Accept": "application/json"})
         response.raise_for_status()
         document = response.json()
-    except (requests.Timeout, requests.ConnectionError):
+    except requests.Timeout:
         raise CatalogError(f"{url} did not answer within {timeout:g} s; check the URL and the network, "
+                           "or use a catalog on disk") from None
+    except requests.ConnectionError:
+        raise CatalogError(f"{url} cannot be reached (no server answers there); check the URL and the network, "
                            "or use a catalog on disk") from None
     except requests.HTTPError as err:
         raise CatalogError(f"{url} answered {err.response.status_code} {err.response.reason}; "

@@ -21,7 +21,7 @@ from tests.catalog.provider_scenes import (
     relocated,
     scene_pair,
 )
-from tests.catalog.stac_servers import rustac_api, static_http
+from tests.catalog.stac_servers import free_port, rustac_api, static_http
 
 EARTH_SEARCH = PROVIDER_CASES["earth-search sentinel-2-l2a"]
 
@@ -132,6 +132,8 @@ def test_a_url_that_is_no_stac_is_refused_clearly(tmp_path):
             open_source(f"{url}/index.json")
         with pytest.raises(CatalogError, match="answered 404 Not Found"):
             open_source(f"{url}/missing.json")
+    with pytest.raises(CatalogError, match=r"127.0.0.1:\d+/ cannot be reached \(no server answers there\)"):
+        open_source(f"http://127.0.0.1:{free_port()}/")
 
 
 def test_monitoring_acquisitions_come_from_one_collection_too(earth_search_like):
