@@ -99,7 +99,8 @@ def check_model(model: str | None, registry: str | None = None) -> ModelRecord:
 def choose_scenes(request: DetectRequest) -> tuple[Region, DateChoice, DateChoice]:
     region = parse_region(request.region, regions_file=request.regions)
     before, after = date_pair(request.before, request.after, request.tolerance_days)
-    first, second = choose_pair(region, before, after, open_source(request.catalog), request.collection)
+    collections = request.collection or list(region.collections) or None  # the request's, else the regions file's
+    first, second = choose_pair(region, before, after, open_source(request.catalog), collections)
     if first.collection_reason:
         get_run_logger().info(first.collection_reason)
     return region, first, second

@@ -227,7 +227,7 @@ def watch_list(request: MonitorRequest, regions_file: str | Path) -> list[Watche
             problems.append(f"  region {name!r}: baseline {baseline} is later than since {since}")
         thresholds = Thresholds(alert_area_m2=_first(own.alert_area_m2, request.alert_area_m2),
                                 alert_polygons=_first(own.alert_polygons, request.alert_polygons))
-        watched.append(WatchedRegion(regions[name], key, baseline, since, thresholds, own.collection or request.collection))
+        watched.append(WatchedRegion(regions[name], key, baseline, since, thresholds, own.collection or list(regions[name].collections) or request.collection))
     if problems:
         raise MonitorConfigError(f"the monitor sections of {regions_file} need fixing:\n" + "\n".join(problems))
     return watched

@@ -102,7 +102,15 @@ def test_regions_come_from_bboxes_files_and_regions_files(tmp_path):
     regions.write_text(json.dumps({"town": {"geometry": region_around(SPOT, 100),
                                             "watch_zones": {"north": region_around(SPOT, 20)}}}))
     town = parse_region("town", regions_file=regions)
-    assert town.name == "town" and set(town.watch_zones) == {"north"}
+    assert town.name == "town" and set(town.watch_zones) == {"north"} and town.collections == ()
+    named = tmp_path / "named.yaml"  # a region may name the collection(s) to search for it
+    named.write_text(json.dumps({"town": {"geometry": region_around(SPOT, 100), "collection": "sentinel-2-c1-l2a"},
+                                 "city": {"geometry": region_around(SPOT, 50), "collection": ["a", "b"]}}))
+    assert parse_region("town", regions_file=named).collections == ("sentinel-2-c1-l2a",)
+    assert parse_region("city", regions_file=named).collections == ("a", "b")
+    named.write_text(json.dumps({"town": {"geometry": region_around(SPOT, 100), "collection": 7}}))
+    with pytest.raises(CatalogError, match="region 'town' in .*collection must be a STAC collection id"):
+        parse_region("town", regions_file=named)
     with pytest.raises(CatalogError, match="not in .*regions.yaml; it names: town"):
         parse_region("city", regions_file=regions)
 
