@@ -11,7 +11,8 @@ and of its ended children for each:
     load scenes                       catalog.prepare.prepare_chosen: read both dates, write scenes.zarr
     blocks: read                      flows.blocks.infer.read_block
     blocks: windows and sums          which windows to run, their batches and weighted sums, as
-                                      process_block makes them (network CPU taken out)
+                                      process_block makes them on a CPU worker that runs one block
+                                      at a time (on one torch thread; network CPU taken out)
     blocks: store sums                ProbabilityStore.write_sums
     stitch: add sums                  flows.blocks.stitch.stitch_block
     stitch: write probabilities       ProbabilityStore.write_block (change_prob.zarr)

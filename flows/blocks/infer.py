@@ -23,7 +23,7 @@ from flows.blocks.store import ProbabilityStore
 from dsqnet.inference.lattice import Lattice, in_order, reflect_index, take_runs
 from dsqnet.inference.windows import WindowModel, window_sums
 from flows.blocks.lattice import Block, Reach, block_reach, block_windows
-from flows.workers.cluster import device_lock
+from flows.workers.cluster import blocks_in_flight, device_lock
 
 
 
@@ -132,7 +132,12 @@ def process_block(job: BlockJob, block: Block, run: WindowModel, device: str = "
 
     windows = windows_to_run(inputs, lattice, block)
     # nothing seen in both dates: no sums at all rather than a block of zeros
-    with torch_threads(network_threads if on_gpu else 1):  # the network gets its threads back in ``timed``
+    # on a CPU worker that runs one block at a time the sums take one thread, and the network gets
+    # its threads back in ``timed``; torch's thread count is the process's, so where blocks run at
+    # once (a GPU's two, a CPU worker with more threads) one block's sums would change the other's
+    # network's threads, and the forward's numerics may follow them
+    alone_on_cpu = not on_gpu and blocks_in_flight() == 1
+    with torch_threads(1 if alone_on_cpu else network_threads):
         sums = block_window_sums(timed, inputs, lattice, windows, job.batch_size, device) if windows else None
     ProbabilityStore(Path(job.probabilities)).write_sums(block, sums)
     top, left = block.top - inputs.reach.top, block.left - inputs.reach.left
@@ -143,12 +148,12 @@ def process_block(job: BlockJob, block: Block, run: WindowModel, device: str = "
 
 @contextlib.contextmanager
 def torch_threads(count: int):
-    """Torch's intra-op threads of this thread set to ``count`` inside the ``with``, then put back.
+    """Torch's intra-op threads (the process's) set to ``count`` inside the ``with``, then put back.
 
     Cutting windows, stacking them into batches and adding their weighted probabilities are a few
     hundred small memory-bound operations per block. On the CPU, split over every core, their
     threads mostly waited on each other: a 2048 block's window sums around a network that costs
-    nothing took 0.6-1.7 s of CPU on two threads against 0.11-0.14 s on one (2-core CPU). The
+    nothing took 0.6-1.7 s of CPU on two threads against 0.11-0.14 s on one (2-core CPU). Their
     results do not depend on it: every one of those operations is elementwise.
     """
     before = torch.get_num_threads()
