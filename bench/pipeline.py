@@ -30,7 +30,17 @@ one batch at a time, and the flow gets the local cluster of a one-GPU machine (o
 fast network (an H200 runs Swin-T in bf16 at 6-9 ms per window) on a machine without one; its
 rows say ``"network": "stand-in"``.
 
+With the stand-in each row also gives ``cpu_s_per_mpx``: the pipeline's own CPU seconds per
+megapixel of region, everything but the network (issue #22's goal: at most 0.3, so that a 16-core
+GPU host can feed 50 Mpx/s). It is the CPU time of this process (all its threads, the in-process
+Dask worker's too) and of the children that ended during the run (the block outputs' writers),
+less what the stand-in itself used and the bench's memory sampler; a figure the 2-core CPU can
+measure as well as a GPU host, up to the cores' own speed. ``pipeline_cpu`` breaks it down by the
+flow's steps (run.json's ``cpu_seconds``) and gives the temporary Prefect API server's CPU apart
+(a deployment's server runs elsewhere); ``bench/block_steps.py`` splits the blocks' step further.
+
     python bench/pipeline.py                                  # dsqnet_swin_t, 2048^2 and 8192^2
+    python bench/pipeline.py --sizes 4096 8192 --batch 16 --stand-in-ms 8   # the pipeline's CPU-s per Mpx
     python bench/pipeline.py --sizes 1024 2048 --precision bf16 --block-size 2048 --json out.json
     python bench/pipeline.py --sizes 2048 --precision bf16 --block-size 2048 --repeats 3     # medians of 3 pairs
     python bench/pipeline.py --sizes 2048 8192 --batch 16 --stand-in-ms 8     # the pipeline around a fast network
@@ -45,6 +55,7 @@ import json
 import multiprocessing
 import os
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -65,12 +76,14 @@ from shapely.geometry import box, mapping
 from catalog.grid import reproject
 from dsqnet import Predictor, build_model
 from dsqnet.weights.model_file import save
+from flows.outputs.manifest import cpu_seconds
 from flows.workers.cluster import device_lock
 
 CRS, RESOLUTION, ORIGIN = "EPSG:32633", 0.5, (500000.0, 5400000.0)
 # what each repeat of a size reports besides the row's medians
 SAMPLE_FIELDS = ("seconds", "model_seconds", "ratio", "model_seconds_in_workers", "ratio_to_network_in_flow",
-                 "peak_rss_gb", "rss_at_start_gb", "cpu")
+                 "peak_rss_gb", "rss_at_start_gb", "cpu", "cpu_s_per_mpx")
+CPU_GOAL = 0.3  # pipeline CPU-s per Mpx of region (#22): 16 cores then feed 50 Mpx/s
 
 
 def scene(size: int, seed: int, changes: bool) -> np.ndarray:
@@ -124,7 +137,7 @@ class PeakMemory:
     def __init__(self, every: float = 0.2) -> None:
         self.every, self.peak, self._stop = every, 0, threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
-        self.start = 0
+        self.start, self.cpu_seconds = 0, 0.0
 
     @staticmethod
     def _total() -> int:
@@ -138,7 +151,9 @@ class PeakMemory:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            tick = time.thread_time()
             self.peak = max(self.peak, self._total())
+            self.cpu_seconds += time.thread_time() - tick  # the bench's own, not the pipeline's
             time.sleep(self.every)
 
     def __enter__(self) -> "PeakMemory":
@@ -176,14 +191,18 @@ class StandInNetwork:
         # the workers' own per-device lock: Dask pickles the task with this object, and a lock of its
         # own would not pickle
         with device_lock("stand-in"):
+            tick = time.thread_time()
             if self.steps_per_second:
                 _python_steps(int(self.steps_per_second * self.seconds_per_window * len(before)))
             else:
                 time.sleep(self.seconds_per_window * len(before))
             if self.noisy:
-                return torch.rand(after.shape[0], *after.shape[2:]) * 0.6 + 0.2
-            darkest_band = torch.as_tensor(after).amin(dim=1).float()
-            return torch.sigmoid((darkest_band - 222) / 2)  # fields stay under 212, the new rectangles are 235
+                probability = torch.rand(after.shape[0], *after.shape[2:]) * 0.6 + 0.2
+            else:
+                darkest_band = torch.as_tensor(after).amin(dim=1).float()
+                probability = torch.sigmoid((darkest_band - 222) / 2)  # fields stay under 212, new rectangles 235
+            count_cpu(time.thread_time() - tick)
+            return probability
 
 
 def _python_steps(count: int) -> int:
@@ -197,6 +216,76 @@ def _python_steps_per_second() -> float:
     started = time.perf_counter()
     _python_steps(2_000_000)
     return 2_000_000 / (time.perf_counter() - started)
+
+
+# The stand-in's CPU seconds, counted in the threads that ran it. Dask pickles the infer-block task's
+# function by value (its Prefect task object has taken its module name), with everything it refers
+# to that this script patched in (the stand-in), and runs the copy in this process's worker: so the
+# copies add to this process's one count, found by module name, rather than to counts of their own.
+NETWORK_CPU = [0.0]
+
+
+def count_cpu(seconds: float) -> None:
+    with device_lock("bench-cpu-counts"):  # one lock per process, whichever copy asks
+        sys.modules[__name__].NETWORK_CPU[0] += seconds
+
+
+class PipelineCpu:
+    """The CPU seconds a run costs this machine: every thread of this process (the in-process Dask
+    worker's included) and the child processes that ended during it (the block outputs' writers),
+    less the stand-in network's; by step from run.json's ``cpu_seconds``.
+
+    Within the blocks' step the blocks, stitching, and Prefect and Dask around them run at once,
+    and much of their work is done in threads of zarr and torch rather than in the thread that asks
+    for it, so that step is reported whole; ``bench/block_steps.py`` splits it outside the flow.
+    The Prefect API's server process is counted apart (``server``): a deployment's runs report to
+    a server that runs elsewhere and serves many runs.
+    """
+
+    def __enter__(self) -> "PipelineCpu":
+        self._start, self._server, self._network = cpu_seconds(), _server_cpu_seconds(), NETWORK_CPU[0]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        end, server = cpu_seconds(), _server_cpu_seconds()
+        self.process, self.children = end[0] - self._start[0], end[1] - self._start[1]
+        self.server = None if server is None or self._server is None else server - self._server
+        self.network = NETWORK_CPU[0] - self._network
+
+    def breakdown(self, steps: dict[str, dict[str, float]], sampler: float, megapixels: float) -> dict:
+        """The pipeline's CPU seconds (all but the network's and the bench's sampler's) per megapixel
+        of region, and by step (``steps``: run.json's ``cpu_seconds``)."""
+        def step(name: str) -> float:
+            return sum(steps.get(name, {}).values())
+
+        total = self.process + self.children - self.network - sampler
+        infer = steps.get("infer blocks", {"process": 0.0, "children": 0.0})
+        parts = {
+            "load scenes": step("load scenes"),
+            "blocks' step, less the network (blocks, stitching, Prefect and Dask)": infer["process"] - self.network,
+            "outputs (while blocks run, then after)": infer["children"] + step("block outputs")
+                                                      + step("mosaic, vectorise, preview"),
+        }
+        rest = "the rest (choosing scenes, planning, publishing, the flows' start and end)"
+        parts[rest] = total - sum(parts.values())
+        return {"cpu_s_per_mpx": round(total / megapixels, 4), "cpu_s": round(total, 2),
+                "network_cpu_s": round(self.network, 2), "sampler_cpu_s": round(sampler, 2),
+                "api_server_cpu_s": None if self.server is None else round(self.server, 2),
+                "by_step_s": {k: round(v, 2) for k, v in parts.items()},
+                "by_step_s_per_mpx": {k: round(v / megapixels, 4) for k, v in parts.items()}}
+
+
+def _server_cpu_seconds() -> float | None:
+    """CPU seconds so far of the temporary Prefect API's server (a uvicorn child), None if there is none."""
+    total, found = 0.0, False
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if any("uvicorn" in part for part in proc.cmdline()):
+                times = proc.cpu_times()
+                total, found = total + times.user + times.system, True
+        except psutil.Error:
+            pass
+    return total if found else None
 
 
 class CpuUse:
@@ -303,6 +392,9 @@ def run(size: int, args: argparse.Namespace, work: Path, scenes: tuple[Path, str
         "mpx_per_s": round(height * width / 1e6 / seconds, 4),
         "model_seconds": round(model_seconds, 2), "ratio": round(seconds / model_seconds, 3),
         "samples": [{k: s[k] for k in SAMPLE_FIELDS} for s in samples],
+        "cpu_s_per_mpx": (round(statistics.median(s["cpu_s_per_mpx"] for s in samples), 4)
+                          if last["cpu_s_per_mpx"] is not None else None),
+        "pipeline_cpu": last["pipeline_cpu"],
         "windows_run": last["windows_run"], "windows_scene": last["windows_scene"],
         "peak_rss_gb": max(s["peak_rss_gb"] for s in samples), "timings": last["timings"],
         "outputs_finished_after_s": last["outputs_finished_after_s"],
@@ -325,7 +417,7 @@ def run_once(size: int, args: argparse.Namespace, out: Path, scenes: tuple[Path,
         flows.workers.cluster.local_gpu_count = lambda: 1  # the local cluster of a one-GPU machine
     flows.workers.cluster._load_predictor.cache_clear()
     started = time.perf_counter()
-    with PeakMemory() as memory, CpuUse() as flow_cpu:
+    with PeakMemory() as memory, CpuUse() as flow_cpu, PipelineCpu() as pipeline_cpu:
         summary = detect_changes(region=region, before="2021-06-10", after="2023-06-12", catalog=str(catalog),
                                  model=str(args.model_file), out=str(out), run_name="bench",
                                  block_size=args.block_size, batch_size=args.batch, precision=args.precision,
@@ -336,8 +428,13 @@ def run_once(size: int, args: argparse.Namespace, out: Path, scenes: tuple[Path,
     with CpuUse() as model_cpu:
         model_seconds = model_alone(args.model_file, manifest["windows"]["scene"], 512, args.batch, args.precision,
                                     threads, stand_in)
+    height, width = manifest["grid"]["shape"]
+    # the network's CPU is known for the stand-in only: a real one computes in torch's threads too
+    own_cpu = (pipeline_cpu.breakdown(manifest["cpu_seconds"], memory.cpu_seconds, height * width / 1e6)
+               if stand_in else None)
     return {
         "network": "stand-in" if stand_in else args.model, "grid": manifest["grid"]["shape"],
+        "cpu_s_per_mpx": own_cpu and own_cpu["cpu_s_per_mpx"], "pipeline_cpu": own_cpu,
         "seconds": round(seconds, 2), "model_seconds": round(model_seconds, 2),
         "ratio": round(seconds / model_seconds, 3),
         "model_seconds_in_workers": None if stand_in else manifest["model_seconds"],
@@ -379,6 +476,11 @@ def main() -> None:
     print(f"prefect API start (once per process, not in the rows): {api_seconds:.1f} s")
     for row in rows:
         print(json.dumps(row))
+    for row in rows:
+        if row["cpu_s_per_mpx"] is not None:
+            parts = ", ".join(f"{k} {v}" for k, v in row["pipeline_cpu"]["by_step_s_per_mpx"].items())
+            print(f"{row['size']}²: the pipeline's own CPU {row['cpu_s_per_mpx']} s per Mpx of region "
+                  f"(goal <= {CPU_GOAL}); by step, s per Mpx: {parts}")
     if len(rows) >= 2:
         print(f"memory growth {rows[-1]['peak_rss_gb'] / rows[0]['peak_rss_gb']:.2f}x for "
               f"{rows[-1]['size'] ** 2 / rows[0]['size'] ** 2:.0f}x the pixels (goal <= 1.5x); "

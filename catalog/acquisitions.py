@@ -14,6 +14,7 @@ import datetime as dt
 from collections import defaultdict
 from dataclasses import dataclass
 
+from .collections import pick_collection
 from .errors import CatalogError
 from .regions import DateWindow, Region
 from .selection import choose_scenes
@@ -40,6 +41,8 @@ class Acquisitions:
 
     covering: tuple[Acquisition, ...]
     partial: tuple[Acquisition, ...]
+    collections: tuple[str, ...] | None = None  # the collection(s) searched or picked; pass them on to detect
+    collection_reason: str = ""
 
     @property
     def days(self) -> list[dt.date]:
@@ -59,8 +62,14 @@ def find_acquisitions(region: Region, source: SceneSource, start: dt.date, end: 
         raise CatalogError(f"the search window is reversed: {start} is after {end}")
     first = DateWindow(start, 0).start
     last = DateWindow(end, 0).end
+    found = source.search(region, first, last, collections)
+    reason = ""
+    if not collections and found:  # one collection, as a detect run would use (catalog.collections)
+        found, _, picked = pick_collection(found, found)
+        reason = picked.reason
+        collections = [picked.collection] if picked.collection else None
     by_day: dict[dt.date, list] = defaultdict(list)
-    for item in source.search(region, first, last, collections):
+    for item in found:
         when = item_datetime(item)
         if when is not None:
             by_day[when.astimezone(dt.UTC).date()].append(item)
@@ -73,4 +82,4 @@ def find_acquisitions(region: Region, source: SceneSource, start: dt.date, end: 
             continue
         found = Acquisition(day, choice.ids, choice.coverage)
         (covering if choice.coverage >= min_coverage else partial).append(found)
-    return Acquisitions(tuple(covering), tuple(partial))
+    return Acquisitions(tuple(covering), tuple(partial), tuple(collections) if collections else None, reason)

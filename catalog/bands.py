@@ -1,8 +1,14 @@
-"""Which bands make the RGB input, and how their values become the model's 0-255 scale.
+"""Which assets hold the model's red, green and blue, read from each Item's own band metadata.
 
-Collections store colour differently: the demo and NAIP as 8-bit RGB, Sentinel-2 L2A as 16-bit
-reflectance with a scale, and since processing baseline 04.00 an offset of -0.1 that older
-metadata often omits. A ``BandSpec`` says what to read and how to scale it, per collection.
+Providers name assets differently: Earth Search ``red``, Planetary Computer ``B04``, NAIP one
+four-band ``image``, a user's catalog a three-band ``visual``. So an asset holds a colour when its
+band metadata says so (``eo:bands``, or STAC 1.1's ``bands``, with ``common_name`` or ``name``),
+not because of its key. Where several assets hold a colour, a single-band GeoTIFF with a
+reflectance scale is preferred to a stretched 8-bit preview (Sentinel-2's ``visual``), and a
+GeoTIFF to a JPEG 2000 copy of the same band.
+
+``BandSpec`` is the escape hatch for catalogs whose metadata says nothing usable: the caller names
+the three bands and how to scale them.
 """
 
 from __future__ import annotations
@@ -13,15 +19,20 @@ import pystac
 
 from .errors import CatalogError
 
+RGB = ("red", "green", "blue")
+_SENTINEL2_KEYS = {"B04": "red", "B03": "green", "B02": "blue"}
+_NOT_PIXELS = {"thumbnail", "overview", "metadata", "visual-preview"}
+
 
 @dataclass(frozen=True)
 class BandSpec:
-    """``bands``: names as odc-stac knows them (asset keys, or eo:bands names of a multi-band asset).
+    """An explicit band choice that overrides what the metadata says.
 
-    ``scaling``: ``"none"`` when values already lie on 0-255, or ``"reflectance"`` to apply the
-    STAC ``raster:bands`` scale/offset and map ``value_range`` to 0-255.
+    ``bands``: names as odc-stac knows them (asset keys, or ``asset.N`` for band N of a multi-band
+    asset). ``scaling``: ``"none"`` when values already lie on 0-255, or ``"reflectance"`` to apply
+    the STAC ``raster:bands`` scale/offset and map ``value_range`` to 0-255.
     ``mask_band``/``mask_invalid``: a classification band (Sentinel-2's SCL) whose listed values
-    (no data, saturated, cloud shadow, clouds, cirrus) make a pixel "not observed".
+    make a pixel "not observed".
     """
 
     bands: tuple[str, str, str]
@@ -32,53 +43,93 @@ class BandSpec:
     sentinel2_baseline_offset: bool = False
 
 
-PRESETS: dict[str, BandSpec] = {
-    "demo-rgb": BandSpec(("red", "green", "blue")),
-    "naip": BandSpec(("red", "green", "blue")),
-    # Earth Search and Planetary Computer name Sentinel-2 assets differently; both are listed.
-    "sentinel-2-l2a": BandSpec(("B04", "B03", "B02"), scaling="reflectance", value_range=(0.0, 0.3),
-                               mask_band="SCL", mask_invalid=(0, 1, 3, 8, 9, 10), sentinel2_baseline_offset=True),
-    "sentinel-2-l2a-earth-search": BandSpec(("red", "green", "blue"), scaling="reflectance", value_range=(0.0, 0.3),
-                                            mask_band="scl", mask_invalid=(0, 1, 3, 8, 9, 10),
-                                            sentinel2_baseline_offset=True),
-}
+@dataclass(frozen=True)
+class BandSource:
+    """Band ``index`` (1-based) of the ``count`` bands of asset ``asset``."""
+
+    asset: str
+    index: int = 1
+    count: int = 1
+
+    @property
+    def name(self) -> str:
+        """The name odc-stac loads it by."""
+        return self.asset if self.count == 1 else f"{self.asset}.{self.index}"
 
 
-def band_spec_for(items: list[pystac.Item], override: BandSpec | None = None) -> BandSpec:
-    """The spec of the items' collection, or ``override``; an unknown collection must be given one."""
-    if override is not None:
-        return override
-    collections = {item.collection_id for item in items}
-    if len(collections) > 1:
-        raise CatalogError(f"scenes come from several collections {sorted(map(str, collections))}; choose one")
-    collection = next(iter(collections))
-    if collection in PRESETS:
-        spec = PRESETS[collection]
-        if collection == "sentinel-2-l2a" and "B04" not in items[0].assets and "red" in items[0].assets:
-            spec = PRESETS["sentinel-2-l2a-earth-search"]
-        return spec
-    raise CatalogError(
-        f"no band settings for collection {collection!r}; known: {', '.join(sorted(PRESETS))}. "
-        "Pass a BandSpec (the three RGB band names and their scaling)."
-    )
+def band_metadata(asset: pystac.Asset) -> list[dict]:
+    """The per-band entries of an asset: ``eo:bands`` (STAC 1.0) or ``bands`` (STAC 1.1)."""
+    fields = asset.extra_fields
+    return list(fields.get("eo:bands") or fields.get("bands") or [])
 
 
-def scale_offset(item: pystac.Item, band: str, spec: BandSpec) -> tuple[float, float]:
-    """``value = DN * scale + offset`` for one band of one item (identity when not scaling)."""
-    if spec.scaling == "none":
-        return 1.0, 0.0
-    raster_bands = (item.assets.get(band).extra_fields.get("raster:bands") if band in item.assets else None) or [{}]
-    scale = float(raster_bands[0].get("scale", 1e-4))
-    offset = raster_bands[0].get("offset")
-    if offset is None:
-        offset = -0.1 if spec.sentinel2_baseline_offset and _baseline(item) >= (4, 0) else 0.0
-    return scale, float(offset)
+def raster_bands(asset: pystac.Asset) -> list[dict]:
+    """The ``raster:bands`` entries, or STAC 1.1's ``bands`` with ``raster:*``/``data_type`` keys."""
+    fields = asset.extra_fields
+    if fields.get("raster:bands"):
+        return list(fields["raster:bands"])
+    if fields.get("bands"):
+        return [{k.removeprefix("raster:"): v for k, v in band.items()} for band in fields["bands"]]
+    return []
 
 
-def _baseline(item: pystac.Item) -> tuple[int, int]:
-    text = str(item.properties.get("s2:processing_baseline", "0.0"))
-    try:
-        major, minor = (int(p) for p in text.split(".")[:2])
-    except ValueError:
-        return (0, 0)
-    return major, minor
+def rgb_sources(item: pystac.Item) -> tuple[BandSource, BandSource, BandSource]:
+    """Where red, green and blue are in ``item``; a clear error naming what the item offers otherwise."""
+    found = []
+    for colour in RGB:
+        candidates = [(asset_key, index, count) for asset_key, bands, count in _image_assets(item)
+                      for index, band in enumerate(bands, 1)
+                      if colour in (str(band.get("common_name", "")).lower(), str(band.get("name", "")).lower())]
+        if not candidates:
+            offered = sorted(k for k, a in item.assets.items() if _holds_pixels(a))
+            raise CatalogError(
+                f"item {item.id} ({item.collection_id}) has no asset that says it holds {colour} "
+                f"(eo:bands common_name); its image assets are {', '.join(offered) or 'none'}. "
+                "Add eo:bands to the items, or pass a BandSpec naming the three bands")
+        asset_key, index, count = min(candidates, key=lambda c: _preference(item.assets[c[0]], c[2], c[0]))
+        found.append(BandSource(asset_key, index, count))
+    return tuple(found)  # type: ignore[return-value]
+
+
+def asset_resolution(item: pystac.Item, asset_key: str) -> float | None:
+    """The pixel size of one asset in its CRS units: its own ``proj:transform``, ``raster:bands``
+    ``spatial_resolution`` or ``gsd``, else the item's."""
+    asset = item.assets[asset_key]
+    for fields in (asset.extra_fields, item.properties):
+        transform = fields.get("proj:transform")
+        if transform:
+            return abs(float(transform[0]))
+        spatial = [b.get("spatial_resolution") for b in raster_bands(asset) if b.get("spatial_resolution")]
+        if spatial and fields is asset.extra_fields:
+            return float(spatial[0])
+        if fields.get("gsd"):
+            return float(fields["gsd"])
+    return None
+
+
+def _image_assets(item: pystac.Item) -> list[tuple[str, list[dict], int]]:
+    """(key, band entries, band count) of each asset that holds pixels."""
+    found = []
+    for key, asset in item.assets.items():
+        if _holds_pixels(asset):
+            bands = band_metadata(asset) or _implied_band(key)
+            found.append((key, bands, len(bands)))
+    return found
+
+
+def _holds_pixels(asset: pystac.Asset) -> bool:
+    roles = set(asset.roles or [])
+    media = (asset.media_type or "").lower()
+    return not roles & _NOT_PIXELS and (not media or "tiff" in media or "jp2" in media)
+
+
+def _implied_band(asset_key: str) -> list[dict]:
+    """An asset without band metadata holds the colour its key names: ``red``, or Sentinel-2's ``B04``."""
+    return [{"name": asset_key, "common_name": _SENTINEL2_KEYS.get(asset_key.upper(), asset_key)}]
+
+
+def _preference(asset: pystac.Asset, count: int, key: str) -> tuple:
+    """Lower is better: single-band first, then a stated scale (reflectance), then GeoTIFF, then key."""
+    scaled = any("scale" in band for band in raster_bands(asset))
+    jp2 = "jp2" in (asset.media_type or "").lower() or key.endswith("-jp2")
+    return (count > 1, not scaled, jp2, key)

@@ -13,6 +13,7 @@ from odc.geo.crs import CRS as OdcCRS
 from odc.geo.geobox import GeoBox
 from pyproj import CRS, Transformer
 
+from .bands import asset_resolution
 from .errors import CatalogError
 from .regions import Region
 
@@ -22,15 +23,15 @@ def utm_crs(lon: float, lat: float) -> str:
     return str(OdcCRS.utm(lon, lat))
 
 
-def native_resolution(item: pystac.Item) -> float | None:
-    """The pixel size of an item in its own CRS units (metres for projected CRSs), if it says."""
-    transform_ = item.properties.get("proj:transform")
-    if transform_ is None:
-        for asset in item.assets.values():
-            transform_ = asset.extra_fields.get("proj:transform")
-            if transform_ is not None:
-                break
-    return abs(float(transform_[0])) if transform_ else None
+def native_resolution(item: pystac.Item, bands: list[str] | tuple[str, ...]) -> float | None:
+    """The finest pixel size of the ``bands`` the model reads (odc-stac names: ``asset`` or
+    ``asset.N``), in the item's CRS units; None when the item does not say."""
+    sizes = []
+    for band in bands:
+        asset = band if band in item.assets else band.rsplit(".", 1)[0]
+        if asset in item.assets and (size := asset_resolution(item, asset)):
+            sizes.append(size)
+    return min(sizes) if sizes else None
 
 
 def to_crs(region: Region, crs: str):
@@ -43,18 +44,19 @@ def reproject(geometry, source: str, target: str):
     return shapely.transform(geometry, lambda x, y: project(x, y), interleaved=False)
 
 
-def target_grid(region: Region, items: list[pystac.Item], crs: str | None = None,
+def target_grid(region: Region, items: list[pystac.Item], bands: list[tuple[str, ...]], crs: str | None = None,
                 resolution: float | None = None) -> GeoBox:
     """The run's grid: given CRS or the UTM zone of the region's centroid; given resolution or the
-    finest native one of the chosen scenes."""
+    finest native one of the bands the model reads (``bands[i]`` of ``items[i]``), never of other assets."""
     centroid = region.geometry.centroid
     crs = crs or utm_crs(centroid.x, centroid.y)
     if not CRS.from_user_input(crs).is_projected:
         raise CatalogError(f"target CRS {crs} is not projected; use a metric CRS such as a UTM zone")
     if resolution is None:
-        resolutions = [r for r in (native_resolution(i) for i in items) if r]
+        resolutions = [r for r in (native_resolution(i, b) for i, b in zip(items, bands)) if r]
         if not resolutions:
-            raise CatalogError("the scenes do not state their resolution (proj:transform); pass a resolution in metres")
+            raise CatalogError("the scenes do not state the resolution of their red, green and blue bands "
+                               "(proj:transform, raster:bands spatial_resolution or gsd); pass a resolution in metres")
         resolution = min(resolutions)
     if resolution <= 0:
         raise CatalogError(f"resolution must be positive, got {resolution}")

@@ -1,7 +1,8 @@
 """Regions and dates: what a user names, turned into geometries and time windows.
 
 A region is a lon/lat bbox (``"16.3,48.1,16.5,48.3"``), a GeoJSON geometry (inline or a file), or
-the name of an entry in a regions file (YAML: ``name: {geometry: <GeoJSON>, watch_zones: {...}}``).
+the name of an entry in a regions file (YAML: ``name: {geometry: <GeoJSON>, watch_zones: {...},
+collection: <STAC collection id or list>}``).
 A date is a day plus a tolerance: scenes up to ``tolerance_days`` either side count as that date.
 """
 
@@ -30,6 +31,7 @@ class Region:
     name: str
     geometry: BaseGeometry
     watch_zones: dict[str, BaseGeometry] = field(default_factory=dict)
+    collections: tuple[str, ...] = ()  # the STAC collection(s) to search for it, when its regions file says
 
     @property
     def bbox(self) -> tuple[float, float, float, float]:
@@ -141,8 +143,19 @@ def load_regions(path: str | Path) -> dict[str, Region]:
         geometry = _geometry_from_geojson(entry["geometry"], f"region {name!r} in {path}")
         zones = {z: _geometry_from_geojson(g, f"watch zone {z!r} of {name!r} in {path}")
                  for z, g in (entry.get("watch_zones") or {}).items()}
-        regions[str(name)] = Region(str(name), geometry, zones)
+        regions[str(name)] = Region(str(name), geometry, zones, _collections(entry.get("collection"), name, path))
     return regions
+
+
+def _collections(value: Any, name: str, path: Path) -> tuple[str, ...]:
+    """A region's ``collection``: one id or a list of them."""
+    if value is None:
+        return ()
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise CatalogError(f"region {name!r} in {path}: collection must be a STAC collection id or a list of them, "
+                           f"got {value!r}")
+    return tuple(n.strip() for n in names)
 
 
 def _looks_like_bbox(text: str) -> bool:

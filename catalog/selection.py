@@ -39,18 +39,22 @@ class DateChoice:
     items: tuple[pystac.Item, ...]  # in mosaic order: the first scene wins where scenes overlap
     records: tuple[SceneRecord, ...]
     coverage: float  # fraction of the region covered by all chosen scenes together
+    collection_reason: str = ""  # why this collection, when the catalog offered several
 
     @property
     def ids(self) -> tuple[str, ...]:
         return tuple(record.id for record in self.records)
 
     def to_dict(self) -> dict:
-        return {"target": self.window.day.isoformat(), "tolerance_days": self.window.tolerance_days,
-                "coverage": round(self.coverage, 4), "scenes": [asdict(r) for r in self.records]}
+        record = {"target": self.window.day.isoformat(), "tolerance_days": self.window.tolerance_days,
+                  "coverage": round(self.coverage, 4), "scenes": [asdict(r) for r in self.records]}
+        if self.collection_reason:
+            record["collection_choice"] = self.collection_reason
+        return record
 
 
 def choose_scenes(items: list[pystac.Item], region: Region, window: DateWindow, source: str = "the catalog",
-                  min_coverage: float = FULL_COVERAGE) -> DateChoice:
+                  min_coverage: float = FULL_COVERAGE, collection_reason: str = "") -> DateChoice:
     if not items:
         raise CatalogError(f"no scene in {source} overlaps region {region.name} {_bbox(region)} "
                            f"between {window.start:%Y-%m-%d} and {window.end:%Y-%m-%d} ({window}); "
@@ -82,7 +86,7 @@ def choose_scenes(items: list[pystac.Item], region: Region, window: DateWindow, 
         chosen.append(best)
         reasons.append(_why(best, coverage, window, f"fills {gain / area.area:.1%} of the region left uncovered"))
         covered = unary_union([covered, footprints[best.id]])
-    return DateChoice(window, tuple(chosen), tuple(reasons), covered.area / area.area)
+    return DateChoice(window, tuple(chosen), tuple(reasons), covered.area / area.area, collection_reason)
 
 
 def _as_region(item: pystac.Item) -> Region:

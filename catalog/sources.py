@@ -1,14 +1,20 @@
-"""Where scenes come from: a static STAC catalog on disk (the embedded default) or a STAC API.
+"""Where scenes come from: a static STAC catalog (on disk, the embedded default, or over HTTP) or a STAC API.
 
 Both answer one question, ``search(region, start, end)``: the items whose footprint meets the
 region and whose acquisition time lies in the window, as pystac Items. Everything downstream
 works on those Items, so either source feeds the same selection and loading code.
+
+A URL is told apart by what it serves, not by its look: a landing page that conforms to STAC API
+item search is an API; a Catalog, Collection or ItemCollection document without it is a static
+catalog, read by following its links (the usual way a small catalog is published). Its assets
+are then read through GDAL's HTTP range requests.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from pathlib import Path
 from typing import Protocol
 
@@ -26,10 +32,19 @@ class SceneSource(Protocol):
                collections: list[str] | None = None) -> list[pystac.Item]: ...
 
 
-class StaticCatalog:
-    """A ``catalog.json``/``collection.json`` tree or an ItemCollection GeoJSON file on disk."""
+ITEM_SEARCH = "/item-search"
 
-    def __init__(self, path: str | Path) -> None:
+
+class StaticCatalog:
+    """A ``catalog.json``/``collection.json`` tree or an ItemCollection GeoJSON file, on disk or at a URL."""
+
+    def __init__(self, path: str | Path, timeout: float = 30.0) -> None:
+        self.timeout = timeout
+        self._items: list[pystac.Item] | None = None
+        if _is_url(path):
+            self.path = str(path)
+            self.description = f"static catalog {self.path}"
+            return
         self.path = Path(path)
         self.description = f"static catalog {self.path}"
         if not self.path.exists():
@@ -42,7 +57,6 @@ class StaticCatalog:
                     break
             else:
                 raise CatalogError(f"folder {self.path} holds no catalog.json or collection.json")
-        self._items: list[pystac.Item] | None = None
 
     def items(self) -> list[pystac.Item]:
         if self._items is None:
@@ -50,16 +64,21 @@ class StaticCatalog:
         return self._items
 
     def _read(self) -> list[pystac.Item]:
+        io = _TimedStacIO(self.timeout)
         try:
-            if json.loads(self.path.read_text()).get("type") == "FeatureCollection":
-                return list(pystac.ItemCollection.from_file(str(self.path)).items)
-            obj = pystac.read_file(str(self.path))
-        except Exception as err:  # json and pystac raise several error types for unreadable STAC
-            raise CatalogError(f"cannot read {self.path} as STAC: {err}") from None
+            document = json.loads(io.read_text(str(self.path)))
+            if isinstance(document, dict) and document.get("type") == "FeatureCollection":
+                return [item_from_dict(feature, f"feature {k} of {self.path}")
+                        for k, feature in enumerate(document.get("features", []))]
+            obj = pystac.read_file(str(self.path), stac_io=io)
+            if isinstance(obj, pystac.Catalog):
+                return list(obj.get_items(recursive=True))
+        except CatalogError:
+            raise
+        except Exception as err:  # json, urllib and pystac raise several error types for unreadable STAC
+            raise CatalogError(f"cannot read {self.path} as STAC: {stac_problem(err)}") from None
         if isinstance(obj, pystac.ItemCollection):
             return list(obj.items)
-        if isinstance(obj, pystac.Catalog):
-            return list(obj.get_items(recursive=True))
         if isinstance(obj, pystac.Item):
             return [obj]
         raise CatalogError(f"{self.path} is STAC but neither a catalog, a collection nor an item collection")
@@ -99,7 +118,7 @@ class StacApi:
             client = pystac_client.Client.open(self.url, stac_io=io, timeout=self.timeout)
             search = client.search(intersects=region.to_geojson(), datetime=[start, end], collections=collections,
                                    max_items=self.max_items)
-            return list(search.items())
+            return [item_from_dict(found, f"an Item of STAC API {self.url}") for found in search.items_as_dicts()]
         except (requests.Timeout, requests.ConnectionError):
             raise CatalogError(unreachable) from None
         except pystac_client.exceptions.APIError as err:
@@ -109,11 +128,123 @@ class StacApi:
 
 
 def open_source(spec: str | Path, timeout: float = 30.0) -> SceneSource:
-    """A STAC API for http(s) URLs, a static catalog for anything else."""
+    """A STAC API when the URL's landing page conforms to item search; a static catalog otherwise."""
     text = str(spec)
-    if text.startswith(("http://", "https://")):
+    if not _is_url(text):
+        return StaticCatalog(text)
+    document = _landing_page(text, timeout)
+    conforms = [str(c) for c in document.get("conformsTo") or []]
+    searchable = any(c.endswith(ITEM_SEARCH) for c in conforms) or any(
+        link.get("rel") == "search" for link in document.get("links") or [] if isinstance(link, dict))
+    if searchable:
         return StacApi(text, timeout=timeout)
-    return StaticCatalog(text)
+    if document.get("type") in ("Catalog", "Collection", "FeatureCollection", "Feature") or "stac_version" in document:
+        return StaticCatalog(text, timeout=timeout)
+    raise CatalogError(f"{text} serves JSON that is neither a STAC API landing page nor a STAC catalog, "
+                       "collection or item collection; give the URL of the API root or of catalog.json")
+
+
+def _landing_page(url: str, timeout: float) -> dict:
+    import requests
+
+    try:
+        response = requests.get(url, timeout=timeout, headers={"Accept": "application/json"})
+        response.raise_for_status()
+        document = response.json()
+    except requests.Timeout:
+        raise CatalogError(f"{url} did not answer within {timeout:g} s; check the URL and the network, "
+                           "or use a catalog on disk") from None
+    except requests.ConnectionError:
+        raise CatalogError(f"{url} cannot be reached (no server answers there); check the URL and the network, "
+                           "or use a catalog on disk") from None
+    except requests.HTTPError as err:
+        raise CatalogError(f"{url} answered {err.response.status_code} {err.response.reason}; "
+                           "give the URL of a STAC API root or of a catalog.json") from None
+    except ValueError:
+        raise CatalogError(f"{url} does not serve JSON; give the URL of a STAC API root or of a catalog.json") from None
+    if not isinstance(document, dict):
+        raise CatalogError(f"{url} serves JSON that is not a STAC document")
+    return document
+
+
+def _is_url(spec: str | Path) -> bool:
+    return str(spec).startswith(("http://", "https://"))
+
+
+class _TimedStacIO(pystac.stac_io.DefaultStacIO):
+    """pystac's reader, with a timeout on HTTP so a dead static catalog fails fast."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__()
+        self.timeout = timeout
+
+    def read_text_from_href(self, href: str) -> str:
+        if not _is_url(href):
+            return super().read_text_from_href(href)
+        import requests
+
+        try:
+            response = requests.get(href, timeout=self.timeout)
+            response.raise_for_status()
+        except (requests.Timeout, requests.ConnectionError):
+            raise CatalogError(f"{href} did not answer within {self.timeout:g} s") from None
+        except requests.HTTPError as err:
+            raise CatalogError(f"{href} answered {err.response.status_code} {err.response.reason}; "
+                               "a link of the static catalog is broken") from None
+        return response.text
+
+
+NO_DATETIME_FIX = ("give it a datetime (e.g. \"datetime\": \"2023-06-21T10:30:00Z\"), or a start_datetime and an "
+                   "end_datetime")
+_HREF = re.compile(r"HREF: '([^']+)'")
+
+
+def item_from_dict(data: dict, where: str) -> pystac.Item:
+    """An Item from its JSON, or a ``CatalogError`` that names it (by id) and says what is wrong."""
+    try:
+        return pystac.Item.from_dict(data)
+    except Exception as err:  # pystac raises several error types for an invalid Item
+        name = f"Item {data.get('id')!r} ({where})" if isinstance(data, dict) and data.get("id") else where
+        raise CatalogError(f"{name} {item_problem(err)}") from None
+
+
+def stac_problem(err: BaseException) -> str:
+    """pystac's complaint in full: it nests the reason (an Item without a datetime, say) in the error it
+    raised from, and names the file only in the outer one."""
+    said = _said(err)
+    href = next((m[1] for text in said if (m := _HREF.search(text))), None)
+    if href and _no_datetime(said):
+        return f"Item {_item_id(href)!r} ({href}) {item_problem(err)}"
+    return ": ".join(said) or type(err).__name__
+
+
+def item_problem(err: BaseException) -> str:
+    """What is wrong with an Item pystac refused, as the end of a sentence naming the Item."""
+    said = _said(err)
+    if _no_datetime(said):
+        return f"has no datetime, nor a start_datetime and an end_datetime; {NO_DATETIME_FIX}"
+    return f"is not a valid STAC Item: {': '.join(said) or type(err).__name__}"
+
+
+def _said(err: BaseException | None) -> list[str]:
+    said: list[str] = []
+    while err is not None:
+        text = " ".join(str(err).split())
+        if text and text not in said:
+            said.append(text)
+        err = err.__cause__ or err.__context__
+    return said
+
+
+def _no_datetime(said: list[str]) -> bool:
+    return any("datetime is None" in text or "start_datetime and end_datetime must" in text for text in said)
+
+
+def _item_id(href: str) -> str:
+    try:
+        return str(json.loads(Path(href).read_text()).get("id"))
+    except (OSError, ValueError, AttributeError):
+        return Path(href).stem
 
 
 def item_datetime(item: pystac.Item) -> dt.datetime | None:

@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import os
 import re
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,12 +33,14 @@ from prefect.runtime import flow_run
 
 import dsqnet
 from catalog import date_pair, open_source, parse_region
-from catalog.prepare import PreparedScenes, choose_pair, grid_summary, prepare_chosen
+from catalog.errors import CatalogError
+from catalog.prepare import PreparedScenes, choose_pair, chosen_grid, grid_summary, prepare_chosen
 from catalog.regions import Region
 from catalog.selection import DateChoice
 from catalog.store import inputs_hash, open_scenes
 
 from flows.params.signature import takes_parameters_of
+from flows.params.inputs import check_inputs
 from flows.outputs.assemble import change_polygons, write_change_rasters, write_preview
 from flows.outputs.artifacts import Progress, publish_artifacts
 from flows.blocks.infer import BlockJob, process_block
@@ -50,7 +53,8 @@ from flows.params.detect import DetectRequest, parse_request
 
 from flows.blocks.store import ProbabilityStore
 
-from flows.outputs.run_folder import RunFolder, check_writable, link_tree, with_output_errors
+from flows.outputs.run_folder import RunFolder, check_writable, expect_output_bytes, link_tree, run_lock, with_output_errors
+from flows.runtime.interrupts import note_resume_point
 from flows.scoring.known_change import score_run
 from flows.blocks.stitch import Stitcher, stitch
 from flows.runtime.subflows import as_subflow
@@ -95,7 +99,10 @@ def check_model(model: str | None, registry: str | None = None) -> ModelRecord:
 def choose_scenes(request: DetectRequest) -> tuple[Region, DateChoice, DateChoice]:
     region = parse_region(request.region, regions_file=request.regions)
     before, after = date_pair(request.before, request.after, request.tolerance_days)
-    first, second = choose_pair(region, before, after, open_source(request.catalog))
+    collections = request.collection or list(region.collections) or None  # the request's, else the regions file's
+    first, second = choose_pair(region, before, after, open_source(request.catalog), collections)
+    if first.collection_reason:
+        get_run_logger().info(first.collection_reason)
     return region, first, second
 
 
@@ -145,16 +152,16 @@ def infer_blocks(job: BlockJob, blocks: list[Block], todo: list[Block], outputs:
     runner = FlowRunContext.get().task_runner
     with dask.annotate(**block_task_resources(runner.client)):
         futures = [infer_block.submit(job, block) for block in todo]
-    progress = Progress(len(todo), f"blocks inferred of {len(todo)}")
     by_name = {block.name: block for block in blocks}
     reports = []
-    with block_output_writer(outputs, len(blocks), outputs_how) as writer:
+    with block_output_writer(outputs, len(blocks), outputs_how) as writer, \
+            Progress(len(todo), f"blocks inferred of {len(todo)}") as progress:
         stitcher = Stitcher(ProbabilityStore(job.probabilities), job.scenes, job_lattice(job), blocks,
                             on_stitched=writer.submit if writer else None)
         for future in as_completed(futures):
             reports.append(future.result())
             stitcher.add(by_name[reports[-1]["block"]])
-            progress.advance()
+            progress.advance(reports[-1]["windows"])
     order = {block.name: k for k, block in enumerate(todo)}
     return sorted(reports, key=lambda r: order[r["block"]])  # the plan's row-major order
 
@@ -219,10 +226,12 @@ def publish(run: RunFolder, manifest: dict, polygons: gpd.GeoDataFrame) -> Path:
 def detect_changes(**params) -> dict:
     """Detect what changed in ``region`` between ``before`` and ``after``; with no region and dates, the demo."""
     request = parse_request(**params)
-    return with_output_errors(run_detect, request, Path(request.out))
+    check_inputs(request)  # before any task: a bad region, catalog, model or --out fails in one line
+    with ExitStack() as locks:  # the run folder's lock, taken as soon as its name is known
+        return with_output_errors(lambda checked: run_detect(checked, locks), request, Path(request.out))
 
 
-def run_detect(request: DetectRequest) -> dict:
+def run_detect(request: DetectRequest, locks: ExitStack) -> dict:
     timer = StepTimer()
     lap = timer.lap
 
@@ -236,10 +245,16 @@ def run_detect(request: DetectRequest) -> dict:
         warm_up_in_background(record.path, record.sha256, request.precision, request.device,
                               local_worker_threads(request.workers), request.batch_size, request.window)
     region_, first, second = choose_scenes(request)
+    try:
+        expect_output_bytes(bytes_needed(chosen_grid(region_, first, second, crs=request.crs,
+                                                     resolution=request.resolution).shape))
+    except CatalogError:
+        pass  # load-scenes says what is wrong with the scenes
     lap("choose scenes")
     name = request.run_name or run_folder_name(region_.name, request.before, request.after)
     work = out_dir / ".cache" / name
     work.mkdir(parents=True, exist_ok=True)
+    locks.enter_context(run_lock(out_dir, name))
     scenes = load_scenes(request, region_, first, second, work)
     lap("load scenes")
     work_plan = plan(request, scenes, record, work)
@@ -247,6 +262,7 @@ def run_detect(request: DetectRequest) -> dict:
           f"({len(work_plan.blocks) - len(work_plan.todo)} already done), {work_plan.windows} windows in the scene")
     lap("plan blocks")
     store = ProbabilityStore(work_plan.job.probabilities)
+    note_resume_point(store.reusable_blocks)  # what an interrupted run reports
     outputs = BlockOutputs.prepare(store, scenes.grid.crs.to_wkt(), scenes.grid.transform, request.block_size,
                                    request.threshold, request.min_area_m2, scenes=scenes.path)
     reports = []
@@ -302,6 +318,17 @@ def with_demo(request: DetectRequest, folder: Path) -> DetectRequest:
     })
 
 
+# Bytes per pixel a run writes, uncompressed, at its peak: scenes.zarr (2 dates x 3 bands + valid), the
+# blocks' window sums (sum and weight), change_prob.zarr, and both COGs with their overviews twice
+# (the blocks' tiles, then the run folder's files).
+BYTES_PER_PIXEL = 8 + 8 + 4 + 2 * 5 * 4 / 3
+
+
+def bytes_needed(shape: tuple[int, int]) -> int:
+    """About how much disk a run over a grid of ``shape`` (rows, cols) needs under ``out``, at most."""
+    return int(shape[0] * shape[1] * BYTES_PER_PIXEL)
+
+
 def run_folder_name(region: str, before: str, after: str) -> str:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", region).strip("-") or "region"
     return f"{slug}_{before}_{after}"
@@ -344,6 +371,7 @@ def build_manifest(request: DetectRequest, region: Region, scenes: PreparedScene
         "metrics": metrics,
         "timings": timer.timings,
         "peak_rss_gb": timer.peak_rss_gb,
+        "cpu_seconds": timer.cpu_seconds,
         "versions": package_versions(),
         "stac_item": stac_item(run_id, region.to_geojson(), list(region.bbox), grid, before_time, after_time, outputs,
                                {"dsqnet:model": model.name, "dsqnet:model_sha256": model.sha256,
@@ -356,6 +384,9 @@ def summary_text(manifest: dict) -> str:
              f"  changed: {manifest['changed_km2']:.4f} km2 in {manifest['polygons']} polygons "
              f"(observed {manifest['observed_km2']:.4f} km2)",
              f"  blocks: {manifest['blocks']['computed']} computed, {manifest['blocks']['reused']} reused"]
+    if manifest["scenes"]["before"].get("collection_choice"):
+        used = manifest["scenes"]["radiometry"]["before"][0]["collection"]
+        lines.append(f"  collection: {used}, picked from several (run.json: scenes.before.collection_choice says why)")
     if manifest.get("metrics"):
         m = manifest["metrics"]
         lines.append(f"  against the truth: F1 {m['f1']:.3f}  IoU {m['iou']:.3f}  precision {m['precision']:.3f}  "

@@ -41,6 +41,7 @@ from dsqnet.evaluation import predict_change
 from dsqnet.metrics import ConfusionMatrix
 
 from flows.params.signature import takes_parameters_of
+from flows.params.inputs import check_inputs
 from flows.outputs.artifacts import Progress
 from flows.params.evaluate import EvaluateRequest, parse_evaluate_request
 from flows.files.jsonfiles import json_safe, write_json_atomic
@@ -220,8 +221,8 @@ def find_pairs_task(benchmark: BenchmarkSet) -> ChangeDetectionDataset:
 @task(name="score-pairs", cache_policy=NO_CACHE)
 def score_pairs_task(model: ModelRecord, pairs: ChangeDetectionDataset, options: Options,
                      predictions: Path | None) -> dict:
-    progress = Progress(len(pairs), f"pairs scored of {len(pairs)}", key="evaluate-progress")
-    return score_pairs(model, pairs, options, predictions, on_pair=progress.advance)
+    with Progress(len(pairs), f"pairs scored of {len(pairs)}", key="evaluate-progress", unit="pair") as progress:
+        return score_pairs(model, pairs, options, predictions, on_pair=progress.advance)
 
 
 @task(name="publish-evaluation", cache_policy=NO_CACHE)
@@ -243,6 +244,7 @@ def publish_evaluation(run: RunFolder, report: dict) -> Path:
 def evaluate_model_flow(**params) -> dict:
     """Score a model on labeled data (a benchmark folder, or scenes + label polygons): pixel and object metrics."""
     request = parse_evaluate_request(**params)
+    check_inputs(request)  # before any task: a bad model, data folder or --out fails in one line
     return with_output_errors(run_evaluation, request, Path(request.out))
 
 

@@ -49,11 +49,12 @@ from flows.monitoring.config import MonitorRequest, WatchedRegion, parse_monitor
 from flows.monitoring.state import RegionBusy, RegionState, RegionStore, geometry_hash, pair_key
 from flows.outputs.run_folder import check_writable
 from flows.runtime.subflows import as_subflow
+from flows.runtime.user_errors import UserError, is_user_error
 
 EPOCH = "1970-01-01"
 
 
-class MonitorError(RuntimeError):
+class MonitorError(UserError, RuntimeError):
     """One or more regions could not be monitored; the message lists each with its reason."""
 
 
@@ -95,7 +96,7 @@ def acquisitions_since(request: MonitorRequest, watched: WatchedRegion, state: R
     needed = [day for day in (watched.baseline, state.last_acquisition) if day]
     start = min(needed) if needed else (watched.since or EPOCH)
     return find_acquisitions(watched.region, open_source(request.catalog), dt.date.fromisoformat(start),
-                             dt.datetime.now(dt.UTC).date(), request.min_coverage)
+                             dt.datetime.now(dt.UTC).date(), request.min_coverage, watched.collections)
 
 
 @task(name="record-history", cache_policy=NO_CACHE, task_run_name="record-history-{before}-{after}")
@@ -189,6 +190,8 @@ def watch(request: MonitorRequest, watched: WatchedRegion) -> RegionReport:
             current = read_state(store, watched)
             found = acquisitions_since(request, watched, current)
             report.partial_acquisitions = [a.day.isoformat() for a in found.partial]
+            if found.collection_reason:
+                print(f"{watched.name}: {found.collection_reason}")
             days = [d.isoformat() for d in found.days if not watched.since or d.isoformat() >= watched.since]
             check_known(watched, current, found)
             pairs = plan_pairs(days, current.last_acquisition, watched.baseline)
@@ -206,8 +209,8 @@ def watch(request: MonitorRequest, watched: WatchedRegion) -> RegionReport:
             for before, after in pairs:
                 with as_subflow():
                     run = detect_changes(region=watched.name, regions=request.regions, before=before, after=after,
-                                         catalog=request.catalog, model=request.model, out=request.out,
-                                         tolerance_days=0, **(request.detect_options or {}))
+                                         catalog=request.catalog, collection=found.collections, model=request.model,
+                                         out=request.out, tolerance_days=0, **(request.detect_options or {}))
                 pair, changes = record_history(store, watched, before, after, run["run_folder"])
                 alerts = send_alerts(request, watched, store, before, after, pair, changes)
                 pair["alerts"] = [a["zone"] for a in alerts]
@@ -223,7 +226,7 @@ def watch(request: MonitorRequest, watched: WatchedRegion) -> RegionReport:
         get_run_logger().warning("%s: %s", watched.name, err)
     except Exception as err:  # noqa: BLE001 - one region's failure must not stop the others; it is re-raised at the end
         report.status, report.message = "failed", f"{type(err).__name__}: {err}"
-        get_run_logger().error("%s: %s", watched.name, report.message)
+        get_run_logger().error("%s: %s", watched.name, report.message, exc_info=not is_user_error(err))  # a bug: where
     return report
 
 

@@ -39,6 +39,7 @@ from dsqnet.training import Trainer, load_config
 
 from flows.files.atomic import written_aside
 from flows.params.signature import takes_parameters_of
+from flows.params.inputs import check_inputs
 from flows.evaluate import BenchmarkSet, evaluate_labeled_set
 from flows.files.jsonfiles import json_safe, read_json, write_json_atomic
 from flows.scoring.labeled_data import LABEL_ENCODING, LabeledScenesSpec, folder_label_encoding, labeled_scenes_to_folder
@@ -281,6 +282,7 @@ def publish_retrain(run: RunFolder, report: dict) -> Path:
 def retrain_model(**params) -> dict:
     """Fine-tune ``base`` (default NAME@production) on new labels; register the candidate, promote it if better."""
     request = parse_retrain_request(**params)
+    check_inputs(request)  # before any task: a bad base model, data folder or --out fails in one line
     return with_output_errors(run_retrain, request, Path(request.out))
 
 

@@ -15,6 +15,9 @@ import torch
 from safetensors import safe_open
 
 
+ZIP_MAGIC = b"PK\x03\x04"
+
+
 class CheckpointError(ValueError):
     """A model file that cannot be used, with the reason and what to do instead."""
 
@@ -29,9 +32,18 @@ def safe_torch_load(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head.startswith((ZIP_MAGIC, b"\x80")):  # torch.save's zip archive, or a legacy pickle
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither the zip archive torch.save writes nor a "
+                              "pickle); give the authors' .pth file, or a .safetensors file")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
+    except RuntimeError as err:  # torch's zip reader on a truncated or damaged archive
+        reason = str(err).splitlines()[0].split(". ")[0]
+        raise CheckpointError(f"{path} cannot be read as a PyTorch checkpoint ({reason}); the file is truncated or "
+                              "corrupt: download or copy it again") from None
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"refused to load {path}: it is a pickle that asks to run code or build objects other than "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 import textwrap
 import time
@@ -31,21 +32,45 @@ Start here:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(attach_negative_values(sys.argv[1:] if argv is None else list(argv)))
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2
+    from flows.cli.console import console
+
     try:
-        return args.handler(args) or 0
-    except (ValueError, OSError) as err:  # input errors derive from ValueError; output and disk errors from OSError
-        print(f"dsqnet {args.command}: error: {err}", file=sys.stderr)
+        with console(args.verbose, uses_prefect=getattr(args, "uses_prefect", False)):
+            return args.handler(args) or 0
+    except Exception as err:  # a user error in one line; a bug keeps its traceback
+        from flows.cli.errors import user_message
+
+        message = user_message(err)
+        if message is None:
+            raise
+        print(f"dsqnet {args.command}: error: {message}", file=sys.stderr)
         return 1
+
+
+_NEGATIVE_VALUE = re.compile(r"-\d[\d.]*([eE][-+]?\d+)?(,\s*-?\d[\d.]*([eE][-+]?\d+)?)*")
+
+
+def attach_negative_values(argv: list[str]) -> list[str]:
+    """``--region -105.3,40.1,-105.2,40.2`` as ``--region=-105.3,...``: argparse takes a value that
+    starts with '-' for an option unless it is one plain number, which would refuse every western bbox."""
+    joined: list[str] = []
+    for token in argv:
+        if (joined and joined[-1].startswith("--") and "=" not in joined[-1] and _NEGATIVE_VALUE.fullmatch(token)):
+            joined[-1] = f"{joined[-1]}={token}"
+        else:
+            joined.append(token)
+    return joined
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dsqnet", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_detect, _add_monitor, _add_predict, _add_train, _add_evaluate, _add_evaluate_model, _add_retrain,
                 _add_models, _add_scenes, _add_demo_data, _add_init_model, _add_convert, _add_example_pair,
@@ -64,7 +89,11 @@ class _HelpFormatter(argparse.HelpFormatter):
 def _command(commands, name: str, help: str, handler: Callable[[argparse.Namespace], int | None]) -> argparse.ArgumentParser:
     sub = commands.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
     sub.set_defaults(handler=handler)
+    sub.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return sub
+
+
+VERBOSE_HELP = "also show the libraries' logs (Prefect, Dask) and warnings; by default only progress and results"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -84,6 +113,9 @@ def _add_fields(parser: argparse.ArgumentParser, fields: dict) -> None:
             options = {"help": field.description, "action": "store_true"}
         elif get_origin(kinds[0]) is Literal:
             options["choices"] = list(get_args(kinds[0]))
+        elif get_origin(kinds[0]) is list:
+            options["action"] = "append"
+            options["help"] = f"{field.description} (repeatable)"
         elif kinds[0] in (int, float):
             options["type"] = kinds[0]
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, **options)
@@ -105,13 +137,19 @@ def _flow_command(commands, name: str, help: str, request: str, flow: str) -> No
 
     def run(args: argparse.Namespace) -> None:
         from flows.params.detect import parse_parameters
+        from flows.runtime.interrupts import interruptible
+
+        from flows.params.inputs import check_inputs
 
         params = {k: getattr(args, k) for k in request_model.model_fields if getattr(args, k) is not None}
-        parse_parameters(request_model, name, params)
+        check_inputs(parse_parameters(request_model, name, params))  # region, catalog, model, --out: before Prefect
         flow_module, function = flow.split(":")
-        print(getattr(importlib.import_module(flow_module), function)(**params)["text"])
+        run_flow = getattr(importlib.import_module(flow_module), function)
+        print(interruptible(name, lambda: run_flow(**params))["text"])
 
-    _add_fields(_command(commands, name, help, run), request_model.model_fields)
+    sub = _command(commands, name, help, run)
+    sub.set_defaults(uses_prefect=True)
+    _add_fields(sub, request_model.model_fields)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -123,11 +161,12 @@ def _add_monitor(commands) -> None:
                  "Watch regions for change: run detect on every new acquisition pair of each region in a regions "
                  "file (once each), keep a history of the change polygons, alert when a watch zone changes too "
                  "much. With no regions file it watches the embedded demo.", _monitor)
+    p.set_defaults(uses_prefect=True)
     fields = MonitorRequest.model_fields
     _add_fields(p, {"regions": fields["regions"]})
     p.add_argument("--region", dest="region_names", action="append", metavar="NAME",
                    help="watch only this region of the regions file (repeatable; default: every region)")
-    _add_fields(p, {k: fields[k] for k in ("catalog", "model", "state", "out", "baseline", "since", "min_coverage",
+    _add_fields(p, {k: fields[k] for k in ("catalog", "collection", "model", "state", "out", "baseline", "since", "min_coverage",
                                            "alert_area_m2", "alert_polygons", "webhook_url", "notify_block")})
     detect = p.add_argument_group("detect options", "passed to detect-changes for every pair "
                                                     "(--threshold is the change probability, not an alert threshold)")
@@ -145,9 +184,10 @@ def _monitor(args: argparse.Namespace) -> int:
     if request.regions:
         watch_list(request, request.regions)
     from flows.monitor import MonitorError, monitor_region
+    from flows.runtime.interrupts import interruptible
 
     try:
-        summary = monitor_region(**params)
+        summary = interruptible("monitor", lambda: monitor_region(**params))
     except MonitorError as err:  # some regions failed; the others were processed and are in the message
         print(f"dsqnet monitor: error: {err}", file=sys.stderr)
         return 1

@@ -8,7 +8,7 @@ output records the exact name, version and sha256 it used.
 Layout of a registry folder (``--registry``, ``$DSQNET_REGISTRY``, else
 ``$XDG_DATA_HOME/dsqnet/registry`` or ``~/.local/share/dsqnet/registry``)::
 
-    <root>/.lock                              the lock every writer holds (fcntl.flock)
+    <root>/.lock                              the lock every writer holds (flows/files/locks.py)
     <root>/<name>/<version>/model.safetensors the weights, copied in at registration
     <root>/<name>/<version>/record.json       sha256, metrics, lineage, when and from where
     <root>/<name>/aliases.json                {"aliases": {"production": 3, ...}, "history": [...]}
@@ -30,8 +30,6 @@ processes that share the registry (local disks; NFSv4 and most cluster filesyste
 from __future__ import annotations
 
 import datetime as dt
-import errno
-import fcntl
 import hashlib
 import importlib.util
 import json
@@ -39,15 +37,17 @@ import os
 import re
 import shutil
 import socket
-import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from flows.files.jsonfiles import fsync_dir, json_safe, write_json_atomic
+from flows.files.locks import LockBusy, exclusive
+from flows.runtime.disk_full import DiskFull
+from flows.runtime.user_errors import UserError
 
 REGISTRY_ENV = "DSQNET_REGISTRY"
 DEFAULT_ALIAS = "production"
@@ -61,7 +61,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _REF_FORM = "name, name@VERSION or name@ALIAS"
 
 
-class RegistryError(ValueError):
+class RegistryError(UserError, ValueError):
     """A registry request that cannot be served; the message names the registry and what exists there."""
 
 
@@ -248,8 +248,11 @@ class ModelRegistry:
         except OSError as err:
             raise RegistryError(f"cannot write to the registry at {self.root} ({err.strerror or err}); "
                                 f"choose a writable folder with --registry or {REGISTRY_ENV}") from None
+        full = DiskFull(self.root, source.stat().st_size, fix=f"free some space or choose another registry "
+                                                             f"(--registry or {REGISTRY_ENV}); the registry is unchanged")
         try:
-            sha256, size = _copy_and_hash(source, staging / MODEL_FILE)  # the slow part, outside the lock
+            with full.said():
+                sha256, size = _copy_and_hash(source, staging / MODEL_FILE)  # the slow part, outside the lock
             with self._locked():
                 self._remove_abandoned(folder)
                 version = max([self._last_version(name), *self.versions(name), 0]) + 1
@@ -312,30 +315,19 @@ class ModelRegistry:
     @contextmanager
     def _locked(self) -> Iterator[None]:
         """The registry's exclusive lock; released by the kernel even if this process is killed."""
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o664)
-        except OSError as err:
-            raise RegistryError(f"cannot write to the registry at {self.root} ({err.strerror or err}); "
-                                f"choose a writable folder with --registry or {REGISTRY_ENV}") from None
-        try:
-            deadline = time.monotonic() + self.lock_timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as err:
-                    if err.errno not in (errno.EAGAIN, errno.EACCES):
-                        raise
-                    if time.monotonic() > deadline:
-                        raise RegistryError(
-                            f"another process has held the registry lock {self.root / LOCK_FILE} for more than "
-                            f"{self.lock_timeout:.0f} s; wait for it to finish or check for a stuck dsqnet process"
-                        ) from None
-                    time.sleep(0.01)
+        with ExitStack() as held:
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                held.enter_context(exclusive(self.root / LOCK_FILE, wait=self.lock_timeout))
+            except LockBusy as busy:
+                raise RegistryError(
+                    f"{busy.held_by('another process')} has held the registry lock {self.root / LOCK_FILE} for "
+                    f"more than {self.lock_timeout:.0f} s; wait for it to finish or check for a stuck dsqnet process"
+                ) from None
+            except OSError as err:
+                raise RegistryError(f"cannot write to the registry at {self.root} ({err.strerror or err}); "
+                                    f"choose a writable folder with --registry or {REGISTRY_ENV}") from None
             yield
-        finally:
-            os.close(fd)
 
     def _alias_state(self, name: str) -> dict[str, Any]:
         path = self.root / name / ALIASES_FILE

@@ -18,13 +18,14 @@ from dsqnet.weights.files import CheckpointError
 from dsqnet.weights.model_file import inspect_model_file
 
 from flows.models.registry import ModelRegistry, RegisteredModel, RegistryError, file_sha256, looks_like_ref
+from flows.runtime.user_errors import UserError
 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "assets" / "dsqnet_demo.safetensors"
 
 __all__ = ["DEMO_MODEL", "ModelError", "ModelRecord", "file_sha256", "locate_model", "resolve_model"]
 
 
-class ModelError(ValueError):
+class ModelError(UserError, ValueError):
     """A model that cannot be used for this run; the message says why and what to do."""
 
 

@@ -15,6 +15,7 @@ parameters, which act as defaults for every region::
         alert_polygons: 10       # ... or this many change polygons
         baseline: 2021-06-01     # compare every new acquisition with this one, not with the previous
         since: 2023-01-01        # ignore acquisitions before this day
+        collection: sentinel-2-c1-l2a   # search only this collection (or a list)
 """
 
 from __future__ import annotations
@@ -32,15 +33,17 @@ from catalog.acquisitions import DEFAULT_MIN_COVERAGE
 from catalog.errors import CatalogError
 from catalog.regions import Region, load_regions
 
-from flows.params.detect import DetectRequest, parse_parameters
+from flows.params.detect import CollectionList, DetectRequest, parse_parameters
+from flows.runtime.user_errors import UserError
 
 # detect-changes parameters the monitor sets itself for every pair
-MONITOR_SETS = ("region", "before", "after", "catalog", "regions", "model", "out", "run_name", "tolerance_days", "truth")
+MONITOR_SETS = ("region", "before", "after", "catalog", "collection", "regions", "model", "out", "run_name",
+                "tolerance_days", "truth")
 DETECT_OPTIONS = tuple(name for name in DetectRequest.model_fields if name not in MONITOR_SETS)
 WHOLE_REGION = "whole-region"  # the zone watched in a region that names no watch zones
 
 
-class MonitorConfigError(ValueError):
+class MonitorConfigError(UserError, ValueError):
     """A regions file whose ``monitor`` sections cannot work; the message names the region, key and fix."""
 
 
@@ -69,6 +72,7 @@ class RegionSettings(Thresholds):
 
     baseline: str | None = Field(None, description="compare each new acquisition with this date's, YYYY-MM-DD")
     since: str | None = Field(None, description="ignore acquisitions before this date, YYYY-MM-DD")
+    collection: CollectionList = Field(None, description="search only this STAC collection (or a list)")
 
     @field_validator("baseline", "since", mode="before")
     @classmethod
@@ -82,7 +86,9 @@ class MonitorRequest(Thresholds):
     regions: str | None = Field(None, description="regions YAML file (name: {geometry, watch_zones, monitor}); "
                                                   "default: the embedded demo's")
     region_names: list[str] | None = Field(None, description="watch only these regions of the file (default: all)")
-    catalog: str | None = Field(None, description="a static STAC catalog (file) or a STAC API URL")
+    catalog: str | None = Field(None, description="a static STAC catalog (file or URL) or a STAC API URL")
+    collection: CollectionList = Field(None, description="search only this STAC collection (repeatable; a region's "
+                                       "own wins); default: the one that suits the model")
     model: str | None = Field(None, description="the model detect-changes uses (default: the demo model)")
     state: str = Field("monitor-state", description="folder of each region's state.json, history.parquet and lock")
     out: str = Field("runs", description="folder where each pair's detect-changes run folder is written")
@@ -171,6 +177,7 @@ class WatchedRegion:
     baseline: str | None
     since: str | None
     thresholds: Thresholds
+    collections: list[str] | None = None
 
     @property
     def name(self) -> str:
@@ -220,7 +227,7 @@ def watch_list(request: MonitorRequest, regions_file: str | Path) -> list[Watche
             problems.append(f"  region {name!r}: baseline {baseline} is later than since {since}")
         thresholds = Thresholds(alert_area_m2=_first(own.alert_area_m2, request.alert_area_m2),
                                 alert_polygons=_first(own.alert_polygons, request.alert_polygons))
-        watched.append(WatchedRegion(regions[name], key, baseline, since, thresholds))
+        watched.append(WatchedRegion(regions[name], key, baseline, since, thresholds, own.collection or list(regions[name].collections) or request.collection))
     if problems:
         raise MonitorConfigError(f"the monitor sections of {regions_file} need fixing:\n" + "\n".join(problems))
     return watched

@@ -6,20 +6,19 @@
   ``pair_key`` (region, before and after date): writing a pair replaces that pair's rows, so a
   pair processed again, after a crash between the history and the state write, is never counted
   twice. Also written aside and renamed into place.
-- ``.lock``: an exclusive ``flock`` held while a run works on the region. A deployment's
-  ``concurrency_limit=1`` already keeps runs apart; the lock also covers a hand-started
-  ``dsqnet monitor`` or a second deployment watching the same state folder. The kernel drops it
-  when the process dies, so a crash never leaves a region locked.
+- ``.lock``: an exclusive lock (flows/files/locks.py) held while a run works on the region. A
+  deployment's ``concurrency_limit=1`` already keeps runs apart; the lock also covers a
+  hand-started ``dsqnet monitor`` or a second deployment watching the same state folder. The
+  kernel drops it when the process dies, so a crash never leaves a region locked.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import hashlib
 import json
-import os
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Self
@@ -30,9 +29,12 @@ import pandas as pd
 STATE_VERSION = 1
 
 from flows.files.atomic import written_aside
+from flows.files.locks import LockBusy, exclusive
+from flows.runtime.disk_full import DiskFull
+from flows.runtime.user_errors import UserError
 
 
-class StateError(ValueError):
+class StateError(UserError, ValueError):
     """A region's state cannot be trusted; the message names the file, what is wrong and the fix."""
 
 
@@ -88,29 +90,19 @@ class RegionStore:
         self.state_path = self.folder / "state.json"
         self.history_path = self.folder / "history.parquet"
         self.lock_path = self.folder / ".lock"
-        self._lock_fd: int | None = None
+        self._lock = ExitStack()
 
     # -- lock -------------------------------------------------------------------------------------
     def __enter__(self) -> Self:
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = self.lock_path.read_text().strip() or "another process"
-            os.close(fd)
-            raise RegionBusy(f"{self.folder} is being processed by another run ({holder}); skipped") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} since {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}\n".encode())
-        self._lock_fd = fd
+            self._lock.enter_context(exclusive(self.lock_path))
+        except LockBusy as busy:
+            raise RegionBusy(f"{self.folder} is being processed by {busy.held_by('another run')}; skipped") from None
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._lock_fd is not None:
-            os.ftruncate(self._lock_fd, 0)
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self._lock.close()
 
     # -- state ------------------------------------------------------------------------------------
     def read_state(self, region: str, geometry_sha256: str) -> RegionState:
@@ -144,7 +136,14 @@ class RegionStore:
         return RegionState(region, geometry_sha256, last, pairs, data.get("updated"))
 
     def write_state(self, state: RegionState) -> None:
-        atomic_write(self.state_path, lambda tmp: tmp.write_text(json.dumps(state.to_dict(), indent=2)))
+        text = json.dumps(state.to_dict(), indent=2)
+        with self._full_disk_said(len(text)):
+            atomic_write(self.state_path, lambda tmp: tmp.write_text(text))
+
+    def _full_disk_said(self, need: int):
+        """A full disk here leaves the region's files as they were; the next run does this pair again."""
+        return DiskFull(self.folder, need, fix="free some space or choose another --state; the region's state and "
+                                               "history are unchanged, and the next run processes this pair again").said()
 
     # -- history ----------------------------------------------------------------------------------
     def check_history(self) -> None:
@@ -179,5 +178,8 @@ class RegionStore:
                 rows = rows.to_crs(history.crs) if rows.crs != history.crs else rows
                 table = gpd.GeoDataFrame(pd.concat([kept, rows], ignore_index=True), geometry="geometry",
                                          crs=history.crs)
-        atomic_write(self.history_path, table.to_parquet)
+        need = (self.history_path.stat().st_size if self.history_path.exists() else 0) \
+            + int(rows.memory_usage(deep=True).sum())
+        with self._full_disk_said(need):
+            atomic_write(self.history_path, table.to_parquet)
         return len(table)

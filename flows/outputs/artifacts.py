@@ -1,8 +1,12 @@
-"""What a run shows in the Prefect UI: a summary, the largest changes, and progress while it infers."""
+"""What a run shows in the Prefect UI: a summary, the largest changes, and progress while it infers
+(also as a bar on the terminal, when the command line runs it)."""
 
 from __future__ import annotations
 
+import time
+
 import geopandas as gpd
+from tqdm import tqdm
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -10,20 +14,42 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
+from flows.runtime.terminal import progress_bars
+
 LARGEST = 10
 
 
 class Progress:
-    """A progress artifact that follows the work (blocks, pairs) as it finishes."""
+    """A progress artifact that follows the work (blocks, pairs) as it finishes, and where the command
+    line runs it, a bar on stderr: done of ``total`` ``unit``s, the windows per second, and an ETA."""
 
-    def __init__(self, total: int, description: str, key: str = "detect-progress") -> None:
+    def __init__(self, total: int, description: str, key: str = "detect-progress", unit: str = "block") -> None:
         self.total = max(total, 1)
         self.done = 0
+        self.windows = 0
+        self.started = time.perf_counter()
         self.id = create_progress_artifact(progress=0.0, key=key, description=description)
+        self.bar = tqdm(total=total, unit=unit, desc=f"{unit}s", disable=not progress_bars(), dynamic_ncols=True,
+                        leave=True)
 
-    def advance(self) -> None:
+    def advance(self, windows: int | None = None) -> None:
+        """One more done; ``windows``: how many network windows it ran (for the bar's windows/s)."""
         self.done += 1
         update_progress_artifact(self.id, progress=100.0 * self.done / self.total)
+        if windows is not None:
+            self.windows += windows
+            rate = self.windows / max(time.perf_counter() - self.started, 1e-9)
+            self.bar.set_postfix_str(f"{rate:.1f} windows/s", refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def publish_artifacts(manifest: dict, polygons: gpd.GeoDataFrame) -> None:

@@ -21,9 +21,7 @@ followed by its last four bytes, as the ghost header at the start of the file sa
 
 from __future__ import annotations
 
-import errno
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from affine import Affine
-from rasterio.errors import RasterioIOError
+from rasterio.io import MemoryFile
 
 from flows.blocks.store import CHUNK
 from flows.outputs.tiff_layout import CLASSIC_LIMIT, Directory, DirectoryWriter, Image, read_first_directory
@@ -130,23 +128,18 @@ def assemble_cog(target: Path, levels: Levels, layer: Layer, block_files: list[t
 
 def _write_tiles(path: Path, pixels: np.ndarray, layer: Layer, crs: str, transform: Affine,
                  full_resolution: bool = False) -> None:
-    try:
-        with rasterio.open(path, "w", **layer.profile(*pixels.shape, crs, transform)) as tif:
+    """Encode in memory, then write the file's bytes: on a full disk Python raises ``ENOSPC`` naming the
+    file, where GDAL says only "Write failed" and libtiff prints its reason straight to stderr."""
+    with MemoryFile(ext=path.suffix) as memory:
+        with memory.open(**layer.profile(*pixels.shape, crs, transform)) as tif:
             tif.write(pixels.astype(layer.dtype, copy=False), 1)
             if full_resolution and layer.colormap:
                 tif.write_colormap(1, layer.colormap)
             if full_resolution and layer.band_tags:
                 tif.update_tags(1, **layer.band_tags)
-    except RasterioIOError as err:
-        raise _disk_full_or(err, path.parent, pixels.nbytes) from err
-
-
-def _disk_full_or(err: RasterioIOError, folder: Path, needed: int) -> OSError:
-    """GDAL says only "Write failed" when the disk fills (libtiff prints the reason to stderr), so a
-    failed write with less room left than the pixels need is reported as the full disk it is."""
-    if shutil.disk_usage(folder).free < needed:
-        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
-    return err
+        encoded = memory.read()
+    with open(path, "wb") as f:
+        f.write(encoded)
 
 
 def _mosaic(levels: Levels, factor: int, block_files: list[tuple[Block, Path]]) -> np.ndarray:

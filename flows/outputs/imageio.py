@@ -16,9 +16,10 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
 from flows.files.atomic import written_aside
+from flows.runtime.user_errors import UserError
 
 
-class ImageInputError(ValueError):
+class ImageInputError(UserError, ValueError):
     """An input image that cannot be used, with the reason and the fix."""
 
 

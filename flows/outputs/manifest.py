@@ -40,22 +40,30 @@ class StepTimer:
     """Seconds per step of a run, for ``run.json`` and the summaries: ``lap(name)`` closes a step.
 
     Beside the seconds it keeps this process's peak resident memory as each step ends (it only
-    grows), so the step that set a run's peak is the first to show it. Workers in processes of
-    their own are not in it; the default single local worker is.
+    grows), so the step that set a run's peak is the first to show it, and the CPU seconds each step
+    took (``cpu_seconds``): ``process``, every thread of this process, and ``children``, the child
+    processes that ended during the step (the block outputs' writers). Workers in processes of
+    their own are in neither; the default single local worker is in ``process``. Other work in the
+    same process at the same time (another flow run) is counted too.
     """
 
     def __init__(self) -> None:
         self.timings: dict[str, float] = {}
         self.peak_rss_gb: dict[str, float] = {}
+        self.cpu_seconds: dict[str, dict[str, float]] = {}
         self._clock = time.perf_counter()
+        self._cpu = cpu_seconds()
 
     def lap(self, step: str) -> None:
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), cpu_seconds()
         self.timings[step] = round(now - self._clock, 3)
         peak = peak_rss_gb()
         if peak is not None:
             self.peak_rss_gb[step] = peak
-        self._clock = now
+        if cpu is not None and self._cpu is not None:
+            self.cpu_seconds[step] = {"process": round(cpu[0] - self._cpu[0], 3),
+                                      "children": round(cpu[1] - self._cpu[1], 3)}
+        self._clock, self._cpu = now, cpu
 
 
 class FinishTimes:
@@ -71,6 +79,17 @@ class FinishTimes:
     def on_done(self, step: str) -> Callable[[object], None]:
         """A done-callback for a future that marks ``step``."""
         return lambda _future: self.mark(step)
+
+
+def cpu_seconds() -> tuple[float, float] | None:
+    """CPU seconds (user and system) so far of this process's threads and of its ended children
+    (None where the OS does not say)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
 def peak_rss_gb() -> float | None:

@@ -276,7 +276,8 @@ class OutputProcesses:
                 return
             failure = json.loads(answer).get("error")
             if failure:
-                self.errors.append(OSError(failure["errno"], failure["strerror"], failure["filename"]) if failure["errno"]
+                self.errors.append(OSError(failure["errno"], failure["strerror"] or failure["message"], failure["filename"])
+                                   if failure["errno"] or failure.get("oserror")  # numpy's full disk has no errno
                                    else RuntimeError(f"writing the outputs of {block.name} failed: {failure['message']}"))
 
     def __exit__(self, kind, value, traceback) -> None:
@@ -308,6 +309,7 @@ def _serve(outputs: BlockOutputs) -> None:
             answer = {"block": block.name, "error": None}
         except Exception as err:  # noqa: BLE001 - said to the parent, which raises it in the flow
             answer = {"block": block.name, "error": {"errno": getattr(err, "errno", None), "message": str(err),
+                                                     "oserror": isinstance(err, OSError),
                                                      "strerror": getattr(err, "strerror", None),
                                                      "filename": getattr(err, "filename", None)}}
         print(json.dumps(answer), flush=True)

@@ -1,26 +1,58 @@
-"""A run folder that appears whole or not at all.
+"""A run folder that appears whole or not at all, written by one run at a time.
 
 Outputs are written into a hidden staging folder beside the final one; ``commit`` swaps it into
 place. A failure anywhere before that removes the staging folder and leaves an earlier run folder
-of the same name exactly as it was.
+of the same name exactly as it was. ``run_lock`` keeps a second run of the same name out of the
+run folder and its cache while the first one works.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TypeVar
+
+from flows.files.locks import LockBusy, exclusive
+from flows.runtime.disk_full import DiskFull, DiskFullError
+from flows.runtime.user_errors import UserError
 
 RequestT = TypeVar("RequestT")
 ResultT = TypeVar("ResultT")
 
+# About how many bytes the running flow writes under its output folder, once it knows (for a full disk's message).
+_OUTPUT_BYTES: ContextVar[int | None] = ContextVar("output_bytes", default=None)
 
-class OutputError(OSError):
+
+class OutputError(UserError, OSError):
     """The output folder cannot be written; the message says which folder and what to do."""
+
+    def __str__(self) -> str:  # the sentence alone, without OSError's "[Errno 20]"
+        return self.strerror or super().__str__()
+
+
+class RunBusy(OutputError):
+    """Another run of the same name is writing the run folder; the message names its process."""
+
+
+@contextmanager
+def run_lock(out: Path, name: str) -> Iterator[None]:
+    """Hold ``<out>/.cache/<name>.lock`` while this run writes ``<out>/.cache/<name>/`` and ``<out>/<name>/``.
+
+    A second run of the same name fails at once with ``RunBusy``, before it touches either folder,
+    and says which process holds them; runs of other names into the same ``out`` go ahead.
+    """
+    with ExitStack() as held:
+        try:
+            held.enter_context(exclusive(out / ".cache" / f"{name}.lock"))
+        except LockBusy as busy:
+            raise RunBusy(f"run folder {out / name} is being written by {busy.held_by()}; wait for it to finish "
+                          "or choose another --run-name (parameter 'run_name')") from None
+        yield
 
 
 def check_writable(folder: Path, what: str = "", option: str = "out") -> None:
@@ -36,13 +68,16 @@ def check_writable(folder: Path, what: str = "", option: str = "out") -> None:
 
 
 def explain_os_error(err: OSError, where: Path) -> OutputError:
-    """Disk full and friends, in words that say what happened to the outputs."""
-    if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        what = "the disk is full" if err.errno != errno.EFBIG else "a file grew past the allowed size"
-        return OutputError(err.errno, f"{what} while writing under {where} ({err.strerror}); free some space or "
-                                      "choose another --out. Earlier outputs of this run folder are untouched; "
-                                      "a rerun resumes from the blocks already done.")
+    """An OS error met while writing under ``where`` (not a full disk: ``DiskFull`` says that), in words
+    that say where."""
     return OutputError(err.errno, f"writing under {where} failed: {err}")
+
+
+def output_disk_full(out: Path, need: int | None = None) -> DiskFull:
+    """What a full disk under the output folder means for a run: its earlier outputs stand, and a rerun
+    resumes from the work already cached."""
+    return DiskFull(out, need, fix="free some space or choose another --out. Earlier outputs of this run "
+                                   "folder are untouched; a rerun resumes from the blocks already done.")
 
 
 class RunFolder:
@@ -78,11 +113,25 @@ def link_tree(source: Path, target: Path) -> None:
     shutil.copytree(source, target, copy_function=link_or_copy)
 
 
+def expect_output_bytes(nbytes: int) -> None:
+    """Say about how many bytes the run inside ``with_output_errors`` writes under its output folder."""
+    _OUTPUT_BYTES.set(int(nbytes))
+
+
 def with_output_errors(run: Callable[[RequestT], ResultT], request: RequestT, out: Path) -> ResultT:
-    """``run(request)``, with OS errors (a full disk, a folder vanishing) said in terms of the outputs."""
+    """``run(request)``, with OS errors (a full disk, a folder vanishing) said in terms of the outputs
+    (and of the space needed, as far as ``run`` said it with ``expect_output_bytes``)."""
+    token = _OUTPUT_BYTES.set(None)
     try:
         return run(request)
-    except OutputError:
+    except (OutputError, DiskFullError):
         raise
-    except OSError as err:
-        raise explain_os_error(err, out) from None
+    except Exception as err:
+        disk = output_disk_full(out, _OUTPUT_BYTES.get())
+        if disk.confirm(err):
+            raise disk.error(err) from None
+        if isinstance(err, OSError):
+            raise explain_os_error(err, out) from None
+        raise
+    finally:
+        _OUTPUT_BYTES.reset(token)

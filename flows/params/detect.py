@@ -15,6 +15,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from dsqnet.inference.defaults import BATCH_SIZE, DEFAULT_THRESHOLD, STRIDE, WINDOW
 from flows.blocks.store import CHUNK
+from flows.runtime.user_errors import UserError
 
 RequestT = TypeVar("RequestT", bound=BaseModel)
 
@@ -27,6 +28,18 @@ def _device(value: str) -> str:
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
         raise ValueError(f"{value!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
     return value
+
+
+def _collection_list(value: Any) -> list[str] | None:
+    """One collection id, several comma-separated, or a list (a deployment's JSON)."""
+    if value is None or value == []:
+        return None
+    names = value.split(",") if isinstance(value, str) else list(value)
+    names = [str(n).strip() for n in names if str(n).strip()]
+    for name in names:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:-]*", name):
+            raise ValueError(f"{name!r} is not a STAC collection id (letters, digits, '.', '_', '-', ':')")
+    return names or None
 
 
 def _iso_date(value: Any) -> str | None:
@@ -42,11 +55,12 @@ def _iso_date(value: Any) -> str | None:
 RegionText = Annotated[str | dict | None, BeforeValidator(_geojson_text)]  # a dict: GeoJSON given parsed
 IsoDate = Annotated[str | None, BeforeValidator(_iso_date)]
 DeviceText = Annotated[str, AfterValidator(_device)]
+CollectionList = Annotated[list[str] | None, BeforeValidator(_collection_list)]
 
 DEMO_BEFORE, DEMO_AFTER = "2021-06-14", "2023-06-21"
 
 
-class ParameterError(ValueError):
+class ParameterError(UserError, ValueError):
     """Parameters that cannot work together or alone; the message names each one and the fix."""
 
 
@@ -58,7 +72,9 @@ class DetectRequest(BaseModel):
     region: RegionText = Field(None, description="lon/lat bbox 'W,S,E,N', GeoJSON (inline or file), or a name in the regions file")
     before: IsoDate = Field(None, description="the earlier date, YYYY-MM-DD")
     after: IsoDate = Field(None, description="the later date, YYYY-MM-DD")
-    catalog: str | None = Field(None, description="a static STAC catalog (file) or a STAC API URL")
+    catalog: str | None = Field(None, description="a static STAC catalog (file or URL) or a STAC API URL")
+    collection: CollectionList = Field(None, description="search only this STAC collection (repeatable, e.g. "
+                                       "sentinel-2-c1-l2a); default: the one that suits the model, said in the log")
     regions: str | None = Field(None, description="a regions YAML file that names regions and watch zones")
     model: str | None = Field(None, description="a model file (.safetensors, or an authors' .pth) or a registry "
                               "reference name@VERSION / name@ALIAS / name; default: the demo model")

@@ -39,6 +39,7 @@ from dsqnet.inference.paper import window_starts
 
 from flows.files.jsonfiles import write_json_atomic
 from flows.outputs.run_folder import RunFolder
+from flows.runtime.user_errors import UserError
 
 IGNORE = 255
 MANIFEST = "dataset.json"
@@ -47,7 +48,7 @@ LABEL_ENCODING = "zero-one"  # what dsqnet.data calls labels of 0, 1 and 255 (ig
 POLYGONAL = {"Polygon", "MultiPolygon"}
 
 
-class LabelError(ValueError):
+class LabelError(UserError, ValueError):
     """Labels that cannot be put on the grid; the message names the file and the fix."""
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pystac
@@ -19,8 +20,8 @@ from catalog import (
     parse_region,
     prepare_scenes,
 )
-from catalog.bands import scale_offset
-from tests.catalog.stac_api_server import silent_server, stac_api
+from catalog.radiometry import radiometry_of
+from tests.catalog.stac_servers import rustac_api, silent_server
 from tests.catalog.stac_helpers import SPOT, region_around, utc, write_catalog, write_scene
 
 
@@ -38,7 +39,11 @@ def test_the_stac_api_path_speaks_real_http(scenes, tmp_path):
     _, _, items = scenes
     region = parse_region(region_around(SPOT, 150))
     before, after = date_pair("2021-06-15", "2022-06-15")
-    with stac_api(items) as url:
+    items = [i.clone() for i in items]
+    for item in items:  # served over HTTP, a path without a scheme would resolve against the server
+        for asset in item.assets.values():
+            asset.href = Path(asset.get_absolute_href()).as_uri()
+    with rustac_api(items, tmp_path) as url:
         source = open_source(url)
         assert isinstance(source, StacApi)
         found = source.search(region, before.start, before.end)
@@ -97,7 +102,15 @@ def test_regions_come_from_bboxes_files_and_regions_files(tmp_path):
     regions.write_text(json.dumps({"town": {"geometry": region_around(SPOT, 100),
                                             "watch_zones": {"north": region_around(SPOT, 20)}}}))
     town = parse_region("town", regions_file=regions)
-    assert town.name == "town" and set(town.watch_zones) == {"north"}
+    assert town.name == "town" and set(town.watch_zones) == {"north"} and town.collections == ()
+    named = tmp_path / "named.yaml"  # a region may name the collection(s) to search for it
+    named.write_text(json.dumps({"town": {"geometry": region_around(SPOT, 100), "collection": "sentinel-2-c1-l2a"},
+                                 "city": {"geometry": region_around(SPOT, 50), "collection": ["a", "b"]}}))
+    assert parse_region("town", regions_file=named).collections == ("sentinel-2-c1-l2a",)
+    assert parse_region("city", regions_file=named).collections == ("a", "b")
+    named.write_text(json.dumps({"town": {"geometry": region_around(SPOT, 100), "collection": 7}}))
+    with pytest.raises(CatalogError, match="region 'town' in .*collection must be a STAC collection id"):
+        parse_region("town", regions_file=named)
     with pytest.raises(CatalogError, match="not in .*regions.yaml; it names: town"):
         parse_region("city", regions_file=regions)
 
@@ -155,14 +168,19 @@ def test_a_corrupt_asset_fails_clearly_and_writes_nothing(tmp_path):
     assert not (tmp_path / "s.zarr").exists() and not list(tmp_path.glob(".s.zarr.partial-*"))
 
 
-def test_sentinel2_scaling_applies_the_baseline_04_offset():
-    spec = BandSpec(("B04", "B03", "B02"), scaling="reflectance", value_range=(0.0, 0.3), sentinel2_baseline_offset=True)
-    item = pystac.Item("s2", None, None, utc("2023-06-01"), {"s2:processing_baseline": "05.09"})
-    item.add_asset("B04", pystac.Asset("b04.tif"))
-    assert scale_offset(item, "B04", spec) == (1e-4, -0.1)
+def test_sentinel2_scaling_follows_the_baseline_and_the_earth_search_flag():
+    item = pystac.Item("s2", None, None, utc("2023-06-01"), {"s2:processing_baseline": "05.09", "platform": "sentinel-2a"})
+    for key, colour in (("B04", "red"), ("B03", "green"), ("B02", "blue")):
+        item.add_asset(key, pystac.Asset(f"{key}.tif", media_type=pystac.MediaType.COG,
+                                         extra_fields={"eo:bands": [{"name": key, "common_name": colour}]}))
+    rule = radiometry_of(item)
+    assert (rule.bands, rule.scale, rule.offset) == (("B04", "B03", "B02"), 1e-4, -0.1)
     item.properties["s2:processing_baseline"] = "03.01"
-    assert scale_offset(item, "B04", spec) == (1e-4, 0.0)
+    assert radiometry_of(item).offset == 0.0
+    # A stated scale is used; the baseline, not a raster:bands offset, says whether the +1000 is there.
     item.assets["B04"].extra_fields["raster:bands"] = [{"scale": 2e-4, "offset": -0.05}]
-    assert scale_offset(item, "B04", spec) == (2e-4, -0.05)
+    assert (radiometry_of(item).scale, radiometry_of(item).offset) == (2e-4, 0.0)
+    item.properties.update({"s2:processing_baseline": "05.09", "earthsearch:boa_offset_applied": True})
+    assert radiometry_of(item).offset == 0.0 and "boa_offset_applied" in radiometry_of(item).rule
     # 1000 DN after the offset is reflectance 0, 4000 is 0.3: the ends of the 0-255 range.
     assert np.allclose([(dn * 1e-4 - 0.1) / 0.3 * 255 for dn in (1000, 4000)], [0, 255])

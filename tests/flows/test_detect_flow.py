@@ -122,6 +122,9 @@ def test_manifest_records_inputs_scenes_model_versions_and_a_stac_item(first_run
     assert set(manifest["timings"]) >= {"choose scenes", "load scenes", "infer blocks", "mosaic, vectorise, preview"}
     peaks = list(manifest["peak_rss_gb"].values())  # this process's peak as each step ended: it only grows
     assert list(manifest["peak_rss_gb"]) == list(manifest["timings"]) and 0 < peaks[0] and peaks == sorted(peaks)
+    cpu = manifest["cpu_seconds"]  # each step's CPU seconds: this process's threads, its children that ended
+    assert list(cpu) == list(manifest["timings"]) and all(v["process"] >= 0 <= v["children"] for v in cpu.values())
+    assert cpu["infer blocks"]["process"] > 0  # the network ran on this process's (worker's) threads
     assert manifest["versions"]["torch"] and manifest["versions"]["prefect"]
     item = pystac.Item.from_dict(manifest["stac_item"])
     assert set(item.assets) == {"change", "change_prob", "changes", "preview", "change_prob_zarr"}

@@ -30,7 +30,7 @@ from shapely.geometry import shape
 from flows.cli.main import main
 from flows.monitor import MonitorError, monitor_region
 from flows.monitoring.alerts import ALERT_EVENT, zone_changes, zone_overlaps, zones_of_each_polygon
-from flows.monitoring.config import MonitorConfigError, Thresholds, parse_monitor_request
+from flows.monitoring.config import MonitorConfigError, Thresholds, parse_monitor_request, watch_list
 from flows.monitoring.state import RegionStore
 from flows.params.detect import ParameterError
 from flows.outputs.run_folder import OutputError
@@ -429,3 +429,17 @@ def test_zone_thresholds_area_or_polygon_count():
     assert change.crossed(Thresholds(alert_area_m2=20)) == ["area"]
     assert change.crossed(Thresholds(alert_area_m2=30, alert_polygons=3)) == []
     assert change.crossed(Thresholds()) == []  # no thresholds, no alerts
+
+
+def test_collections_come_from_the_region_or_the_parameters(world, tmp_path):
+    own = write_regions(tmp_path / "own.yaml", {"collection": ["sentinel-2-c1-l2a", "landsat-c2-l2"]})
+    request = parse_monitor_request(regions=str(own), catalog=str(world.catalog), collection="sentinel-2-l2a")
+    assert watch_list(request, own)[0].collections == ["sentinel-2-c1-l2a", "landsat-c2-l2"]  # the region's wins
+    request = parse_monitor_request(regions=str(world.regions), catalog=str(world.catalog), collection="sentinel-2-l2a")
+    assert watch_list(request, world.regions)[0].collections == ["sentinel-2-l2a"]
+    bad = write_regions(tmp_path / "bad.yaml", {"collection": "sentinel 2"})
+    request = parse_monitor_request(regions=str(bad), catalog=str(world.catalog))
+    with pytest.raises(MonitorConfigError, match="monitor.collection: 'sentinel 2' is not a STAC collection id"):
+        watch_list(request, bad)
+    with pytest.raises(ParameterError, match="collection cannot be set here"):
+        parse_monitor_request(detect_options={"collection": ["x"]})

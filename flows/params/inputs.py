@@ -1,0 +1,74 @@
+"""The inputs a request names, checked before any work: they exist, can be read and fit together.
+
+``parse_*_request`` checks the parameters themselves (types, ranges, combinations); ``check_inputs``
+then looks at what they name: the region (a bbox, a GeoJSON file, a name in the regions file), the
+dates, the catalog, the model (from its header: a DSQNet model, trained on RGB), the truth and label
+files, the data folders, and the output folder (writable). Each problem is a user error that names
+the parameter and the fix. The command line calls it before Prefect starts; each flow calls it
+first, before any task, so a deployment run fails the same way in one line.
+
+Nothing here downloads: a STAC API URL is only checked when the search runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from flows.params.detect import DetectRequest, ParameterError
+
+
+def check_inputs(request: BaseModel) -> None:
+    """Check what ``request`` (a ``DetectRequest``, ``EvaluateRequest`` or ``RetrainRequest``) names."""
+    from flows.params.evaluate import EvaluateRequest
+    from flows.params.retrain import RetrainRequest
+
+    if isinstance(request, DetectRequest):
+        if not request.is_demo:
+            _check_scenes(request)
+        _check_model(request.model, request.registry)
+        _check_file(request.truth, "truth", "GeoParquet polygons or a raster of the true change")
+    elif isinstance(request, (EvaluateRequest, RetrainRequest)):
+        if request.route == "scenes":
+            _check_scenes(request)
+            _check_file(request.labels, "labels", "GeoParquet polygons of the true change")
+        else:
+            _check_folder(request.data, "data", "a labeled benchmark folder")
+        if isinstance(request, RetrainRequest):
+            _check_folder(request.holdout, "holdout", "a labeled benchmark folder")
+            _check_folder(request.reference, "reference", "a labeled benchmark folder")
+            _check_model(request.base_ref, request.registry)
+        else:
+            _check_model(request.model, request.registry)
+    _check_out(request.out)
+
+
+def _check_scenes(request: BaseModel) -> None:
+    from catalog import date_pair, open_source, parse_region
+
+    parse_region(request.region, regions_file=request.regions)
+    date_pair(request.before, request.after, request.tolerance_days)
+    open_source(request.catalog)
+
+
+def _check_model(model: str | None, registry: str | None) -> None:
+    from flows.models.resolve import resolve_model
+
+    resolve_model(model, registry=registry)
+
+
+def _check_file(path: str | None, name: str, what: str) -> None:
+    if path is not None and not Path(path).expanduser().is_file():
+        raise ParameterError(f"{name}: {path} does not exist or is not a file; give {what}")
+
+
+def _check_folder(path: str | None, name: str, what: str) -> None:
+    if path is not None and not Path(path).expanduser().is_dir():
+        raise ParameterError(f"{name}: {path} does not exist or is not a folder; give {what}")
+
+
+def _check_out(out: str) -> None:
+    from flows.outputs.run_folder import check_writable
+
+    check_writable(Path(out))

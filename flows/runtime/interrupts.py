@@ -1,0 +1,158 @@
+"""Ctrl-C and SIGTERM during a command-line run: one line, nothing left running, a rerun resumes.
+
+A run's processes share the terminal, so Ctrl-C reaches all of them at once: Prefect's temporary
+API server would stop in the middle of the run and the Dask workers would print their tracebacks,
+while the flow waits for them and retries the API. So ``interruptible`` runs the flow in a thread
+of its own with SIGINT blocked there; every thread and process the flow starts inherits that, and
+only this process's main thread hears the signal. Its handler then silences this process, stops
+every process the run started (the local Dask cluster's workers, the temporary API server),
+says in one line how far the run got and how to go on, and exits with 128 + the signal number
+(130 for SIGINT, 143 for SIGTERM).
+
+Stopping a run like this loses nothing the rerun needs: every output and cache entry is written
+aside and renamed into place (flows/files/atomic.py), and a block's done marker is set only after
+its pixels (flows/blocks/store.py), so the rerun of the same command infers only the blocks that
+have no window sums yet, and its outputs equal an uninterrupted run's bit for bit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
+
+import psutil
+
+ResultT = TypeVar("ResultT")
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+_resume_points: list[Callable[[], int]] = []  # how many blocks the detect run in progress has done
+
+
+def note_resume_point(done_blocks: Callable[[], int]) -> None:
+    """Record how to count the blocks of the detect run this process now works on that a rerun will
+    not compute again (the resume point an interrupted run reports)."""
+    _resume_points[:] = [done_blocks]
+
+
+def done_blocks() -> int | None:
+    """How many blocks of the detect run in progress a rerun will not compute again; None before any."""
+    if not _resume_points:
+        return None
+    try:
+        return _resume_points[0]()
+    except Exception:  # noqa: BLE001 - a store half made when the signal came: nothing to resume from
+        return 0
+
+
+def resume_hint(command: str) -> str:
+    """What the user can do after ``command`` was interrupted, from what this process has done."""
+    done = done_blocks()
+    blocks = f"from {done} done block{'s' if done != 1 else ''}" if done else None
+    if command == "detect":
+        return f"rerun the same command to resume {blocks}" if blocks else \
+            "rerun the same command to start again (no block was done yet)"
+    if command == "monitor":
+        return ("rerun the same command to resume: the pairs already recorded are kept"
+                + (f", and the pair in progress resumes {blocks}" if blocks else ""))
+    if command == "retrain":
+        return "rerun the same command to resume: training continues from its last checkpoint"
+    return "rerun the same command to start again"
+
+
+def interruptible(command: str, run: Callable[[], ResultT]) -> ResultT:
+    """``run()``, stopped cleanly by SIGINT or SIGTERM (see the module docstring); returns its result
+    or raises its exception. Outside the main thread signals cannot be caught, so ``run`` just runs."""
+    if threading.current_thread() is not threading.main_thread():
+        return run()
+    outcome: dict[str, object] = {}
+
+    def target() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # inherited by its threads and processes
+        try:
+            outcome["result"] = run()
+        except BaseException as err:  # noqa: BLE001 - re-raised in the main thread
+            outcome["error"] = err
+
+    def on_signal(signum: int, frame) -> NoReturn:
+        stop(command, signum)
+
+    worker = threading.Thread(target=target, name=f"dsqnet-{command}", daemon=True)
+    previous = {signum: signal.signal(signum, on_signal) for signum in SIGNALS}
+    try:
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.5)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["result"]  # type: ignore[return-value]
+
+
+def stop(command: str, signum: int) -> NoReturn:
+    """End this process now: silence it, stop the processes it started, say how to go on, exit 128 + ``signum``."""
+    for other in SIGNALS:  # a second Ctrl-C while stopping changes nothing
+        signal.signal(other, signal.SIG_IGN)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    logging.disable(logging.CRITICAL)
+    terminal = os.dup(2)
+    quiet = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(quiet, 1)  # what the run's threads still print while they are stopped goes nowhere
+    os.dup2(quiet, 2)
+    stop_children()
+    what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    line = f"dsqnet {command}: {what}; {resume_hint(command)}\n"
+    if _progress_bar_open():
+        line = "\n" + line  # below the bar, not on its line
+    os.write(terminal, line.encode())
+    os._exit(128 + signum)
+
+
+def _progress_bar_open() -> bool:
+    """Whether a tqdm bar is on the terminal (its line has no end yet)."""
+    tqdm = sys.modules.get("tqdm")
+    return bool(tqdm is not None and getattr(tqdm.tqdm, "_instances", None))
+
+
+def stop_children(deadline_s: float = 3.0) -> None:
+    """Kill every process this one started, and theirs, until none is left (a Dask nanny still
+    running in this process replaces a worker that dies).
+
+    SIGKILL, not SIGTERM: a Dask worker asked to stop prints warnings about the tasks it cancels
+    onto the terminal it shares, and nothing the run writes needs an orderly end (see above).
+    """
+    me = psutil.Process()
+    deadline = time.monotonic() + deadline_s
+    while (children := _children(me)) and time.monotonic() < deadline:
+        for child in children:
+            try:
+                child.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(children, timeout=0.5)
+
+
+def _children(process: psutil.Process) -> list[psutil.Process]:
+    try:
+        children = process.children(recursive=True)
+    except psutil.Error:
+        return []
+    alive = []
+    for child in children:
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                alive.append(child)
+        except psutil.Error:
+            pass
+    return alive

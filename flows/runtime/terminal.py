@@ -1,0 +1,20 @@
+"""Whether this process reports to a person at a terminal, or runs unattended.
+
+The command line turns progress bars on; a flow called from Python or run by a deployment's worker
+leaves them off, so worker logs hold log lines, not a bar redrawn a hundred times.
+"""
+
+from __future__ import annotations
+
+_progress_bars = False
+
+
+def show_progress_bars(on: bool = True) -> None:
+    """Draw progress bars on stderr from now on (``on``) or not."""
+    global _progress_bars
+    _progress_bars = on
+
+
+def progress_bars() -> bool:
+    """Whether progress bars are drawn (``show_progress_bars``)."""
+    return _progress_bars

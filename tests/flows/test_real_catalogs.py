@@ -1,0 +1,56 @@
+"""``dsqnet detect`` as a new user runs it on a real catalog: a STAC API on 127.0.0.1 (rustac serve)
+with provider Items as published, a western-hemisphere bbox typed as it is, no collection named."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import geopandas as gpd
+import pytest
+from shapely.geometry import box
+
+from catalog.grid import reproject
+from flows.cli.main import main
+from tests.catalog.provider_scenes import CHANGE_PIXELS, PROVIDER_CASES, region_of, scene_pair, truth_in_window
+from tests.catalog.stac_servers import rustac_api
+
+NAIP = dataclasses.replace(PROVIDER_CASES["planetary-computer naip"], half=128)  # 77 m of Puerto Rico at 0.3 m
+
+
+@pytest.fixture(scope="module")
+def api_items(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("naip")
+    naip = list(scene_pair(NAIP, folder, href=lambda p: p.as_uri()))
+    landsat = PROVIDER_CASES["usgs landsat-c2l2-sr"]  # another collection in the same API, elsewhere
+    return folder, naip + list(scene_pair(landsat, folder, href=lambda p: p.as_uri()))
+
+
+def test_detect_on_a_stac_api_with_a_western_bbox(prefect_api, api_items, tmp_path, capsys):
+    folder, items = api_items
+    ring = region_of(NAIP)["coordinates"][0]
+    west, south = min(p[0] for p in ring), min(p[1] for p in ring)
+    east, north = max(p[0] for p in ring), max(p[1] for p in ring)
+    bbox = f"{west:.6f},{south:.6f},{east:.6f},{north:.6f}"
+    assert bbox.startswith("-65.")
+    with rustac_api(items, folder) as url:
+        code = main(["detect", "--region", bbox, "--before", "2021-06-15", "--after", "2022-06-15",
+                     "--catalog", url, "--out", str(tmp_path / "runs"), "--run-name", "pr",
+                     "--window", "128", "--stride", "64", "--min-area-m2", "0"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    manifest = json.loads((tmp_path / "runs" / "pr" / "run.json").read_text())
+    assert manifest["grid"]["resolution"] == 0.3 and manifest["grid"]["crs"].endswith("32620")
+    assert manifest["parameters"]["region"] == bbox
+    rules = manifest["scenes"]["radiometry"]
+    assert [r["collection"] for r in rules["before"] + rules["after"]] == ["naip", "naip"]
+    assert "8-bit values" in rules["before"][0]["rule"]
+    # The change polygons lie on the true change (the new roof), and nowhere else.
+    window, crs = truth_in_window(NAIP)
+    rows, cols = CHANGE_PIXELS
+    (x0, y0), (x1, y1) = window * (cols.start, rows.start), window * (cols.stop, rows.stop)
+    truth = reproject(box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)), crs, manifest["grid"]["crs"])
+    polygons = gpd.read_parquet(tmp_path / "runs" / "pr" / "changes.parquet").to_crs(manifest["grid"]["crs"])
+    found = polygons.union_all()
+    print(found.area, truth.area, found.intersection(truth).area)
+    assert found.intersection(truth).area / found.union(truth).area >= 0.5
