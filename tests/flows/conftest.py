@@ -21,3 +21,11 @@ def prefect_api(tmp_path_factory):
 
     with prefect_test_harness(server_startup_timeout=90):
         yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="session")
+def demo_town(tmp_path_factory):
+    """A smaller town (1200 px) from the demo's generator, built once for every test that only reads it."""
+    from catalog.demo import build_demo
+
+    return build_demo(tmp_path_factory.mktemp("demo-town") / "demo", size_px=1200)

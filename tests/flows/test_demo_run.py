@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-from catalog.demo import build_demo
 from flows.detect import detect_changes
 from flows.models.resolve import DEMO_MODEL, resolve_model
 
@@ -15,8 +14,8 @@ def test_the_demo_model_ships_small_and_records_how_it_was_made():
     assert record.path == str(DEMO_MODEL) and len(record.sha256) == 64
 
 
-def test_the_demo_model_finds_the_known_change_of_a_demo_town(prefect_api, tmp_path):
-    demo = build_demo(tmp_path / "demo", size_px=1200)  # a smaller town from the same generator
+def test_the_demo_model_finds_the_known_change_of_a_demo_town(prefect_api, demo_town, tmp_path):
+    demo = demo_town  # a smaller town from the same generator
     before, after = demo.dates[0], demo.dates[2]
     summary = detect_changes(region=demo.region_name, regions=str(demo.regions), catalog=str(demo.catalog),
                              before=before, after=after, truth=str(demo.truth[(before, after)][1]),

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from catalog.demo import build_demo
 from dsqnet.weights.model_file import load_model_file, save
 from flows.cli.main import main
 from flows.models.resolve import DEMO_MODEL
@@ -27,9 +26,9 @@ DSQNET = str(Path(sys.executable).parent / "dsqnet")
 FAST = {"window": 256, "stride": 128}  # one window per 256-px tile
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    return build_demo(tmp_path_factory.mktemp("retrain") / "demo", size_px=1200)
+@pytest.fixture
+def demo(demo_town):
+    return demo_town
 
 
 def weak_model(path: Path) -> Path:
