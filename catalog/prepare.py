@@ -8,6 +8,7 @@ the store (or reuse an identical one).
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -94,8 +95,10 @@ def chosen_grid(region: Region, first: DateChoice, second: DateChoice, bands: Ba
 
 def prepare_chosen(region: Region, before: DateWindow, after: DateWindow, first: DateChoice, second: DateChoice,
                    out: str | Path, bands: BandSpec | None = None, crs: str | None = None,
-                   resolution: float | None = None, chunk: int = DEFAULT_CHUNK) -> PreparedScenes:
-    """Load the scenes already chosen for both dates into ``out`` on one grid, or reuse an identical store."""
+                   resolution: float | None = None, chunk: int = DEFAULT_CHUNK,
+                   on_rows: Callable[[int], None] | None = None) -> PreparedScenes:
+    """Load the scenes already chosen for both dates into ``out`` on one grid, or reuse an identical
+    store; ``on_rows`` hears how far the store may be read while it is written (``write_scenes``)."""
     if chunk < 64:
         raise CatalogError(f"chunk size {chunk} is too small; use at least a few hundred pixels (default {DEFAULT_CHUNK})")
     rules = tuple(tuple(radiometry_of(item, bands) for item in choice.items) for choice in (first, second))
@@ -110,6 +113,8 @@ def prepare_chosen(region: Region, before: DateWindow, after: DateWindow, first:
     })
     out = Path(out)
     if is_complete(out, key):
+        if on_rows is not None:
+            on_rows(grid.shape[0])
         return PreparedScenes(out, True, first, second, grid, rules, key)
     names = sorted({name for rule in (*rules[0], *rules[1]) for name in rule.load_names})
     check_projections(items, names)
@@ -117,7 +122,7 @@ def prepare_chosen(region: Region, before: DateWindow, after: DateWindow, first:
                 for choice, date_rules in zip((first, second), rules)]  # Planetary Computer's blobs need a token
     try:
         with read_failures_unlogged():
-            write_scenes(load_pair(*readable, (list(rules[0]), list(rules[1])), grid, chunk), out, key, chunk)
+            write_scenes(load_pair(*readable, (list(rules[0]), list(rules[1])), grid, chunk), out, key, chunk, on_rows)
     except CatalogError:
         raise
     except Exception as err:

@@ -1,9 +1,11 @@
-"""``scenes.zarr``: written once, aside, and only then put in place; reused when its inputs match.
+"""``scenes.zarr``: marked complete only after its last chunk; reused when its inputs match.
 
 A store records a hash of everything that determines its content (region, dates, chosen scenes,
-bands, grid, chunks) and a ``complete`` flag set after the last chunk is written. A store is
-written under a temporary name and renamed into place, so a crash never leaves a store at the
-final path that looks complete; a stale or foreign store there is replaced, never patched.
+bands, grid, chunks) and a ``complete`` flag set after the last chunk is written. The store is
+written in place, rows of tiles from the top down, so that the change detection can start on the
+first rows while the rest is still being read (``on_rows``); until the flag is set it is never
+taken for complete, a load that fails removes what it wrote, and a stale, foreign or half-written
+store is replaced, never patched.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ import hashlib
 import json
 import os
 import shutil
-import uuid
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import dask.array as da
+import dask
 import rioxarray  # noqa: F401  (registers the .rio accessor that reads the stored CRS and transform)
 import xarray as xr
 import zarr
@@ -46,12 +48,20 @@ def is_complete(path: str | Path, key: str | None = None) -> bool:
     return bool(attrs.get(COMPLETE)) and (key is None or attrs.get(INPUTS) == key)
 
 
-def write_scenes(dataset: xr.Dataset, path: str | Path, key: str, chunk: int) -> bool:
-    """Write ``dataset`` to ``path`` unless a complete store for ``key`` is there; True if reused."""
+def write_scenes(dataset: xr.Dataset, path: str | Path, key: str, chunk: int,
+                 on_rows: Callable[[int], None] | None = None) -> bool:
+    """Write ``dataset`` to ``path`` unless a complete store for ``key`` is there; True if reused.
+
+    ``on_rows(n)`` is called once the metadata and coordinates are on disk (n = 0) and each time the
+    first ``n`` rows of both dates are written (n = the height last): what may be read meanwhile.
+    """
     path = Path(path)
     if is_complete(path, key):
+        if on_rows is not None:
+            on_rows(dataset.sizes["y"])
         return True
-    tmp = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
+    if path.exists():
+        shutil.rmtree(path)
     dataset = dataset.assign_attrs({INPUTS: key, COMPLETE: False})
     stored = STORE_CHUNK if chunk % STORE_CHUNK == 0 else chunk
     encoding = {
@@ -61,19 +71,19 @@ def write_scenes(dataset: xr.Dataset, path: str | Path, key: str, chunk: int) ->
     try:
         dataset = dataset.chunk({"time": 1, "band": -1, "y": chunk, "x": chunk})
         # metadata and coordinates now; the pixels tile by tile below
-        dataset.to_zarr(str(tmp), mode="w", zarr_format=3, consolidated=False, encoding=encoding, compute=False)
-        _write_pixels_by_tiles(dataset, tmp, chunk)
-        zarr.open_group(str(tmp), mode="r+").attrs[COMPLETE] = True
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        dataset.to_zarr(str(path), mode="w", zarr_format=3, consolidated=False, encoding=encoding, compute=False)
+        if on_rows is not None:
+            on_rows(0)
+        _write_pixels_by_tiles(dataset, path, chunk, on_rows)
+        zarr.open_group(str(path), mode="r+").attrs[COMPLETE] = True
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
     return False
 
 
-def _write_pixels_by_tiles(dataset: xr.Dataset, path: Path, chunk: int) -> None:
+def _write_pixels_by_tiles(dataset: xr.Dataset, path: Path, chunk: int,
+                           on_rows: Callable[[int], None] | None = None) -> None:
     """Compute and store ``image`` and ``valid`` a few chunk tiles at a time, both dates together.
 
     Handed the whole graph at once (``to_zarr``), dask kept the decoded bands of most tiles in
@@ -85,27 +95,42 @@ def _write_pixels_by_tiles(dataset: xr.Dataset, path: Path, chunk: int) -> None:
     height, width = dataset.sizes["y"], dataset.sizes["x"]
     tiles = [(slice(y, y + chunk), slice(x, x + chunk))
              for y in range(0, height, chunk) for x in range(0, width, chunk)]
-    at_once = max(1, (os.cpu_count() or 1) // 2)  # each tile is both dates' bands: several tasks already
+    at_once = tiles_at_once()
     # every chunk is written, even one that is all fill value (no pixel observed): zarr's check for
     # those compares each chunk with its fill value, a tenth of the samples in a profile of an 8192² load
     with zarr.config.set({"array.write_empty_chunks": True}):
-        _write_tile_groups(dataset, store, tiles, at_once)
+        _write_tile_groups(dataset, store, tiles, at_once, on_rows)
+
+
+def tiles_at_once() -> int:
+    """How many tiles one computation of the load writes: each is both dates' bands, several tasks already."""
+    return max(1, (os.cpu_count() or 1) // 2)
 
 
 def _write_tile_groups(dataset: xr.Dataset, store: zarr.Group, tiles: list[tuple[slice, slice]],
-                       at_once: int) -> None:
+                       at_once: int, on_rows: Callable[[int], None] | None = None) -> None:
+    """The tiles, row-major, ``at_once`` per computation; after each, ``on_rows`` hears how many
+    rows from the top are whole."""
+    row_starts = sorted({rows.start for rows, _ in tiles})
+    per_row = len(tiles) // len(row_starts)
     for first in range(0, len(tiles), at_once):
-        sources, targets, regions = [], [], []
-        for rows, cols in tiles[first:first + at_once]:
-            part = dataset.isel(y=rows, x=cols)
-            sources += [part["image"].data, part["valid"].data]
-            targets += [store["image"], store["valid"]]
-            regions += [(slice(None), slice(None), rows, cols), (slice(None), rows, cols)]
-        da.store(sources, targets, regions=regions, lock=False)  # written by the dask threads, chunk-aligned
+        group = tiles[first:first + at_once]
+        parts = [dataset.isel(y=rows, x=cols) for rows, cols in group]
+        # read on this machine's threads (whatever scheduler the flow's Dask cluster made the default),
+        # then written here: a tile that fails to read leaves no other tile's writes still under way
+        # to land in the store after the failed load removed it
+        pixels = dask.compute(*[(part["image"].data, part["valid"].data) for part in parts], scheduler="threads")
+        for (rows, cols), (image, valid) in zip(group, pixels):
+            store["image"][:, :, rows, cols] = image
+            store["valid"][:, rows, cols] = valid
+        if on_rows is not None:
+            whole = (first + at_once) // per_row  # rows of tiles written to their last tile
+            on_rows(row_starts[whole] if whole < len(row_starts) else dataset.sizes["y"])
 
 
-def open_scenes(path: str | Path) -> xr.Dataset:
-    """A complete store, lazily, with its CRS and transform (``decode_coords='all'``)."""
-    if not is_complete(path):
+def open_scenes(path: str | Path, complete: bool = True) -> xr.Dataset:
+    """A complete store, lazily, with its CRS and transform (``decode_coords='all'``); with
+    ``complete=False`` also one still being written (its grid, and the rows ``on_rows`` said)."""
+    if complete and not is_complete(path):
         raise FileNotFoundError(f"{path} is not a complete scenes store (missing, foreign or half-written)")
     return xr.open_zarr(str(path), decode_coords="all", consolidated=False)

@@ -1,8 +1,9 @@
 """``detect-changes``: a region and two dates in, change rasters and polygons out.
 
-    choose scenes -> load scenes.zarr -> plan blocks -> infer blocks (Dask workers; each block
-    stitched as soon as its neighbours are in, and its share of the outputs written) -> stitch
-    what is left -> {mosaic, vectorise, preview} at once -> publish
+    choose scenes -> load scenes.zarr, and meanwhile: plan blocks -> infer blocks (Dask workers;
+    each block as soon as its rows are loaded, stitched as soon as its neighbours are in, and its
+    share of the outputs written) -> stitch what is left -> {mosaic, vectorise, preview} at once
+    -> publish
 
 Tasks pass paths and small records; pixels stay in the zarr stores. The inference step is a
 subflow so that its Dask cluster (local, or the one at ``dask_address``) is chosen per run. Work
@@ -28,7 +29,6 @@ import zarr
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
-from prefect.futures import as_completed
 from prefect.runtime import flow_run
 
 import dsqnet
@@ -37,7 +37,7 @@ from catalog.errors import CatalogError
 from catalog.prepare import PreparedScenes, choose_pair, chosen_grid, grid_summary, prepare_chosen
 from catalog.regions import Region
 from catalog.selection import DateChoice
-from catalog.store import inputs_hash, open_scenes
+from catalog.store import INPUTS, inputs_hash, open_scenes
 
 from flows.params.signature import takes_parameters_of
 from flows.params.inputs import check_inputs
@@ -57,6 +57,7 @@ from flows.outputs.run_folder import RunFolder, check_writable, expect_output_by
 from flows.runtime.interrupts import note_resume_point
 from flows.scoring.known_change import score_run
 from flows.blocks.stitch import Stitcher, stitch
+from flows.blocks.streaming import load_of, stream_blocks, track_load
 from flows.runtime.subflows import as_subflow
 from dsqnet.inference.lattice import Lattice
 from flows.blocks.lattice import Block, plan_blocks
@@ -108,25 +109,38 @@ def choose_scenes(request: DetectRequest) -> tuple[Region, DateChoice, DateChoic
 
 @task(name="load-scenes", cache_policy=NO_CACHE)
 def load_scenes(request: DetectRequest, region: Region, first: DateChoice, second: DateChoice, work: Path) -> PreparedScenes:
-    with dask.config.set(scheduler="threads"):  # reading the sources stays on this machine
-        return prepare_chosen(region, *date_pair(request.before, request.after, request.tolerance_days), first, second,
-                              work / "scenes.zarr", crs=request.crs, resolution=request.resolution)
+    """Both dates onto the grid in ``work/scenes.zarr``, telling the blocks waiting on its rows how far it got."""
+    path = work / "scenes.zarr"
+    progress = load_of(path)
+    try:
+        with dask.config.set(scheduler="threads"):  # reading the sources stays on this machine
+            scenes = prepare_chosen(region, *date_pair(request.before, request.after, request.tolerance_days), first,
+                                    second, path, crs=request.crs, resolution=request.resolution,
+                                    on_rows=progress.advance if progress else None)
+    except BaseException as err:
+        if progress:
+            progress.finish(err)
+        raise
+    if progress:
+        progress.finish()
+    return scenes
 
 
 @task(name="plan-blocks", cache_policy=NO_CACHE)
-def plan(request: DetectRequest, scenes: PreparedScenes, model: ModelRecord, work: Path) -> BlockPlan:
-    dataset = open_scenes(scenes.path)
+def plan(request: DetectRequest, scenes_path: Path, model: ModelRecord, work: Path) -> BlockPlan:
+    """The blocks of the scenes' grid and those still to compute; the store may still be loading."""
+    dataset = open_scenes(scenes_path, complete=False)
     height, width = dataset.sizes["y"], dataset.sizes["x"]
     blocks = plan_blocks(height, width, request.block_size)
     grid = (blocks[-1].row + 1, blocks[-1].col + 1)
-    key = inputs_hash({"scenes": scenes.key, "model": model.sha256, "window": request.window,
+    key = inputs_hash({"scenes": dataset.attrs[INPUTS], "model": model.sha256, "window": request.window,
                        "stride": request.stride, "batch": request.batch_size, "precision": request.precision,
                        "block_size": request.block_size, "code": code_version(*INFERENCE_CODE)})
     store = ProbabilityStore.prepare(work / "change_prob.zarr", dataset, grid, key)
     summed = store.summed_blocks()
     remote = request.dask_address or os.environ.get(DASK_ADDRESS_ENV)
     threads = None if remote else local_worker_threads(request.workers)  # remote workers: their own choice
-    job = BlockJob(scenes=str(scenes.path), probabilities=str(store.path), model_path=model.path,
+    job = BlockJob(scenes=str(scenes_path), probabilities=str(store.path), model_path=model.path,
                    model_hash=model.sha256, window=request.window, stride=request.stride,
                    batch_size=request.batch_size, precision=request.precision, device=request.device, threads=threads)
     todo = [] if store.complete else [b for b in blocks if (b.row, b.col) not in summed]
@@ -146,22 +160,28 @@ def infer_block(job: BlockJob, block: Block) -> dict:
 @flow(name="infer-blocks", validate_parameters=False)
 def infer_blocks(job: BlockJob, blocks: list[Block], todo: list[Block], outputs: BlockOutputs,
                  outputs_how: str | None) -> list[dict]:
-    """The blocks ``todo`` on the Dask workers (GPU workers when there are any); meanwhile, each of
-    ``blocks`` is stitched here as soon as the blocks it needs are in, and its share of the outputs
-    written as ``outputs_how`` says (flows/workers.outputs_while_blocks_run)."""
+    """The blocks ``todo`` on the Dask workers (GPU workers when there are any), each as soon as the
+    rows of the scenes it reads are loaded (flows/blocks/streaming.py); meanwhile, each of ``blocks``
+    is stitched here as soon as the blocks it needs are in, and its share of the outputs written as
+    ``outputs_how`` says (flows/workers.outputs_while_blocks_run)."""
     runner = FlowRunContext.get().task_runner
-    with dask.annotate(**block_task_resources(runner.client)):
-        futures = [infer_block.submit(job, block) for block in todo]
+    resources = block_task_resources(runner.client)
+
+    def submit(block: Block):
+        with dask.annotate(**resources):
+            return infer_block.submit(job, block)
+
+    lattice = job_lattice(job)
     by_name = {block.name: block for block in blocks}
     reports = []
     with block_output_writer(outputs, len(blocks), outputs_how) as writer, \
             Progress(len(todo), f"blocks inferred of {len(todo)}") as progress:
-        stitcher = Stitcher(ProbabilityStore(job.probabilities), job.scenes, job_lattice(job), blocks,
+        stitcher = Stitcher(ProbabilityStore(job.probabilities), job.scenes, lattice, blocks,
                             on_stitched=writer.submit if writer else None)
-        for future in as_completed(futures):
-            reports.append(future.result())
-            stitcher.add(by_name[reports[-1]["block"]])
-            progress.advance(reports[-1]["windows"])
+        for report in stream_blocks(todo, lattice, load_of(job.scenes), submit):
+            reports.append(report)
+            stitcher.add(by_name[report["block"]])
+            progress.advance(report["windows"])
     order = {block.name: k for k, block in enumerate(todo)}
     return sorted(reports, key=lambda r: order[r["block"]])  # the plan's row-major order
 
@@ -246,25 +266,33 @@ def run_detect(request: DetectRequest, locks: ExitStack) -> dict:
                               local_worker_threads(request.workers), request.batch_size, request.window)
     region_, first, second = choose_scenes(request)
     try:
-        expect_output_bytes(bytes_needed(chosen_grid(region_, first, second, crs=request.crs,
-                                                     resolution=request.resolution).shape))
+        grid = chosen_grid(region_, first, second, crs=request.crs, resolution=request.resolution)
+        expect_output_bytes(bytes_needed(grid.shape))
     except CatalogError:
-        pass  # load-scenes says what is wrong with the scenes
+        grid = None  # load-scenes says what is wrong with the scenes
     lap("choose scenes")
     name = request.run_name or run_folder_name(region_.name, request.before, request.after)
     work = out_dir / ".cache" / name
     work.mkdir(parents=True, exist_ok=True)
     locks.enter_context(run_lock(out_dir, name))
-    scenes = load_scenes(request, region_, first, second, work)
-    lap("load scenes")
-    work_plan = plan(request, scenes, record, work)
+    # the load goes on beside planning and inference: blocks start on the rows already written
+    progress, load_time = track_load(work / "scenes.zarr"), FinishTimes()
+    loading = load_scenes.submit(request, region_, first, second, work)
+    loading.add_done_callback(load_time.on_done("load"))
+    try:
+        progress.wait_for_grid()
+    except BaseException:
+        loading.result()  # the load's own error, as its task reports it
+        raise
+    work_plan = plan(request, work / "scenes.zarr", record, work)
     print(f"{len(work_plan.blocks)} blocks of {request.block_size} px, {len(work_plan.todo)} to compute "
           f"({len(work_plan.blocks) - len(work_plan.todo)} already done), {work_plan.windows} windows in the scene")
     lap("plan blocks")
     store = ProbabilityStore(work_plan.job.probabilities)
     note_resume_point(store.reusable_blocks)  # what an interrupted run reports
-    outputs = BlockOutputs.prepare(store, scenes.grid.crs.to_wkt(), scenes.grid.transform, request.block_size,
-                                   request.threshold, request.min_area_m2, scenes=scenes.path)
+    grid = grid or chosen_grid(region_, first, second, crs=request.crs, resolution=request.resolution)
+    outputs = BlockOutputs.prepare(store, grid.crs.to_wkt(), grid.transform, request.block_size,
+                                   request.threshold, request.min_area_m2, scenes=work / "scenes.zarr")
     reports = []
     if work_plan.todo:  # a finished store needs no cluster
         runner = dask_task_runner(request.dask_address, request.workers)
@@ -273,6 +301,8 @@ def run_detect(request: DetectRequest, locks: ExitStack) -> dict:
             reports = infer_blocks.with_options(task_runner=runner)(work_plan.job, work_plan.blocks, work_plan.todo, outputs,
                                                                     how)
     lap("infer blocks")
+    scenes = loading.result()  # what is left of the load: stitching and outputs read every row
+    lap("load scenes")
     stitch_blocks(work_plan)
     lap("stitch blocks")
     late_outputs = complete_block_outputs(outputs, work_plan.blocks)
@@ -296,6 +326,7 @@ def run_detect(request: DetectRequest, locks: ExitStack) -> dict:
         manifest = build_manifest(request, region_, scenes, record, work_plan, reports, counts, polygons, metrics,
                                   timer, run_id, out_dir / name)
         manifest["blocks"]["outputs_made_after_inference"] = late_outputs
+        manifest["scenes"]["load_seconds"] = load_time.seconds.get("load")  # beside planning and the blocks
         manifest["outputs_finished_after_s"] = finishes.seconds
         folder = publish(run, manifest, polygons)
     outputs.clear()  # the COGs and polygons hold it all now
