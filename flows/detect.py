@@ -57,7 +57,7 @@ from flows.outputs.run_folder import RunFolder, check_writable, expect_output_by
 from flows.runtime.interrupts import note_resume_point
 from flows.scoring.known_change import score_run
 from flows.blocks.stitch import Stitcher, stitch
-from flows.blocks.streaming import load_of, stream_blocks, track_load
+from flows.blocks.streaming import load_failure_first, load_of, rows_needed, stream_blocks, track_load
 from flows.runtime.subflows import as_subflow
 from dsqnet.inference.lattice import Lattice
 from flows.blocks.lattice import Block, plan_blocks
@@ -159,11 +159,18 @@ def infer_block(job: BlockJob, block: Block) -> dict:
 
 @flow(name="infer-blocks", validate_parameters=False)
 def infer_blocks(job: BlockJob, blocks: list[Block], todo: list[Block], outputs: BlockOutputs,
-                 outputs_how: str | None) -> list[dict]:
+                 outputs_how: str | None, plan_line: str = "") -> list[dict]:
     """The blocks ``todo`` on the Dask workers (GPU workers when there are any), each as soon as the
     rows of the scenes it reads are loaded (flows/blocks/streaming.py); meanwhile, each of ``blocks``
     is stitched here as soon as the blocks it needs are in, and its share of the outputs written as
-    ``outputs_how`` says (flows/workers.outputs_while_blocks_run)."""
+    ``outputs_how`` says (flows/workers.outputs_while_blocks_run). ``plan_line`` is printed once the
+    first block can start: a load that fails before has only its error to say."""
+    with load_failure_first(job.scenes):
+        return infer_streamed_blocks(job, blocks, todo, outputs, outputs_how, plan_line)
+
+
+def infer_streamed_blocks(job: BlockJob, blocks: list[Block], todo: list[Block], outputs: BlockOutputs,
+                          outputs_how: str | None, plan_line: str) -> list[dict]:
     runner = FlowRunContext.get().task_runner
     resources = block_task_resources(runner.client)
 
@@ -172,13 +179,18 @@ def infer_blocks(job: BlockJob, blocks: list[Block], todo: list[Block], outputs:
             return infer_block.submit(job, block)
 
     lattice = job_lattice(job)
+    loading = load_of(job.scenes)
+    if loading is not None:
+        loading.wait_for_rows(min(rows_needed(lattice, block) for block in todo))
+    if plan_line:
+        print(plan_line)
     by_name = {block.name: block for block in blocks}
     reports = []
     with block_output_writer(outputs, len(blocks), outputs_how) as writer, \
             Progress(len(todo), f"blocks inferred of {len(todo)}") as progress:
         stitcher = Stitcher(ProbabilityStore(job.probabilities), job.scenes, lattice, blocks,
                             on_stitched=writer.submit if writer else None)
-        for report in stream_blocks(todo, lattice, load_of(job.scenes), submit):
+        for report in stream_blocks(todo, lattice, loading, submit):
             reports.append(report)
             stitcher.add(by_name[report["block"]])
             progress.advance(report["windows"])
@@ -284,9 +296,10 @@ def run_detect(request: DetectRequest, locks: ExitStack) -> dict:
     except BaseException:
         loading.result()  # the load's own error, as its task reports it
         raise
-    work_plan = plan(request, work / "scenes.zarr", record, work)
-    print(f"{len(work_plan.blocks)} blocks of {request.block_size} px, {len(work_plan.todo)} to compute "
-          f"({len(work_plan.blocks) - len(work_plan.todo)} already done), {work_plan.windows} windows in the scene")
+    with load_failure_first(work / "scenes.zarr"):
+        work_plan = plan(request, work / "scenes.zarr", record, work)
+    plan_line = (f"{len(work_plan.blocks)} blocks of {request.block_size} px, {len(work_plan.todo)} to compute "
+                 f"({len(work_plan.blocks) - len(work_plan.todo)} already done), {work_plan.windows} windows in the scene")
     lap("plan blocks")
     store = ProbabilityStore(work_plan.job.probabilities)
     note_resume_point(store.reusable_blocks)  # what an interrupted run reports
@@ -299,7 +312,9 @@ def run_detect(request: DetectRequest, locks: ExitStack) -> dict:
         with quiet_local_cluster(), as_subflow():  # a local cluster starts with the subflow
             how = outputs_while_blocks_run(request.dask_address, request.workers, request.device)
             reports = infer_blocks.with_options(task_runner=runner)(work_plan.job, work_plan.blocks, work_plan.todo, outputs,
-                                                                    how)
+                                                                    how, plan_line)
+    else:
+        print(plan_line)
     lap("infer blocks")
     scenes = loading.result()  # what is left of the load: stitching and outputs read every row
     lap("load scenes")

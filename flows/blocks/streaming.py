@@ -9,6 +9,7 @@ row it reads is written, and the blocks come back in whatever order they finish.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -47,6 +48,12 @@ class LoadProgress:
         if self.rows is None:
             raise RuntimeError("the scenes' load ended without writing its grid")
 
+    def wait_for_rows(self, rows: int) -> None:
+        """Until the first ``rows`` rows are written; the load's error if it fails first."""
+        with self._changed:
+            self._changed.wait_for(lambda: (self.rows or 0) >= rows or self.done)
+        self.raise_failure()
+
     def wait_for_change(self, rows_seen: int | None, timeout: float) -> None:
         with self._changed:
             self._changed.wait_for(lambda: self.rows != rows_seen or self.done, timeout)
@@ -78,6 +85,20 @@ def load_of(store: str | Path) -> LoadProgress | None:
     """The load of ``store`` that this process runs or ran; None if it was not loaded here."""
     with _loads_lock:
         return _loads.get(str(store))
+
+
+@contextlib.contextmanager
+def load_failure_first(store: str | Path) -> Iterator[None]:
+    """Inside, an error that a failed load of ``store`` caused (it removes what it wrote, under the
+    readers of its first rows) gives way to the load's own error, which says what is wrong."""
+    try:
+        yield
+    except Exception:
+        progress = load_of(store)
+        if progress is not None:
+            progress.wait_until_done(LOAD_FAILURE_GRACE_S)
+            progress.raise_failure()
+        raise
 
 
 def rows_needed(lattice: Lattice, block: Block) -> int:
@@ -112,12 +133,14 @@ def stream_blocks(blocks: list[Block], lattice: Lattice, progress: LoadProgress 
         except queue.Empty:
             continue
         in_flight -= 1
+        if progress is None:
+            yield future.result()
+            continue
         try:
             report = future.result()
-        except Exception:
-            if progress is not None:  # a failed load removes its store: the block's error is only a sign of it
-                progress.wait_until_done(LOAD_FAILURE_GRACE_S)
-                progress.raise_failure()
+        except Exception:  # a failed load removes its store: the block's error may only be a sign of it
+            progress.wait_until_done(LOAD_FAILURE_GRACE_S)
+            progress.raise_failure()
             raise
         yield report
     if progress is not None:
