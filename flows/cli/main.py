@@ -39,8 +39,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from flows.cli.console import console
 
     try:
+        from flows.runtime.interrupts import interruptible
+
         with console(args.verbose, uses_prefect=getattr(args, "uses_prefect", False)):
-            return args.handler(args) or 0
+            # Ctrl-C or SIGTERM ends every command in one line (the flow commands' own call is the same one)
+            return interruptible(args.command, lambda: args.handler(args)) or 0
     except Exception as err:  # a user error in one line; a bug keeps its traceback
         from flows.cli.errors import user_message
 

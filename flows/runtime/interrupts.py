@@ -62,6 +62,8 @@ def resume_hint(command: str) -> str:
                 + (f", and the pair in progress resumes {blocks}" if blocks else ""))
     if command == "retrain":
         return "rerun the same command to resume: training continues from its last checkpoint"
+    if command == "train":
+        return "rerun it with --resume to go on from its last checkpoint (train_state.pt in its work folder)"
     return "rerun the same command to start again"
 
 

@@ -113,3 +113,28 @@ def test_two_holders_in_one_process_exclude_each_other(tmp_path):
                 pass
         with exclusive(tmp_path / "b.lock"):  # another lock is another matter
             pass
+
+
+def test_ctrl_c_during_training_ends_dsqnet_train_in_one_line_that_says_how_to_resume(tmp_path):
+    """The real command: Python's KeyboardInterrupt traceback used to be all that ``dsqnet train`` said."""
+    from tests.dsqnet.datasets_helpers import generic_dataset
+
+    data, work = generic_dataset(tmp_path / "data", n=4, size=64), tmp_path / "work"
+    dsqnet = str(Path(sys.executable).parent / "dsqnet")
+    run = subprocess.Popen([dsqnet, "train", "--config", "cpu-small", "--data-root", str(data), "--work-dir", str(work),
+                            "--max-iters", "100000", "--device", "cpu", "--num-workers", "0"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (work / "log.jsonl").is_file():  # the training loop is under way
+            assert run.poll() is None and time.monotonic() < deadline, run.communicate()[1][-3000:]
+            time.sleep(0.1)
+        os.killpg(run.pid, signal.SIGINT)
+        stdout, stderr = run.communicate(timeout=5)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 130
+    assert "Traceback" not in stdout + stderr, stderr[-3000:]
+    assert stderr.splitlines()[-1] == ("dsqnet train: interrupted; rerun it with --resume to go on from its last "
+                                       "checkpoint (train_state.pt in its work folder)")
