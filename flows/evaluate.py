@@ -59,7 +59,7 @@ from flows.models.resolve import ModelRecord, resolve_model
 from flows.scoring.objects import ObjectCounts, object_counts
 from flows.params.detect import ParameterError
 from flows.models.registry import ModelRegistry
-from flows.outputs.run_folder import RunFolder, check_writable, with_output_errors
+from flows.outputs.run_folder import RunFolder, check_writable, run_lock, with_output_errors
 
 REPORT = "evaluation.json"
 PIXEL_KEYS = ("precision", "recall", "f1", "iou", "kappa", "miou", "mf1", "overall_accuracy", "pixels",
@@ -260,30 +260,31 @@ def run_evaluation(request: EvaluateRequest) -> dict:
                              " is a plain file; name a registered model (name@VERSION) or register it first")
     lap("check model")
     name = request.run_name or evaluation_name(request, record)
-    work = out_dir / ".cache" / name
-    if request.route == "scenes":
-        spec = LabeledScenesSpec(catalog=request.catalog, region=request.region, before=request.before,
-                                 after=request.after, labels=request.labels, regions=request.regions,
-                                 tolerance_days=request.tolerance_days, crs=request.crs, resolution=request.resolution)
-        labeled = prepare_scenes_task(spec, work)
-        lap("prepare scenes")
-        benchmark = rasterise_labels_task(labeled, work, request.tile_size)
-        lap("rasterise labels")
-    else:
-        benchmark = BenchmarkSet(str(Path(request.data).resolve()), request.layout, request.split)
-    pairs = find_pairs_task(benchmark)
-    options = Options(request.window, request.stride, request.batch_size, request.precision, request.device,
-                      request.iou_threshold, request.min_object_pixels)
-    with RunFolder(out_dir / name) as run:
-        scores = score_pairs_task(record, pairs, options, run.staging / "predictions" if request.save_predictions else None)
-        lap("score pairs")
-        report = build_report(record, benchmark, scores, options, timings)
-        report["run_folder"] = str(out_dir / name)
-        path = publish_evaluation(run, report)
-    if request.record_metrics:
-        ModelRegistry(record.registry).set_metrics(record.name, int(record.version), {name: registry_metrics(report)})
-    get_run_logger().info("evaluation written to %s", path)
-    return {**report, "json": str(path), "text": summary_text(report)}
+    with run_lock(out_dir, name):  # a second run of the same work is refused, naming this one
+        work = out_dir / ".cache" / name
+        if request.route == "scenes":
+            spec = LabeledScenesSpec(catalog=request.catalog, region=request.region, before=request.before,
+                                     after=request.after, labels=request.labels, regions=request.regions,
+                                     tolerance_days=request.tolerance_days, crs=request.crs, resolution=request.resolution)
+            labeled = prepare_scenes_task(spec, work)
+            lap("prepare scenes")
+            benchmark = rasterise_labels_task(labeled, work, request.tile_size)
+            lap("rasterise labels")
+        else:
+            benchmark = BenchmarkSet(str(Path(request.data).resolve()), request.layout, request.split)
+        pairs = find_pairs_task(benchmark)
+        options = Options(request.window, request.stride, request.batch_size, request.precision, request.device,
+                          request.iou_threshold, request.min_object_pixels)
+        with RunFolder(out_dir / name) as run:
+            scores = score_pairs_task(record, pairs, options, run.staging / "predictions" if request.save_predictions else None)
+            lap("score pairs")
+            report = build_report(record, benchmark, scores, options, timings)
+            report["run_folder"] = str(out_dir / name)
+            path = publish_evaluation(run, report)
+        if request.record_metrics:
+            ModelRegistry(record.registry).set_metrics(record.name, int(record.version), {name: registry_metrics(report)})
+        get_run_logger().info("evaluation written to %s", path)
+        return {**report, "json": str(path), "text": summary_text(report)}
 
 
 # --------------------------------------------------------------------------------------------------

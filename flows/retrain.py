@@ -47,7 +47,7 @@ from flows.runtime.versions import code_version, package_versions
 from flows.models.resolve import ModelRecord, file_sha256, resolve_model
 from flows.models.registry import ModelRegistry, RegisteredModel
 from flows.params.retrain import RetrainRequest, parse_retrain_request
-from flows.outputs.run_folder import RunFolder, check_writable, with_output_errors
+from flows.outputs.run_folder import RunFolder, check_writable, run_lock, with_output_errors
 
 REPORT = "retrain.json"
 PREPARED = "prepared.json"
@@ -292,30 +292,31 @@ def run_retrain(request: RetrainRequest) -> dict:
     started = time.perf_counter()
     base = check_base(request)
     name = request.run_name or retrain_name(request, base)
-    work = out_dir / ".cache" / name
-    work.mkdir(parents=True, exist_ok=True)
-    labels = prepare_labels_task(request, work)
-    print(f"{labels.train_pairs} pairs to learn from, {labels.holdout.root} to judge on"
-          + (f", reference {labels.reference.root}" if labels.reference else ""))
-    training = fine_tune_task(request, base, labels, work)
-    if training["resumed_from_step"]:
-        print(f"training continued from step {training['resumed_from_step']}")
-    scores = {"base": evaluate_task("base", base.path, labels, request),
-              "candidate": evaluate_task("candidate", training["weights"], labels, request)}
-    candidate = register_task(request, base, training, labels, scores)
-    decision = decide_task(request, candidate, scores)
-    report = json_safe({
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "flow_run_id": _flow_run_id(),
-        "run_folder": str(out_dir / name), "parameters": request.model_dump(), "base": base.to_dict(),
-        "candidate": candidate.to_dict(), "training": {k: v for k, v in training.items() if k != "recipe"},
-        "recipe": training["recipe"], "data": asdict(labels), "scores": scores,
-        "decision": {"promoted": decision.promote, "alias": request.alias, "reasons": list(decision.reasons)},
-        "seconds": round(time.perf_counter() - started, 2), "versions": package_versions(),
-    })
-    with RunFolder(out_dir / name) as run:
-        path = publish_retrain(run, report)
-    get_run_logger().info("retrain report written to %s", path)
-    return {**report, "json": str(path), "text": summary_text(report)}
+    with run_lock(out_dir, name):  # a second run of the same work is refused, naming this one
+        work = out_dir / ".cache" / name
+        work.mkdir(parents=True, exist_ok=True)
+        labels = prepare_labels_task(request, work)
+        print(f"{labels.train_pairs} pairs to learn from, {labels.holdout.root} to judge on"
+              + (f", reference {labels.reference.root}" if labels.reference else ""))
+        training = fine_tune_task(request, base, labels, work)
+        if training["resumed_from_step"]:
+            print(f"training continued from step {training['resumed_from_step']}")
+        scores = {"base": evaluate_task("base", base.path, labels, request),
+                  "candidate": evaluate_task("candidate", training["weights"], labels, request)}
+        candidate = register_task(request, base, training, labels, scores)
+        decision = decide_task(request, candidate, scores)
+        report = json_safe({
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "flow_run_id": _flow_run_id(),
+            "run_folder": str(out_dir / name), "parameters": request.model_dump(), "base": base.to_dict(),
+            "candidate": candidate.to_dict(), "training": {k: v for k, v in training.items() if k != "recipe"},
+            "recipe": training["recipe"], "data": asdict(labels), "scores": scores,
+            "decision": {"promoted": decision.promote, "alias": request.alias, "reasons": list(decision.reasons)},
+            "seconds": round(time.perf_counter() - started, 2), "versions": package_versions(),
+        })
+        with RunFolder(out_dir / name) as run:
+            path = publish_retrain(run, report)
+        get_run_logger().info("retrain report written to %s", path)
+        return {**report, "json": str(path), "text": summary_text(report)}
 
 
 # --------------------------------------------------------------------------------------------------

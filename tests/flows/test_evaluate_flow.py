@@ -4,6 +4,9 @@ label polygons, through Prefect's own API, real PNGs, GeoParquet, COGs and zarr.
 from __future__ import annotations
 
 import json
+import os
+import re
+import socket
 from pathlib import Path
 
 import geopandas as gpd
@@ -290,3 +293,25 @@ def test_evaluate_model_help_names_every_layout_and_both_routes():
     text = " ".join(sub.format_help().split())
     assert all(name in text for name in LAYOUTS)
     assert "--data" in text and "--labels" in text and "--tile-size" in text and "--record-metrics" in text
+
+
+@pytest.mark.parametrize("command", ["evaluate-model", "retrain"])
+def test_a_second_run_of_the_same_work_is_refused_naming_the_first(prefect_api, bench, tmp_path, capsys, command):
+    """evaluate-model and retrain-model hold their run's lock as detect does (here held by this test
+    process, standing in for a first run)."""
+    from flows.files.locks import exclusive
+
+    _, data, _, registry = bench
+    out = tmp_path / "runs"
+    model = ["--model", "tiny@production"] if command == "evaluate-model" else ["--name", "tiny", "--max-iters", "2"]
+    args = [command, *model, "--registry", str(registry), "--data", str(data), "--out", str(out),
+            "--run-name", "busy", "--device", "cpu"]
+    with exclusive(out / ".cache" / "busy.lock"):
+        assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert re.fullmatch(
+        rf"dsqnet {command}: error: run folder {re.escape(str(out / 'busy'))} is being written by another dsqnet run "
+        rf"\(pid {os.getpid()} on {re.escape(socket.gethostname())}, started \d\d:\d\d UTC\); wait for it to finish "
+        r"or choose another --run-name \(parameter 'run_name'\)\n", err), err
+    assert not (out / ".cache" / "busy").exists() and not (out / "busy").exists()  # nothing of the first run's touched
