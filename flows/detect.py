@@ -54,7 +54,7 @@ from flows.params.detect import DetectRequest, parse_request
 from flows.blocks.store import ProbabilityStore
 
 from flows.outputs.run_folder import RunFolder, check_writable, expect_output_bytes, link_tree, run_lock, with_output_errors
-from flows.runtime.interrupts import note_resume_point
+from flows.runtime.interrupts import cancellable, note_resume_point
 from flows.scoring.known_change import score_run
 from flows.blocks.stitch import Stitcher, stitch
 from flows.blocks.streaming import load_failure_first, load_of, rows_needed, stream_blocks, track_load
@@ -158,6 +158,7 @@ def infer_block(job: BlockJob, block: Block) -> dict:
 
 
 @flow(name="infer-blocks", validate_parameters=False)
+@cancellable("detect")
 def infer_blocks(job: BlockJob, blocks: list[Block], todo: list[Block], outputs: BlockOutputs,
                  outputs_how: str | None, plan_line: str = "") -> list[dict]:
     """The blocks ``todo`` on the Dask workers (GPU workers when there are any), each as soon as the
@@ -255,6 +256,7 @@ def publish(run: RunFolder, manifest: dict, polygons: gpd.GeoDataFrame) -> Path:
 
 @flow(name="detect-changes", validate_parameters=False, log_prints=True)
 @takes_parameters_of(DetectRequest)
+@cancellable("detect")
 def detect_changes(**params) -> dict:
     """Detect what changed in ``region`` between ``before`` and ``after``; with no region and dates, the demo."""
     request = parse_request(**params)

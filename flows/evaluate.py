@@ -60,6 +60,7 @@ from flows.scoring.objects import ObjectCounts, object_counts
 from flows.params.detect import ParameterError
 from flows.models.registry import ModelRegistry
 from flows.outputs.run_folder import RunFolder, check_writable, run_lock, with_output_errors
+from flows.runtime.interrupts import cancellable
 
 REPORT = "evaluation.json"
 PIXEL_KEYS = ("precision", "recall", "f1", "iou", "kappa", "miou", "mf1", "overall_accuracy", "pixels",
@@ -241,6 +242,7 @@ def publish_evaluation(run: RunFolder, report: dict) -> Path:
 
 @flow(name="evaluate-model", validate_parameters=False, log_prints=True)
 @takes_parameters_of(EvaluateRequest)
+@cancellable("evaluate")
 def evaluate_model_flow(**params) -> dict:
     """Score a model on labeled data (a benchmark folder, or scenes + label polygons): pixel and object metrics."""
     request = parse_evaluate_request(**params)

@@ -50,6 +50,7 @@ from flows.monitoring.state import RegionBusy, RegionState, RegionStore, geometr
 from flows.outputs.run_folder import check_writable
 from flows.runtime.subflows import as_subflow
 from flows.runtime.user_errors import UserError, is_user_error
+from flows.runtime.interrupts import cancellable
 
 EPOCH = "1970-01-01"
 
@@ -160,6 +161,7 @@ def publish_summary(reports: list[RegionReport]) -> str:
 
 @flow(name="monitor-region", validate_parameters=False, log_prints=True)
 @takes_parameters_of(MonitorRequest)
+@cancellable("monitor")
 def monitor_region(**params) -> dict:
     """Process every new acquisition pair of the watched regions once; with no regions file, the demo's."""
     request = parse_monitor_request(**params)

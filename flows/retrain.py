@@ -48,6 +48,7 @@ from flows.models.resolve import ModelRecord, file_sha256, resolve_model
 from flows.models.registry import ModelRegistry, RegisteredModel
 from flows.params.retrain import RetrainRequest, parse_retrain_request
 from flows.outputs.run_folder import RunFolder, check_writable, run_lock, with_output_errors
+from flows.runtime.interrupts import cancellable
 
 REPORT = "retrain.json"
 PREPARED = "prepared.json"
@@ -279,6 +280,7 @@ def publish_retrain(run: RunFolder, report: dict) -> Path:
 
 @flow(name="retrain-model", validate_parameters=False, log_prints=True)
 @takes_parameters_of(RetrainRequest)
+@cancellable("retrain")
 def retrain_model(**params) -> dict:
     """Fine-tune ``base`` (default NAME@production) on new labels; register the candidate, promote it if better."""
     request = parse_retrain_request(**params)

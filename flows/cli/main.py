@@ -230,11 +230,12 @@ def _predict(args: argparse.Namespace) -> None:
     from dsqnet.inference.threshold import is_change
     from dsqnet.weights.model_file import load_model_file
 
-    from flows.outputs.imageio import read_pair, write_raster
+    from flows.outputs.imageio import read_pair, write_rasters
     from flows.models.resolve import locate_model
 
     if not 0.0 <= args.threshold <= 1.0:
         raise ValueError(f"--threshold must lie in [0, 1], got {args.threshold}")
+    check_map_paths(args.out, args.probabilities)  # before minutes of inference, not after
     before, after = read_pair(args.before, args.after)
     started = time.perf_counter()
     predictor = Predictor(load_model_file(locate_model(args.model, args.registry)[0]), device=args.device,
@@ -244,14 +245,28 @@ def _predict(args: argparse.Namespace) -> None:
     )
     changed = is_change(probability, args.threshold)
     scale = 255 if args.out.suffix.lower() == ".png" else 1
-    write_raster(args.out, changed.astype(np.uint8) * scale, like=before)
+    maps = [(args.out, changed.astype(np.uint8) * scale)]
     if args.probabilities:
-        write_raster(args.probabilities, probability.astype(np.float32), like=before)
+        maps.append((args.probabilities, probability.astype(np.float32)))
+    write_rasters(maps, like=before)  # both or neither
     height, width = changed.shape
     print(
         f"{args.out}: {changed.mean():.2%} of {width}x{height} px changed "
         f"({time.perf_counter() - started:.1f} s on {predictor.device}, {args.precision})"
     )
+
+
+def check_map_paths(out: Path, probabilities: Path | None) -> None:
+    """The maps ``predict`` writes: a format it can write, in a folder it can write to."""
+    from flows.outputs.run_folder import check_writable
+
+    for option, path, formats in (("out", out, (".tif", ".tiff", ".png")), ("probabilities", probabilities, (".tif", ".tiff"))):
+        if path is None:
+            continue
+        if path.suffix.lower() not in formats:
+            raise ValueError(f"--{option} {path}: write the {'map' if option == 'out' else 'probabilities'} as "
+                             f"{' or '.join(formats)} (the suffix picks the format)")
+        check_writable(path.absolute().parent, option=option)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -512,13 +527,25 @@ def _add_scenes(commands) -> None:
 def _scenes(args: argparse.Namespace) -> None:
     import json
 
-    from catalog import date_pair, open_source, parse_region, prepare_scenes
+    from catalog import date_pair, open_source, parse_region
+    from catalog.prepare import choose_pair, chosen_grid, prepare_chosen
+    from flows.outputs.run_folder import check_writable
+    from flows.runtime.disk_full import DiskFull
 
+    out = Path(args.out).absolute()
+    check_writable(out.parent)
     region = parse_region(args.region, regions_file=args.regions)
     before, after = date_pair(args.before, args.after, args.tolerance_days)
-    result = prepare_scenes(region, before, after, open_source(args.catalog), args.out, crs=args.crs,
-                            resolution=args.resolution, chunk=args.chunk, collections=args.collection)
+    first, second = choose_pair(region, before, after, open_source(args.catalog), args.collection)
+    height, width = chosen_grid(region, first, second, crs=args.crs, resolution=args.resolution).shape
+    need = height * width * SCENE_BYTES_PER_PIXEL
+    with DiskFull(out.parent, need, fix="free some space or choose another --out; nothing was left half-written").said():
+        result = prepare_chosen(region, before, after, first, second, out, crs=args.crs, resolution=args.resolution,
+                                chunk=args.chunk)
     print(json.dumps(result.summary(), indent=2))
+
+
+SCENE_BYTES_PER_PIXEL = 2 * 3 + 2  # scenes.zarr, uncompressed: two dates of RGB bytes and a valid mask each
 
 
 def _add_demo_data(commands) -> None:

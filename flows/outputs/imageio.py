@@ -7,6 +7,8 @@ into place, so an interrupted run never leaves a half-written file under the nam
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,8 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
 from flows.files.atomic import written_aside
+from flows.runtime.c_stderr import c_stderr_held
+from flows.runtime.disk_full import DiskFull
 from flows.runtime.user_errors import UserError
 
 
@@ -76,7 +80,34 @@ def read_pair(before: str | Path, after: str | Path) -> tuple[RasterImage, Raste
 
 def write_raster(path: str | Path, data: np.ndarray, like: RasterImage | None = None, nodata: float | None = None) -> Path:
     """Write a single-band array as GeoTIFF (``.tif``) or PNG, georeferenced like ``like`` if it is."""
-    path = Path(path)
+    write_rasters([(Path(path), data)], like=like, nodata=nodata)
+    return Path(path)
+
+
+def write_rasters(maps: Sequence[tuple[Path, np.ndarray]], like: RasterImage | None = None,
+                  nodata: float | None = None) -> None:
+    """Write several maps that appear together or not at all: each is written aside, and all take
+    their names once every one is written. A full disk is said as one, with the space they need."""
+    need = sum(data.nbytes for _, data in maps)  # uncompressed: an upper bound
+    profiles = [raster_profile(path, data, like, nodata) for path, data in maps]
+    path = maps[0][0]
+    try:
+        with ExitStack() as renames:
+            for (path, data), profile in zip(maps, profiles):
+                tmp = renames.enter_context(written_aside(path))
+                with c_stderr_held(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                    with rasterio.open(tmp, "w", **profile) as dst:
+                        dst.write(data[None])
+    except Exception as err:  # said once the partial files are gone: the space left is what the user has
+        disk = DiskFull(path.absolute().parent, need, fix=f"free some space or write {path.name} elsewhere")
+        if disk.confirm(err):
+            raise disk.error(err) from None
+        raise
+
+def raster_profile(path: Path, data: np.ndarray, like: RasterImage | None, nodata: float | None) -> dict[str, Any]:
+    """How ``data`` is written at ``path``: the format its suffix names, compressed and georeferenced
+    like ``like`` where GeoTIFF."""
     driver = "GTiff" if path.suffix.lower() in (".tif", ".tiff") else "PNG"
     if driver == "PNG" and data.dtype != np.uint8:
         raise ImageInputError(f"{path}: PNG holds 8-bit maps only; write probabilities to a .tif")
@@ -89,8 +120,4 @@ def write_raster(path: str | Path, data: np.ndarray, like: RasterImage | None = 
             profile.update(crs=like.crs, transform=like.transform)
         if nodata is not None:
             profile["nodata"] = nodata
-    with written_aside(path) as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(data[None])
-    return path
+    return profile

@@ -3,7 +3,8 @@
 Python and pyarrow raise ``OSError`` with ``ENOSPC`` (no space), ``EDQUOT`` (quota) or ``EFBIG``
 (a file size limit, e.g. ``ulimit -f``). numpy's ``np.save`` raises an ``OSError`` without an
 errno: "1048576 requested and 408544 written". GDAL (rasterio) says only "Write error" or "Write
-failed" (``gdal_write_failed``); whether the disk was full must then be judged from the space left.
+failed" (``gdal_write_failed``): libtiff's own words below it, where they were kept as a note of the
+error, say whether the disk was full, else it must be judged from the space left.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ def full_disk_cause(err: BaseException) -> str | None:
         short = _SHORT_WRITE.search(str(e)) if e.errno is None else None
         if short:
             return f"a write stopped after {size_text(int(short[2]))} of {size_text(int(short[1]))}"
+        said = next((code for code in FULL_ERRNOS for note in getattr(e, "__notes__", ()) if os.strerror(code) in note), None)
+        if said is not None:  # GDAL's error says "Write failed"; libtiff, below it, said why (flows/runtime/c_stderr.py)
+            return "File too large: a file size limit such as `ulimit -f`" if said == errno.EFBIG else os.strerror(said)
     return None
 
 

@@ -54,7 +54,7 @@ def quiet_local_cluster():
 
 def dask_task_runner(address: str | None = None, workers: int | None = None):
     """Prefect's Dask task runner for a run: an existing cluster, or a local one sized to this machine."""
-    from prefect_dask import DaskTaskRunner
+    from flows.workers.task_runner import RunTaskRunner as DaskTaskRunner
 
     address = address or os.environ.get(DASK_ADDRESS_ENV)
     if address:

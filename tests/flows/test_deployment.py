@@ -14,6 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 import rasterio
 
@@ -61,7 +62,30 @@ def prefect(env: dict, *args: str, timeout: float = 300) -> str:
     return done.stdout + done.stderr
 
 
-def test_deploy_run_and_work_the_detect_deployment(server, tmp_path):
+def api(env: dict, path: str, query: dict | None = None):
+    url = f"{env['PREFECT_API_URL']}/{path}"
+    request = urllib.request.Request(url, data=json.dumps(query).encode(), headers={"Content-Type": "application/json"}) \
+        if query is not None else url
+    return json.loads(urllib.request.urlopen(request, timeout=10).read())
+
+
+def wait_for(condition, what: str, worker: subprocess.Popen, logs: Path, timeout: float = 300):
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert worker.poll() is None, f"the worker ended before {what}:\n{logs.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"no {what} after {timeout:.0f} s:\n{logs.read_text()[-3000:]}"
+        time.sleep(0.2)
+    return value
+
+
+def final_state(env: dict, flow_run_id: str) -> str | None:
+    state = api(env, f"flow_runs/{flow_run_id}")["state"]["type"]
+    return state if state in ("COMPLETED", "CANCELLED", "FAILED", "CRASHED") else None
+
+
+def test_deploy_run_cancel_and_rerun_the_detect_deployment(server, tmp_path):
+    """The deployments as users run them; a run cancelled midway stops at once, says in one line of its
+    logs how far it got, and the next run of the same parameters resumes from there."""
     catalog, region = hole_catalog(tmp_path / "scenes")
     model = tiny_model_file(tmp_path / "tiny.safetensors")
     out = tmp_path / "runs"
@@ -72,14 +96,40 @@ def test_deploy_run_and_work_the_detect_deployment(server, tmp_path):
     assert "evaluate-model/evaluate-model" in deployed and "retrain-model/retrain-model" in deployed
     assert "monitor-region/monitor-demo-town" in deployed and "monitor-region/monitor-vienna-north" in deployed
     params = {"region": json.loads(region), "before": "2021-06-10", "after": "2023-06-12", "catalog": str(catalog),
-              "model": str(model), "out": str(out), "run_name": "spot", "block_size": 512, "workers": 1, **FAST}
-    started = prefect(server, "deployment", "run", "detect-changes/detect-changes", "--params", json.dumps(params))
-    flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", started).group(1)
-    worked = prefect(server, "worker", "start", "--pool", "local-process", "--type", "process", "--run-once",
-                     timeout=400)
+              "model": str(model), "out": str(out), "run_name": "spot", "block_size": 512, "workers": 1,
+              **FAST, "stride": 32}  # four blocks of seconds each: the cancel lands midway
+
+    def run_deployment() -> str:
+        started = prefect(server, "deployment", "run", "detect-changes/detect-changes", "--params", json.dumps(params))
+        return re.search(r"UUID: ([0-9a-f-]{36})", started).group(1)
+
+    sums = out / ".cache" / "spot" / "change_prob_window_sums"
+    logs = tmp_path / "worker.log"
+    with open(logs, "w") as log:
+        worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "local-process", "--type", "process"],
+                                  env={**server, "PREFECT_WORKER_QUERY_SECONDS": "1"}, cwd=REPO, stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        cancelled = run_deployment()
+        wait_for(lambda: sums.is_dir() and any(sums.glob("block-*.npy")), "block inferred", worker, logs)
+        prefect(server, "flow-run", "cancel", cancelled)
+        assert wait_for(lambda: final_state(server, cancelled), "final state", worker, logs, 90) == "CANCELLED"
+        assert not psutil.Process(worker.pid).children(recursive=True)  # the run's process, and its cluster's, are gone
+        done = len(list(sums.glob("block-*.npy")))
+        messages = [entry["message"] for entry in api(server, "logs/filter", {"logs": {"flow_run_id": {"any_": [cancelled]}}})]
+        plural = "s" if done != 1 else ""
+        assert ("detect-changes: stopped by SIGTERM; run it again with the same parameters to resume from "
+                f"{done} done block{plural}") in messages, messages
+        assert not (out / "spot").exists()
+
+        resumed = run_deployment()
+        assert wait_for(lambda: final_state(server, resumed), "final state", worker, logs) == "COMPLETED"
+    finally:
+        os.killpg(worker.pid, signal.SIGINT)
+        worker.wait(timeout=60)
     manifest = json.loads((out / "spot" / "run.json").read_text())
-    assert manifest["flow_run_id"] == flow_run_id, worked[-3000:]
+    assert manifest["flow_run_id"] == resumed
+    assert (manifest["blocks"]["reused"], manifest["blocks"]["computed"]) == (done, 4 - done)
     with rasterio.open(out / "spot" / "change.tif") as src:
         assert src.crs.to_epsg() == 32633 and src.overviews(1)
-    state = json.loads(urllib.request.urlopen(f"{server['PREFECT_API_URL']}/flow_runs/{flow_run_id}").read())
-    assert state["state"]["type"] == "COMPLETED"
+    assert "Traceback" not in logs.read_text(), logs.read_text()[-5000:]

@@ -137,3 +137,49 @@ def test_a_file_size_limit_is_said_like_a_full_disk_by_the_real_command(tmp_path
         done.stderr
     assert main(["models", "list", "--registry", str(registry), "--json"]) == 0
     assert not [p for p in registry.rglob("*") if p.is_file() and p.name != ".lock"]
+
+
+def write_pair(folder: Path, size: int = 300) -> tuple[Path, Path]:
+    """Two random RGB GeoTIFFs of ``size`` px at 0.5 m in UTM 33N."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(0)
+    paths = (folder / "before.tif", folder / "after.tif")
+    for path in paths:
+        with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8",
+                           crs="EPSG:32633", transform=from_origin(500_000, 5_400_000, 0.5, 0.5)) as dst:
+            dst.write(rng.integers(0, 256, (3, size, size), dtype=np.uint8))
+    return paths
+
+
+def test_predict_on_a_full_disk_says_so_in_one_line_and_writes_neither_map(small_disk, tmp_path, capfd):
+    """The change map fits, its probabilities do not: neither takes its name, the map from before stays,
+    and libtiff's own lines about the failed write stay off the terminal."""
+    before, after = write_pair(tmp_path)
+    model = tiny_model_file(tmp_path / "tiny.safetensors")
+    disk = small_disk("64k")
+    args = ["predict", "--model", str(model), "--before", str(before), "--after", str(after),
+            "--out", str(disk / "change.tif"), "--window", "128", "--stride", "64"]
+    assert main(args) == 0
+    earlier = digest(disk)
+    capfd.readouterr()
+    assert main([*args, "--threshold", "0.3", "--probabilities", str(disk / "prob.tif")]) == 1
+    out, err = capfd.readouterr()
+    assert out == ""
+    assert re.fullmatch(rf"dsqnet predict: error: the disk is full at {disk}: {SIZE} left, about {SIZE} needed "
+                        r"\(No space left on device\); free some space or write prob\.tif elsewhere\n", err), err
+    assert digest(disk) == earlier  # the earlier map as it was, no probabilities, no partial file
+
+
+def test_scenes_on_a_full_disk_says_so_in_one_line_and_leaves_no_store(small_disk, tmp_path, capfd):
+    catalog, region = hole_catalog(tmp_path / "scenes")
+    disk = small_disk("64k")
+    assert main(["scenes", "--region", region, "--before", "2021-06-10", "--after", "2023-06-12", "--catalog",
+                 str(catalog), "--out", str(disk / "scenes.zarr")]) == 1
+    out, err = capfd.readouterr()
+    assert out == ""
+    assert re.fullmatch(rf"dsqnet scenes: error: the disk is full at {disk}: {SIZE} left, about 2\.5 MB needed "
+                        r"\(No space left on device\); free some space or choose another --out; nothing was left "
+                        r"half-written\n", err), err
+    assert list(disk.iterdir()) == []

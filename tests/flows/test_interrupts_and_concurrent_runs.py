@@ -161,9 +161,24 @@ def test_sigterm_to_the_run_alone_stops_it_likewise(prefect_api, inputs, tmp_pat
                                        workers=1, own_api=False)
     assert rc == 143
     plural = "s" if done != 1 else ""
-    assert stderr.splitlines()[-1] == \
-        f"dsqnet detect: stopped by SIGTERM; rerun the same command to resume from {done} done block{plural}"
+    said = f"stopped by SIGTERM; rerun the same command to resume from {done} done block{plural}"
+    assert stderr.splitlines()[-1] == f"dsqnet detect: {said}"
     assert "Traceback" not in stdout + stderr, stderr[-3000:]
+    # its flow runs are Cancelled in the API with the same words, not left Running
+    assert flow_run_states(out) == {"detect-changes": ("CANCELLED", said), "infer-blocks": ("CANCELLED", said)}
+
+
+def flow_run_states(out: Path) -> dict[str, tuple[str, str]]:
+    """Flow name -> (state, message) of the flow runs in this session's Prefect API of the detect run
+    into ``out`` and of its subflow."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(limit=200)
+        parents = [run for run in runs if run.parameters.get("out") == str(out)]
+        ours = parents + [run for run in runs if run.parent_task_run_id and
+                          client.read_task_run(run.parent_task_run_id).flow_run_id in {p.id for p in parents}]
+        return {client.read_flow(run.flow_id).name: (run.state.type.value, run.state.message) for run in ours}
 
 
 def digest(folder: Path) -> dict[str, str]:

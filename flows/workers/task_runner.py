@@ -1,0 +1,46 @@
+"""Prefect's Dask task runner, with the run's process alone hearing the signals that stop a run.
+
+Ctrl-C in a terminal and a Prefect worker cancelling a deployment's run both signal the run's whole
+process group. A local cluster's worker processes would die of the signal at once, before the run's
+own handler acts: the scheduler and the nanny then log connection errors with tracebacks and start
+replacement workers, all onto the run's output. So the cluster is started with SIGINT and SIGTERM
+blocked in the starting thread: the threads it starts and the worker processes they spawn inherit
+that mask, and only the run's process handles the signal, by stopping its workers itself
+(flows/runtime/interrupts.py). A cluster closing normally stops its workers without signals.
+"""
+
+from __future__ import annotations
+
+import signal
+from contextlib import contextmanager
+from multiprocessing import resource_tracker
+from typing import Iterator
+
+from prefect_dask import DaskTaskRunner
+
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """SIGINT and SIGTERM blocked in this thread, and so in every thread and process started meanwhile.
+
+    Multiprocessing's resource tracker is started first: starting it unblocks both signals in the
+    thread that starts it (it blocks them around its spawn, then unblocks instead of restoring),
+    which would be the cluster's event-loop thread, the one that spawns the workers."""
+    resource_tracker.ensure_running()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class RunTaskRunner(DaskTaskRunner):
+    """A ``DaskTaskRunner`` whose local cluster starts with the stop signals blocked (see the module docstring)."""
+
+    @property
+    def client(self):
+        """The runner's Dask client; the first use starts the cluster (Prefect's runner starts it lazily)."""
+        with stop_signals_blocked():
+            return super().client
