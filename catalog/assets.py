@@ -20,7 +20,7 @@ import pystac
 from pyproj import CRS
 from pyproj.exceptions import CRSError
 
-from .errors import CatalogError
+from .errors import CatalogError, error_chain
 
 PROJ_FIELDS = ("proj:code", "proj:epsg", "proj:wkt2", "proj:projjson")
 _TRUNCATED = re.compile(r"got \d+ bytes, expected \d+|read error|truncat|unexpected end|short read", re.IGNORECASE)
@@ -73,7 +73,7 @@ def explain_load_failure(err: BaseException, items: Iterable[pystac.Item], bands
     libraries' own words when no asset can be blamed; ``None`` when the error did not come from
     reading the scenes (a bug, which keeps its traceback)."""
     assets = [(item, key, asset) for item in items for key, asset in used_assets(item, bands)]
-    texts = [str(e) for e in _chain(err)]
+    texts = [str(e) for e in error_chain(err)]
     deepest = next((t for t in reversed(texts) if t.strip()), type(err).__name__)
     nothing = f"Nothing was written to {out}."
     named = _named_in(texts, assets)
@@ -87,7 +87,7 @@ def explain_load_failure(err: BaseException, items: Iterable[pystac.Item], bands
         problem = _file_problem(asset)
         if problem:
             return CatalogError(f"asset {key!r} of Item {item.id!r} ({asset.href}) {problem}. {nothing}")
-    if not any(type(e).__module__.startswith(_LIBRARIES) for e in _chain(err)):
+    if not any(type(e).__module__.startswith(_LIBRARIES) for e in error_chain(err)):
         return None
     ids = ", ".join(sorted({item.id for item, _, _ in assets})) or "the chosen Items"
     return CatalogError(f"reading the scenes of {ids} failed ({type(err).__name__}: {_one_line(deepest)}); an asset "
@@ -145,14 +145,6 @@ def _named_in(texts: list[str], assets: list[tuple]) -> tuple | None:
         if names.count(name) == 1 and re.search(rf"(^|[\s/'\"]){re.escape(name)}", joined, re.MULTILINE):
             return entry
     return None
-
-
-def _chain(err: BaseException | None) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        yield err
-        err = err.__cause__ or err.__context__
 
 
 def _one_line(text: str) -> str:

@@ -12,6 +12,7 @@ import shapely
 from odc.geo.crs import CRS as OdcCRS
 from odc.geo.geobox import GeoBox
 from pyproj import CRS, Transformer
+from pyproj.exceptions import CRSError
 
 from .bands import asset_resolution
 from .errors import CatalogError
@@ -50,7 +51,7 @@ def target_grid(region: Region, items: list[pystac.Item], bands: list[tuple[str,
     finest native one of the bands the model reads (``bands[i]`` of ``items[i]``), never of other assets."""
     centroid = region.geometry.centroid
     crs = crs or utm_crs(centroid.x, centroid.y)
-    if not CRS.from_user_input(crs).is_projected:
+    if not known_crs(crs).is_projected:
         raise CatalogError(f"target CRS {crs} is not projected; use a metric CRS such as a UTM zone")
     if resolution is None:
         resolutions = [r for r in (native_resolution(i, b) for i, b in zip(items, bands)) if r]
@@ -61,3 +62,13 @@ def target_grid(region: Region, items: list[pystac.Item], bands: list[tuple[str,
     if resolution <= 0:
         raise CatalogError(f"resolution must be positive, got {resolution}")
     return GeoBox.from_bbox(to_crs(region, crs).bounds, crs=crs, resolution=resolution)
+
+
+def known_crs(crs: str) -> CRS:
+    """``crs`` as pyproj reads it, or a ``CatalogError`` that says what to give instead."""
+    try:
+        return CRS.from_user_input(crs)
+    except CRSError as err:
+        reason = str(err).rpartition("proj_create: ")[2].rstrip(")") or str(err)
+        raise CatalogError(f"target CRS {crs!r} is not a CRS pyproj knows ({reason}); give an EPSG code of a "
+                           "metric CRS such as EPSG:32633, or leave it out for the region's UTM zone") from None

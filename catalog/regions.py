@@ -133,7 +133,7 @@ def load_regions(path: str | Path) -> dict[str, Region]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise CatalogError(f"regions file {path} is not valid YAML: {err}") from None
+        raise CatalogError(f"regions file {path} is not valid YAML ({yaml_problem(err)})") from None
     if not isinstance(data, dict):
         raise CatalogError(f"regions file {path} must map region names to {{geometry: ..., watch_zones: ...}}")
     regions = {}
@@ -206,3 +206,10 @@ def _valid(geometry: BaseGeometry, source: str) -> BaseGeometry:
     if west < -180 or east > 180 or south < -90 or north > 90:
         raise CatalogError(f"{source} lies outside lon/lat bounds ({geometry.bounds}); regions are given in EPSG:4326 degrees")
     return geometry
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's error in one line: where, then what (its own text spans lines and quotes the source)."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    return where + (getattr(err, "problem", None) or str(err).splitlines()[0])

@@ -46,6 +46,28 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device named, checked to exist here: torch's own errors for a device it cannot use come from
+    deep inside its first use (``Found no NVIDIA driver...``) and do not say which setting to change."""
+    if device is None or device == "auto":
+        return default_device()
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {str(device)!r} is not one torch knows; use 'cpu', 'cuda' or 'cuda:N'") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {str(device)!r} asks for a CUDA GPU, but torch sees none on this machine; "
+                             "use device 'cpu' (or leave the device out to take a GPU where there is one)")
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(f"device {str(device)!r}: torch sees {count} CUDA GPU{'s' if count > 1 else ''} here "
+                             f"(cuda:0{f' to cuda:{count - 1}' if count > 1 else ''})")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {str(device)!r} asks for Apple's MPS, which this machine lacks; use device 'cpu'")
+    return resolved
+
+
 class Predictor:
     """Change probabilities for pairs of images.
 
@@ -70,7 +92,7 @@ class Predictor:
         normalization: dict[str, Any] | None = None,
         compile_mode: str | None = None,
     ) -> None:
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = resolve_device(device)
         if precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {precision!r}")
         if precision == "fp16" and self.device.type != "cuda":
@@ -97,6 +119,8 @@ class Predictor:
         every job runs (``dsqnet.inference``), or ``mode="paper"`` for the paper's test mode."""
         if before.ndim != 3 or after.ndim != 3:
             raise ValueError("predict_windows takes one image pair, not a batch")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1 window per forward pass, got {batch_size}")
         as_numpy = [x.cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x) for x in (before, after)]
         return predict_scene(self, *as_numpy, window=window, stride=stride, batch_size=batch_size, mode=mode)
 

@@ -150,5 +150,12 @@ def load_config(name_or_path: str | Path) -> TrainConfig:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise ValueError(f"config {name_or_path} is not valid YAML: {err}") from None
+        raise ValueError(f"config {name_or_path} is not valid YAML ({yaml_problem(err)})") from None
     return from_dict(data)
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's error in one line: where, then what (its own text spans lines and quotes the source)."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    return where + (getattr(err, "problem", None) or str(err).splitlines()[0])

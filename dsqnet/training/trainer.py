@@ -31,7 +31,7 @@ from ..data.dataset import label_encoding_for
 from ..evaluation import evaluate_model
 from ..losses import OHEMCrossEntropy
 from ..model import DSQNet, build_model
-from ..predictor import InputNormalizer, Predictor, default_device, warn_if_bf16_is_emulated
+from ..predictor import InputNormalizer, Predictor, resolve_device, warn_if_bf16_is_emulated
 from .config import TrainConfig
 from .schedule import lr_factor
 
@@ -56,7 +56,7 @@ class Trainer:
                  progress: bool = True) -> None:
         self.config = config
         self.work_dir = Path(config.runtime.work_dir)
-        self.device = default_device() if config.runtime.device == "auto" else torch.device(config.runtime.device)
+        self.device = resolve_device(config.runtime.device)
         self.precision = _resolve_precision(config.runtime.precision, self.device)
         self.on_step = on_step
         self.progress = progress

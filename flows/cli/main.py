@@ -30,6 +30,24 @@ Start here:
 """
 
 
+def _writable(folder: Path) -> None:
+    """Fail before the work if ``folder`` cannot hold what the command writes (set with --out)."""
+    from flows.outputs.run_folder import check_writable
+
+    check_writable(folder, flow_parameter=False)
+
+
+def positive_int(text: str) -> int:
+    """An option that counts pixels or steps: a whole number of at least 1, said so by argparse if not."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(attach_negative_values(sys.argv[1:] if argv is None else list(argv)))
@@ -214,9 +232,9 @@ def _add_predict(commands) -> None:
                    help="also write the change probability (float32 GeoTIFF)")
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                    help=f"probability from which a pixel counts as changed (default {DEFAULT_THRESHOLD})")
-    p.add_argument("--window", type=int, default=WINDOW, help=f"window side in pixels (default {WINDOW}, as the paper)")
-    p.add_argument("--stride", type=int, default=STRIDE, help=f"step between windows (default {STRIDE}, as the paper)")
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"windows per forward pass (default {BATCH_SIZE})")
+    p.add_argument("--window", type=positive_int, default=WINDOW, help=f"window side in pixels (default {WINDOW}, as the paper)")
+    p.add_argument("--stride", type=positive_int, default=STRIDE, help=f"step between windows (default {STRIDE}, as the paper)")
+    p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE, help=f"windows per forward pass (default {BATCH_SIZE})")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="fp32 (default), bf16 autocast (2-4x faster on CPUs with AVX512-BF16 or AMX, several times "
@@ -266,7 +284,7 @@ def check_map_paths(out: Path, probabilities: Path | None) -> None:
         if path.suffix.lower() not in formats:
             raise ValueError(f"--{option} {path}: write the {'map' if option == 'out' else 'probabilities'} as "
                              f"{' or '.join(formats)} (the suffix picks the format)")
-        check_writable(path.absolute().parent, option=option)
+        check_writable(path.absolute().parent, option=option, flow_parameter=False)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -282,9 +300,9 @@ def _add_train(commands) -> None:
                    help="local ImageNet weights of the model's backbone: Swin (Microsoft .pth or timm .safetensors) "
                         "or ViTAEv2 (the ViTAE-Transformer release, e.g. ViTAEv2-S.pth.tar)")
     p.add_argument("--init-from", help="start from this checkpoint instead (fine-tuning)")
-    p.add_argument("--max-iters", type=int, help="iterations to train (overrides schedule.max_iters)")
-    p.add_argument("--batch-size", type=int, help="crops per optimiser step (overrides schedule.batch_size)")
-    p.add_argument("--accumulate", type=int,
+    p.add_argument("--max-iters", type=positive_int, help="iterations to train (overrides schedule.max_iters)")
+    p.add_argument("--batch-size", type=positive_int, help="crops per optimiser step (overrides schedule.batch_size)")
+    p.add_argument("--accumulate", type=positive_int,
                    help="split each step into this many micro-batches, so batch 8 fits a small GPU")
     p.add_argument("--num-workers", type=int, help="data loader processes (overrides data.num_workers)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
@@ -326,9 +344,9 @@ def _add_evaluate(commands) -> None:
     p.add_argument("--split", default="test", help="split folder to score (default test; ignored if absent for generic)")
     p.add_argument("--predictions", help="folder of prediction images (0/255 or 0/1) to score instead of a model")
     p.add_argument("--labels", help="folder of label images matching --predictions by file name")
-    p.add_argument("--window", type=int, default=WINDOW, help=f"window side (default {WINDOW}, as the paper)")
-    p.add_argument("--stride", type=int, default=STRIDE, help=f"window stride (default {STRIDE}, as the paper)")
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"windows per forward pass (default {BATCH_SIZE})")
+    p.add_argument("--window", type=positive_int, default=WINDOW, help=f"window side (default {WINDOW}, as the paper)")
+    p.add_argument("--stride", type=positive_int, default=STRIDE, help=f"window stride (default {STRIDE}, as the paper)")
+    p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE, help=f"windows per forward pass (default {BATCH_SIZE})")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     p.add_argument("--mode", choices=("lattice", "paper"), default="lattice",
@@ -533,7 +551,7 @@ def _scenes(args: argparse.Namespace) -> None:
     from flows.runtime.disk_full import DiskFull
 
     out = Path(args.out).absolute()
-    check_writable(out.parent)
+    check_writable(out.parent, flow_parameter=False)
     region = parse_region(args.region, regions_file=args.regions)
     before, after = date_pair(args.before, args.after, args.tolerance_days)
     first, second = choose_pair(region, before, after, open_source(args.catalog), args.collection)
@@ -560,6 +578,7 @@ def _demo_data(args: argparse.Namespace) -> None:
     from catalog.demo import build_demo
 
     started = time.perf_counter()
+    _writable(Path(args.out))
     demo = build_demo(args.out, seed=args.seed)
     print(f"{demo.root}: catalog {demo.catalog}, regions {demo.regions} (region {demo.region_name!r}), "
           f"dates {', '.join(demo.dates)}, training set {demo.training} ({time.perf_counter() - started:.0f} s)")
@@ -574,7 +593,7 @@ def _add_init_model(commands) -> None:
     p.add_argument("--backbone-weights", type=Path,
                    help="local ImageNet backbone weights: Swin (Microsoft's .pth release or timm's .safetensors) "
                         "or ViTAEv2 (the ViTAE-Transformer release, e.g. ViTAEv2-S.pth.tar)")
-    p.add_argument("--head-width", type=int, help="head width D (128 or 64 for the paper's variants)")
+    p.add_argument("--head-width", type=positive_int, help="head width D (128 or 64 for the paper's variants)")
     p.add_argument("--seed", type=int, default=0, help="random seed for the initial weights (default 0)")
 
 
@@ -589,6 +608,7 @@ def _init_model(args: argparse.Namespace) -> None:
     model = build_model(args.architecture, pretrained_backbone=args.backbone_weights, **overrides)
     provenance = {"trained": False, "seed": args.seed,
                   "backbone_weights": str(args.backbone_weights) if args.backbone_weights else None}
+    _writable(args.out.absolute().parent)
     save(model, args.out, metadata={"training": provenance})
     count = sum(p.numel() for p in model.parameters())
     print(f"{args.out}: {args.architecture}, {count:,} parameters, untrained")
@@ -621,6 +641,7 @@ def _add_example_pair(commands) -> None:
 def _example_pair(args: argparse.Namespace) -> None:
     from catalog.example_pair import write_example_pair
 
+    _writable(Path(args.out))
     pair = write_example_pair(args.out, seed=args.seed)
     print(f"wrote {pair.before}, {pair.after} and the true change {pair.truth}")
 

@@ -55,16 +55,20 @@ def run_lock(out: Path, name: str) -> Iterator[None]:
         yield
 
 
-def check_writable(folder: Path, what: str = "", option: str = "out") -> None:
-    """Fail now, before hours of work, if ``folder`` cannot hold outputs (``what``, set with ``--option``)."""
+def check_writable(folder: Path, what: str = "", option: str = "out", flow_parameter: bool = True) -> None:
+    """Fail now, before hours of work, if ``folder`` cannot hold outputs (``what``, set with ``--option``,
+    which is also the ``flow_parameter`` of that name)."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-test-{uuid.uuid4().hex[:8]}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
-        raise OutputError(err.errno, f"cannot write {what + ' ' if what else ''}to {folder} ({err.strerror or err}); "
-                                     f"choose a writable folder with --{option} (parameter '{option}')") from None
+        parameter = f" (parameter '{option}')" if flow_parameter else ""
+        blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+        reason = f"{blocking} is a file, not a folder" if blocking else err.strerror or str(err)
+        raise OutputError(err.errno, f"cannot write {what + ' ' if what else ''}to {folder} ({reason}); "
+                                     f"choose a writable folder with --{option}{parameter}") from None
 
 
 def explain_os_error(err: OSError, where: Path) -> OutputError:

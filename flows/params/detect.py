@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from catalog.errors import CatalogError
 from dsqnet.inference.defaults import BATCH_SIZE, DEFAULT_THRESHOLD, STRIDE, WINDOW
 from flows.blocks.store import CHUNK
 from flows.runtime.user_errors import UserError
@@ -27,6 +28,17 @@ def _geojson_text(value: Any) -> Any:
 def _device(value: str) -> str:
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
         raise ValueError(f"{value!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    return value
+
+
+def _crs(value: str | None) -> str | None:
+    if value is not None:
+        from catalog.grid import known_crs
+
+        try:
+            known_crs(value)
+        except CatalogError as err:
+            raise ValueError(str(err).removeprefix("target CRS ")) from None
     return value
 
 
@@ -55,6 +67,7 @@ def _iso_date(value: Any) -> str | None:
 RegionText = Annotated[str | dict | None, BeforeValidator(_geojson_text)]  # a dict: GeoJSON given parsed
 IsoDate = Annotated[str | None, BeforeValidator(_iso_date)]
 DeviceText = Annotated[str, AfterValidator(_device)]
+CrsText = Annotated[str | None, AfterValidator(_crs)]
 CollectionList = Annotated[list[str] | None, BeforeValidator(_collection_list)]
 
 DEMO_BEFORE, DEMO_AFTER = "2021-06-14", "2023-06-21"
@@ -83,7 +96,7 @@ class DetectRequest(BaseModel):
     out: str = Field("runs", description="folder where the run folder is written")
     run_name: str | None = Field(None, description="name of the run folder; default region_before_after")
     tolerance_days: int = Field(15, ge=0, le=366, description="days either side of each date that still count as it")
-    crs: str | None = Field(None, description="target CRS, e.g. EPSG:32633; default the UTM zone of the region")
+    crs: CrsText = Field(None, description="target CRS, e.g. EPSG:32633; default the UTM zone of the region")
     resolution: float | None = Field(None, gt=0, description="target pixel size in CRS units; default the finest native")
     threshold: float = Field(DEFAULT_THRESHOLD, gt=0, lt=1, description="probability from which a pixel counts as changed")
     min_area_m2: float = Field(10.0, ge=0, description="smallest change polygon kept, square metres")

@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dsqnet.inference.defaults import BATCH_SIZE, STRIDE, WINDOW
-from flows.params.detect import DeviceText, IsoDate, RegionText, parse_parameters
+from flows.params.detect import CrsText, DeviceText, IsoDate, RegionText, parse_parameters
 
 SCENE_FIELDS = ("catalog", "region", "before", "after", "labels")
 
@@ -40,7 +40,7 @@ class EvaluateRequest(BaseModel):
     after: IsoDate = Field(None, description="scenes route: the later date, YYYY-MM-DD")
     labels: str | None = Field(None, description="scenes route: GeoParquet polygons of the true change (any CRS)")
     tolerance_days: int = Field(15, ge=0, le=366, description="scenes route: days either side of each date")
-    crs: str | None = Field(None, description="scenes route: target CRS; default the UTM zone of the region")
+    crs: CrsText = Field(None, description="scenes route: target CRS; default the UTM zone of the region")
     resolution: float | None = Field(None, gt=0, description="scenes route: target pixel size; default the finest")
     tile_size: int | None = Field(None, ge=32, description="scenes route: score tiles of this many pixels instead "
                                                            "of the region as one pair")

@@ -29,6 +29,7 @@ def check_inputs(request: BaseModel) -> None:
             _check_scenes(request)
         _check_model(request.model, request.registry)
         _check_file(request.truth, "truth", "GeoParquet polygons or a raster of the true change")
+        _check_dask_scheduler(request.dask_address)
     elif isinstance(request, (EvaluateRequest, RetrainRequest)):
         if request.route == "scenes":
             _check_scenes(request)
@@ -66,6 +67,30 @@ def _check_file(path: str | None, name: str, what: str) -> None:
 def _check_folder(path: str | None, name: str, what: str) -> None:
     if path is not None and not Path(path).expanduser().is_dir():
         raise ParameterError(f"{name}: {path} does not exist or is not a folder; give {what}")
+
+
+def _check_dask_scheduler(address: str | None, timeout_s: float = 5.0) -> None:
+    """A scheduler answers at ``address`` (or at ``DSQNET_DASK_ADDRESS``): Dask itself would try for
+    30 s and then report a timeout that names neither the parameter nor the fix."""
+    import os
+    import socket
+    from urllib.parse import urlsplit
+
+    from flows.workers.cluster import DASK_ADDRESS_ENV
+
+    name = "dask_address" if address else DASK_ADDRESS_ENV
+    address = address or os.environ.get(DASK_ADDRESS_ENV)
+    if not address:
+        return
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    if parts.scheme not in ("tcp", "tls") or not parts.hostname or parts.port is None:
+        return  # another transport (inproc, ucx, ws): Dask says what it thinks of it
+    try:
+        socket.create_connection((parts.hostname, parts.port), timeout=timeout_s).close()
+    except OSError as err:
+        reason = "nothing listens there" if isinstance(err, ConnectionRefusedError) else (err.strerror or str(err))
+        raise ParameterError(f"{name}: no Dask scheduler answers at {address} ({reason}); start the cluster "
+                             "(dask scheduler, then dask worker on each machine) or leave it out for a local one") from None
 
 
 def _check_out(out: str) -> None:

@@ -13,22 +13,14 @@ import errno
 import os
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
+
+from catalog.errors import error_chain  # noqa: F401 - part of this module's vocabulary (flows/runtime/disk_full.py)
 
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _SHORT_WRITE = re.compile(r"(\d+) requested and (\d+) written")  # numpy, errno None
 _GDAL_WRITE = re.compile(r"write (error|failed)|No space left on device|Disk quota exceeded|File too large",
                          re.IGNORECASE)
-
-
-def error_chain(err: BaseException | None) -> Iterator[BaseException]:
-    """``err``, then the exceptions it was raised from or during."""
-    seen: set[int] = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        yield err
-        err = err.__cause__ or err.__context__
 
 
 def is_disk_full(err: BaseException) -> bool:

@@ -20,6 +20,7 @@ import dask
 import torch
 
 from dsqnet import Predictor
+from dsqnet.predictor import resolve_device
 from dsqnet.weights.model_file import load_model_file
 
 DASK_ADDRESS_ENV = "DSQNET_DASK_ADDRESS"
@@ -140,7 +141,7 @@ def device_lock(device: str) -> threading.Lock:
 def worker_device(requested: str = "auto") -> torch.device:
     """The device for this worker: the requested one, else a GPU (one per local worker) or the CPU."""
     if requested != "auto":
-        return torch.device(requested)
+        return resolve_device(requested)
     if not torch.cuda.is_available():
         return torch.device("cpu")
     try:

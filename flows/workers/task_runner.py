@@ -18,6 +18,8 @@ from typing import Iterator
 
 from prefect_dask import DaskTaskRunner
 
+from flows.runtime.user_errors import UserError
+
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
@@ -41,6 +43,19 @@ class RunTaskRunner(DaskTaskRunner):
 
     @property
     def client(self):
-        """The runner's Dask client; the first use starts the cluster (Prefect's runner starts it lazily)."""
+        """The runner's Dask client; the first use starts the cluster (Prefect's runner starts it lazily)
+        or connects to the user's, which may fail in many ways, none of them telling which setting to fix."""
         with stop_signals_blocked():
-            return super().client
+            if not self.address:
+                return super().client
+            try:
+                return super().client
+            except Exception as err:  # noqa: BLE001 - a timeout, a refusal, or something else answering there
+                raise SchedulerUnreachable(
+                    f"dask_address: the Dask scheduler at {self.address} cannot be used ({type(err).__name__}: "
+                    f"{' '.join(str(err).split())[:200]}); check that a Dask scheduler of this version runs "
+                    "there, or leave dask_address out for a local cluster") from None
+
+
+class SchedulerUnreachable(UserError):
+    """The Dask cluster the run was told to use does not answer as one."""
