@@ -136,8 +136,8 @@ def test_an_output_folder_that_cannot_be_written_is_named(capfd, inputs, tmp_pat
     blocker.write_text("")
     code, _, err = ran(capfd, detect_args(inputs, blocker / "runs"))
     assert code == 1
-    assert one_error_line(err) == (f"cannot write to {blocker / 'runs'} (Not a directory); choose a writable folder "
-                                   "with --out (parameter 'out')")
+    assert one_error_line(err) == (f"cannot write to {blocker / 'runs'} ({blocker} is a file, not a folder); choose a "
+                                   "writable folder with --out (parameter 'out')")
 
 
 # --------------------------------------------------------------------------------------------------
