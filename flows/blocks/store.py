@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import zarr
+from zarr.codecs import BloscCodec
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -28,6 +29,11 @@ from flows.files.atomic import written_aside
 from flows.blocks.lattice import Block
 
 CHUNK = 512  # blocks are whole multiples of this, so no two blocks share a chunk
+# The probabilities are written once per block while the network runs and read back by the outputs
+# and by evaluation: a work store (the COGs are the archive). LZ4 after a byte shuffle takes less CPU
+# than zarr's default zstd to write and to read, and makes a smaller store of them
+# (bench/probability_codec.py; the figures in bench/HISTORY.md, stop 26).
+PROBABILITY_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 INPUTS = "inputs_hash"
 COMPLETE = "complete"
 
@@ -46,7 +52,8 @@ class ProbabilityStore:
         with written_aside(store.path) as tmp:
             _template(scenes, block_grid, key).to_zarr(
                 str(tmp), mode="w", compute=False, zarr_format=3, consolidated=False,
-                encoding={"probability": {"chunks": (CHUNK, CHUNK), "fill_value": np.nan},
+                encoding={"probability": {"chunks": (CHUNK, CHUNK), "fill_value": np.nan,
+                                          "compressors": (PROBABILITY_CODEC,)},
                           "done": {"chunks": (1, 1), "fill_value": 0}},
             )
             shutil.rmtree(store.sums_dir, ignore_errors=True)  # sums of other inputs: never mix them in
