@@ -77,9 +77,36 @@ def write_scenes(dataset: xr.Dataset, path: str | Path, key: str, chunk: int,
         _write_pixels_by_tiles(dataset, path, chunk, on_rows)
         zarr.open_group(str(path), mode="r+").attrs[COMPLETE] = True
     except BaseException:
-        shutil.rmtree(path, ignore_errors=True)
+        remove_store(path)
         raise
     return False
+
+
+def remove_store(path: Path) -> None:
+    """Remove a store whose writing failed, and keep it removed.
+
+    zarr writes the chunks of one assignment concurrently on its I/O loop; when one write fails
+    (a full disk), the assignment raises at once while the others are still under way, and each
+    that lands after the removal recreates its folders. So the loop is let finish what it has in
+    flight before the store is removed for good."""
+    shutil.rmtree(path, ignore_errors=True)
+    _finish_zarr_writes()
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _finish_zarr_writes() -> None:
+    import asyncio
+
+    from zarr.core.sync import loop, sync
+
+    if loop[0] is None or not loop[0].is_running():
+        return
+
+    async def others_done() -> None:
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        await asyncio.wait(others, timeout=10) if others else None
+
+    sync(others_done())
 
 
 def _write_pixels_by_tiles(dataset: xr.Dataset, path: Path, chunk: int,
