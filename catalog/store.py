@@ -104,7 +104,8 @@ def _finish_zarr_writes() -> None:
 
     async def others_done() -> None:
         others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        await asyncio.wait(others, timeout=10) if others else None
+        if others:
+            await asyncio.wait(others, timeout=10)
 
     sync(others_done())
 

@@ -30,11 +30,11 @@ Start here:
 """
 
 
-def _writable(folder: Path) -> None:
-    """Fail before the work if ``folder`` cannot hold what the command writes (set with --out)."""
+def _writable(folder: Path, option: str = "out") -> None:
+    """Fail before the work if ``folder`` cannot hold what the command writes (set with ``--option``)."""
     from flows.outputs.run_folder import check_writable
 
-    check_writable(folder, flow_parameter=False)
+    check_writable(folder, option=option, flow_parameter=False)
 
 
 def positive_int(text: str) -> int:
@@ -276,15 +276,13 @@ def _predict(args: argparse.Namespace) -> None:
 
 def check_map_paths(out: Path, probabilities: Path | None) -> None:
     """The maps ``predict`` writes: a format it can write, in a folder it can write to."""
-    from flows.outputs.run_folder import check_writable
-
     for option, path, formats in (("out", out, (".tif", ".tiff", ".png")), ("probabilities", probabilities, (".tif", ".tiff"))):
         if path is None:
             continue
         if path.suffix.lower() not in formats:
             raise ValueError(f"--{option} {path}: write the {'map' if option == 'out' else 'probabilities'} as "
                              f"{' or '.join(formats)} (the suffix picks the format)")
-        check_writable(path.absolute().parent, option=option, flow_parameter=False)
+        _writable(path.absolute().parent, option)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -547,11 +545,10 @@ def _scenes(args: argparse.Namespace) -> None:
 
     from catalog import date_pair, open_source, parse_region
     from catalog.prepare import choose_pair, chosen_grid, prepare_chosen
-    from flows.outputs.run_folder import check_writable
     from flows.runtime.disk_full import DiskFull
 
     out = Path(args.out).absolute()
-    check_writable(out.parent, flow_parameter=False)
+    _writable(out.parent)
     region = parse_region(args.region, regions_file=args.regions)
     before, after = date_pair(args.before, args.after, args.tolerance_days)
     first, second = choose_pair(region, before, after, open_source(args.catalog), args.collection)

@@ -90,7 +90,7 @@ def write_rasters(maps: Sequence[tuple[Path, np.ndarray]], like: RasterImage | N
     their names once every one is written. A full disk is said as one, with the space they need."""
     need = sum(data.nbytes for _, data in maps)  # uncompressed: an upper bound
     profiles = [raster_profile(path, data, like, nodata) for path, data in maps]
-    path = maps[0][0]
+    path = maps[0][0]  # the map being written, which the error names
     try:
         with ExitStack() as renames:
             for (path, data), profile in zip(maps, profiles):
@@ -104,6 +104,7 @@ def write_rasters(maps: Sequence[tuple[Path, np.ndarray]], like: RasterImage | N
         if disk.confirm(err):
             raise disk.error(err) from None
         raise
+
 
 def raster_profile(path: Path, data: np.ndarray, like: RasterImage | None, nodata: float | None) -> dict[str, Any]:
     """How ``data`` is written at ``path``: the format its suffix names, compressed and georeferenced

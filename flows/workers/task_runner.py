@@ -44,7 +44,10 @@ class RunTaskRunner(DaskTaskRunner):
     @property
     def client(self):
         """The runner's Dask client; the first use starts the cluster (Prefect's runner starts it lazily)
-        or connects to the user's, which may fail in many ways, none of them telling which setting to fix."""
+        or connects to the user's, which may fail in many ways, none of them telling which setting to fix.
+        Every task's submit asks for it: once made, it is returned as it is."""
+        if self._client is not None:
+            return self._client
         with stop_signals_blocked():
             if not self.address:
                 return super().client
