@@ -22,6 +22,7 @@ import dask
 import rioxarray  # noqa: F401  (registers the .rio accessor that reads the stored CRS and transform)
 import xarray as xr
 import zarr
+from zarr.codecs import BloscCodec
 
 COMPLETE = "complete"
 INPUTS = "inputs_hash"
@@ -31,6 +32,12 @@ INPUTS = "inputs_hash"
 # probability store's chunks and the COGs' tiles) 1.4 times. Loading still computes 2048² tiles:
 # dask's overhead grows with the number of its tasks, not of the chunks each task writes.
 STORE_CHUNK = 512
+# Lossless compression gains little on imagery: zarr's default zstd made LEVIR-CD's aerial crops 1.13
+# times smaller, at 6.6 s per GB to write and 1.0 to read, and this store is written once and read
+# about 1.5 times (each block with its margin, then the preview). LZ4, with a byte shuffle for bands
+# of more than a byte, takes 0.4-1.3 s per GB to write and 0.1-0.3 to read, and still packs the
+# grid's unobserved parts and the valid masks (figures: bench/HISTORY.md, stop 27).
+SCENES_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 
 
 def inputs_hash(inputs: dict[str, Any]) -> str:
@@ -65,8 +72,8 @@ def write_scenes(dataset: xr.Dataset, path: str | Path, key: str, chunk: int,
     dataset = dataset.assign_attrs({INPUTS: key, COMPLETE: False})
     stored = STORE_CHUNK if chunk % STORE_CHUNK == 0 else chunk
     encoding = {
-        "image": {"chunks": (1, dataset.sizes["band"], stored, stored)},
-        "valid": {"chunks": (1, stored, stored)},
+        "image": {"chunks": (1, dataset.sizes["band"], stored, stored), "compressors": (SCENES_CODEC,)},
+        "valid": {"chunks": (1, stored, stored), "compressors": (SCENES_CODEC,)},
     }
     try:
         dataset = dataset.chunk({"time": 1, "band": -1, "y": chunk, "x": chunk})

@@ -322,7 +322,7 @@ class ViTAEStage(nn.Module):
 
 
 class ViTAEBackbone(nn.Module):
-    """Image (B, C, H, W) -> four raw NCHW stage outputs at strides 4, 8, 16, 32 (for ViTAEv2-S).
+    """Image (B, C, H, W) -> four raw NCHW stage outputs (channels-last in memory) at strides 4, 8, 16, 32 (for ViTAEv2-S).
 
     Each map is ceil(H / stride) x ceil(W / stride). The output norms ``norm0..norm3`` exist, as
     in the reference, and are never applied.
@@ -341,7 +341,9 @@ class ViTAEBackbone(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         outs = []
         for stage in self.layers:
-            x = stage(x).permute(0, 3, 1, 2).contiguous()
+            # NCHW views of the (B, H, W, C) tokens, i.e. channels-last: the next stage's
+            # convolutions and the head take that layout as it is, with no copy
+            x = stage(x).permute(0, 3, 1, 2)
             outs.append(x)
         return outs
 

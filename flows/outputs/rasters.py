@@ -51,8 +51,12 @@ def mean_of_observed(level: np.ndarray) -> np.ndarray:
         # the four corners of each 2 x 2 added in float64 in the order numpy's ``sum(axis=(1, 3))``
         # adds them, (top left + top right) + (bottom left + bottom right), so the means are its to
         # the bit, in a third of its time (a 2048² level: 75 ms -> 26 ms; it casts through buffers)
-        seen = [~np.isnan(corner) for corner in _corners(quads)]
-        values = [np.where(s, corner, 0).astype(np.float64) for s, corner in zip(seen, _corners(quads))]
+        corners = _corners(quads)
+        if not np.isnan(quads).any():  # all observed, as most blocks are: the same sums, no masks to make
+            sums = (corners[0].astype(np.float64) + corners[1]) + (corners[2].astype(np.float64) + corners[3])
+            return (sums / 4).astype(np.float32)
+        seen = [~np.isnan(corner) for corner in corners]
+        values = [np.where(s, corner, 0).astype(np.float64) for s, corner in zip(seen, corners)]
         sums = (values[0] + values[1]) + (values[2] + values[3])
         counts = (seen[0].astype(np.int8) + seen[1]) + (seen[2].astype(np.int8) + seen[3])
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -1,4 +1,5 @@
-"""Prefect's Dask task runner, with the run's process alone hearing the signals that stop a run.
+"""Prefect's Dask task runner, with the run's process alone hearing the signals that stop a run,
+and tasks submitted under a key of their own.
 
 Ctrl-C in a terminal and a Prefect worker cancelling a deployment's run both signal the run's whole
 process group. A local cluster's worker processes would die of the signal at once, before the run's
@@ -14,9 +15,11 @@ from __future__ import annotations
 import signal
 from contextlib import contextmanager
 from multiprocessing import resource_tracker
-from typing import Iterator
+from typing import Any, Iterable, Iterator
+from uuid import uuid4
 
 from prefect_dask import DaskTaskRunner
+from prefect_dask.task_runners import PrefectDaskFuture
 
 from flows.runtime.user_errors import UserError
 
@@ -39,7 +42,24 @@ def stop_signals_blocked() -> Iterator[None]:
 
 
 class RunTaskRunner(DaskTaskRunner):
-    """A ``DaskTaskRunner`` whose local cluster starts with the stop signals blocked (see the module docstring)."""
+    """A ``DaskTaskRunner`` whose local cluster starts with the stop signals blocked (see the module
+    docstring), and whose tasks go to Dask under a key made here."""
+
+    def submit(self, task, parameters: dict[str, Any], wait_for: Iterable | None = None,
+               dependencies: dict | None = None) -> PrefectDaskFuture:
+        """Prefect's submit, with the task's Dask key given: without one, Dask derives it by hashing
+        the call, a new closure each time with a fresh task run id among its arguments, so every key
+        is unique anyway. Hashing pickles that closure, which walks every loaded module (torch's
+        thousands), and the task's parameters: 19 ms of the flow's CPU for each block's task
+        (bench/HISTORY.md, stop 27)."""
+        if not self._started:
+            raise RuntimeError("The task runner must be started before submitting work.")
+        future = self.client.submit(
+            task, key=f"{task.name}-{uuid4().hex}", parameters=self._optimize_futures(parameters),
+            wait_for=self._optimize_futures(wait_for) if wait_for else None, dependencies=dependencies,
+            return_type="state",
+        )
+        return PrefectDaskFuture(wrapped_future=future, task_run_id=future.task_run_id)
 
     @property
     def client(self):

@@ -92,6 +92,19 @@ def test_overviews_average_observed_pixels_and_keep_changes_in_sight():
     assert majority_of_observed(classes).tolist() == [[1, 0, 255]]  # a tie is a change; none seen: not observed
 
 
+def test_overview_means_of_fully_observed_pixels_are_numpys_float64_sums_to_the_bit():
+    """Most blocks are observed everywhere and take a shorter way to their overviews than blocks
+    with holes; both give numpy's own float64 sums of each 2 x 2, halved twice."""
+    rng = np.random.default_rng(7)
+    for shape, scale in [((64, 96), 1.0), ((10, 14), 1e-38), ((8, 6), 3e38), ((9, 7), 1.0)]:
+        prob = (rng.random(shape, dtype=np.float32) * np.float32(scale)).astype(np.float32)
+        padded = np.pad(prob, ((0, shape[0] % 2), (0, shape[1] % 2)), constant_values=np.nan)
+        quads = padded.reshape(padded.shape[0] // 2, 2, padded.shape[1] // 2, 2)
+        expected = (np.nansum(quads, axis=(1, 3), dtype=np.float64)
+                    / (~np.isnan(quads)).sum(axis=(1, 3))).astype(np.float32)
+        assert np.array_equal(mean_of_observed(prob).view(np.uint32), expected.view(np.uint32)), (shape, scale)
+
+
 def test_levels_lie_inside_blocks_only_where_blocks_span_whole_tiles_of_them():
     levels = Levels((8192, 8192), 2048)
     assert levels.factors == [2, 4, 8, 16]

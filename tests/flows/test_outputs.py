@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +151,16 @@ def test_a_hole_that_closes_across_a_seam_keeps_the_island_inside_it_a_change_of
     assert polygons.geometry.iloc[0].equals(ring) and polygons.prob_mean.iloc[0] == pytest.approx(0.9)
     assert polygons.geometry.iloc[1].equals(pixel_box(transform, slice(115, 125), slice(508, 516)))
     assert polygons.prob_mean.iloc[1] == pytest.approx(0.8)
+
+
+def test_a_block_output_child_starts_without_the_loading_libraries():
+    """Every run starts one or more of these children; odc-stac, xarray and dask, which loading
+    needs and they do not, took a second of CPU to import at each start."""
+    code = ("import sys, flows.outputs.per_block; "
+            "print(sorted(m for m in ('odc.stac', 'xarray', 'dask', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.strip() == "[]"
 
 
 def test_child_processes_write_the_same_block_outputs_and_say_what_failed(known, tmp_path):
