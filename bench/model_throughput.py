@@ -5,7 +5,9 @@ For each model (Swin-T and ViTAEv2-S by default), device (CPU, and CUDA when pre
 ``Predictor`` compiles it, ``dsqnet.compiled``): pairs/s and megapixels/s on 512 x 512 pairs,
 forward FLOPs (torch.utils.flop_counter, 2 per multiply-add; matmuls and convolutions only), the
 same run's matmul peak and the fraction achieved, and the head's share: the whole network's time
-over the time of its backbone pass alone, minus one. All paths of one model and precision are
+over the time of its backbone pass alone, minus one; and ``head alone``, the head's own time on
+features made beforehand over the backbone's (a difference of two larger times moves by several
+points between runs; this does not). All paths of one model and precision are
 timed in turns, so that the machine's drift affects them alike and their ratios hold.
 
 Operations per forward, the CPU proxy for GPU speed (issue #22): ``ops`` is the eager forward's
@@ -116,7 +118,9 @@ def measure(model_name: str, device: torch.device, precisions: list[str], paths:
         eager_logits = whole().float()
         row_base = {"model": model_name, "device": str(device), "precision": precision, "size": size, "batch": batch,
                     "gflop_per_pair": flops / batch / 1e9}
-        candidates = {"eager": {"whole": whole, "backbone": backbone, "ops": sum(top_level_ops(whole).values()),
+        candidates = {"eager": {"whole": whole, "backbone": backbone,
+                                "head": head_alone(model.logits_of_features, backbone, size, device, precision),
+                                "ops": sum(top_level_ops(whole).values()),
                                 "vs_fp32": float((eager_logits - reference).abs().max())}}
         if device.type == "cuda":
             candidates["eager"]["launches"] = gpu_launches(whole)
@@ -127,7 +131,7 @@ def measure(model_name: str, device: torch.device, precisions: list[str], paths:
             candidates["compiled"]["vs_fp32"] = float((compiled_logits - reference).abs().max())
         fns, owners = [], []
         for path in paths:
-            for part in ("whole", "backbone"):
+            for part in ("whole", "backbone", "head"):
                 if candidates[path].get(part) is not None:
                     fns.append(candidates[path][part])
                     owners.append((path, part))
@@ -137,12 +141,16 @@ def measure(model_name: str, device: torch.device, precisions: list[str], paths:
             c = candidates[path]
             seconds, cpu_ratio, cpu_seconds = times[(path, "whole")]
             backbone_seconds, _, backbone_cpu = times.get((path, "backbone"), (None, None, None))
+            head_seconds = times.get((path, "head"), (None,))[0]
             rows.append({**row_base, "path": path, "compile_mode": mode if path == "compiled" else None,
                          "seconds_per_batch": seconds, "pairs_per_s": batch / seconds,
                          "megapixels_per_s": batch * size * size / seconds / 1e6,
                          "achieved_tflops": flops / seconds / 1e12, "matmul_peak_tflops": peak / 1e12,
                          "fraction_of_peak": flops / seconds / peak, "backbone_seconds": backbone_seconds,
                          "head_share": None if backbone_seconds is None else seconds / backbone_seconds - 1,
+                         "head_seconds": head_seconds,
+                         "head_alone_share": None if None in (head_seconds, backbone_seconds)
+                         else head_seconds / backbone_seconds,
                          "cpu_seconds_per_batch": cpu_seconds, "backbone_cpu_seconds": backbone_cpu,
                          "head_share_of_cpu_time": None if backbone_cpu is None else cpu_seconds / backbone_cpu - 1,
                          "ops_per_forward": c.get("ops"), "kernels_per_forward": c.get("kernels"),
@@ -153,6 +161,14 @@ def measure(model_name: str, device: torch.device, precisions: list[str], paths:
                          "bf16_emulated": precision == "bf16" and device.type == "cpu" and cpu_has_native_bf16() is False})
     del reference
     return rows
+
+
+def head_alone(head: Callable, backbone: Callable, size: int, device: torch.device,
+               precision: str) -> Callable[[], torch.Tensor]:
+    """The head on features the backbone made once, in the same precision. They are copied out, so
+    that a backbone run in between (CUDA graphs reuse their output buffers) leaves them alone."""
+    features = [f.clone() for f in backbone()]
+    return in_precision(lambda: head(features, (size, size)), device, precision)
 
 
 def compiled_path(model, img_a, img_b, device, precision, mode) -> dict:
@@ -167,6 +183,7 @@ def compiled_path(model, img_a, img_b, device, precision, mode) -> dict:
     result = {"whole": whole, "logits": whole().float(), "generated": generated, "extern": extern,
               "kernels": generated + extern, "compile_seconds": compile_seconds,
               "backbone": in_precision(lambda: forward.features(img_a, img_b), device, precision)}
+    result["head"] = head_alone(forward.head, result["backbone"], img_a.shape[-1], device, precision)
     if device.type == "cuda":
         result["launches"] = gpu_launches(whole)
     return result
@@ -181,6 +198,9 @@ def print_row(r: dict) -> None:
         head += " ok" if r["head_share"] <= HEAD_GOAL[device] else " HIGH"
     if device == "cpu" and r["head_share_of_cpu_time"] is not None:
         head += f" {r['head_share_of_cpu_time']:.1%}"
+    alone = "-" if r["head_alone_share"] is None else f"{r['head_alone_share']:.1%}"
+    if r["head_alone_share"] is not None and r["precision"] != "fp32":
+        alone += " ok" if r["head_alone_share"] <= HEAD_GOAL[device] else " HIGH"
     count = r["ops_per_forward"] if r["path"] == "eager" else r["kernels_per_forward"]
     when_set = OPS_WHEN_SET.get(r["model"]) if r["size"] == 512 and r["batch"] == 1 else None
     count_text = f"{count}" + ("" if when_set is None else (" ok" if count <= when_set / 3 else " HIGH"))
@@ -191,7 +211,7 @@ def print_row(r: dict) -> None:
     prec = r["precision"] + ("*" if r["bf16_emulated"] else "")
     print(f"{r['model']:16} {device:5} {prec:5} {r['path']:8} {r['seconds_per_batch']:7.3f} "
           f"{(r['backbone_seconds'] or float('nan')):8.3f} {r['pairs_per_s']:8.2f} {r['megapixels_per_s']:6.2f} "
-          f"{r['achieved_tflops']:7.3f} {r['fraction_of_peak']:6.1%}{peak_mark:4} {head:18} {count_text:>9} "
+          f"{r['achieved_tflops']:7.3f} {r['fraction_of_peak']:6.1%}{peak_mark:4} {head:18} {alone:11} {count_text:>9} "
           f"{launches:>8} {diff:>8} {vs_fp32:>8} {cpu:>8}", flush=True)
 
 
@@ -227,7 +247,7 @@ def main() -> None:
     if "cpu" in args.devices and "bf16" in args.precisions and cpu_has_native_bf16() is False:
         print("# bf16* : this CPU emulates bf16 (no AVX512-BF16, no AMX): those rows are not the network's speed")
     print(f"{'model':16} {'dev':5} {'prec':5} {'path':8} {'s/batch':>7} {'backbone':>8} {'pairs/s':>8} {'Mpx/s':>6} "
-          f"{'TFLOP/s':>7} {'of peak':>10} {'head (cpu)':18} {'ops/kern':>9} {'launches':>8} {'max|d|':>8} {'vs fp32':>8} {'cpu/wall':>8}")
+          f"{'TFLOP/s':>7} {'of peak':>10} {'head (cpu)':18} {'head alone':11} {'ops/kern':>9} {'launches':>8} {'max|d|':>8} {'vs fp32':>8} {'cpu/wall':>8}")
     results = []
     for device_name in args.devices:
         device = torch.device(device_name)
