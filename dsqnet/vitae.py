@@ -322,7 +322,8 @@ class ViTAEStage(nn.Module):
 
 
 class ViTAEBackbone(nn.Module):
-    """Image (B, C, H, W) -> four raw NCHW stage outputs (channels-last in memory) at strides 4, 8, 16, 32 (for ViTAEv2-S).
+    """Image (B, C, H, W) -> four raw NCHW stage outputs at strides 4, 8, 16, 32 (for ViTAEv2-S),
+    channels-last in memory.
 
     Each map is ceil(H / stride) x ceil(W / stride). The output norms ``norm0..norm3`` exist, as
     in the reference, and are never applied.
