@@ -18,7 +18,7 @@ _WHERE = {
 __all__ = sorted(_WHERE)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     if name not in _WHERE:
         raise AttributeError(f"module 'catalog' has no attribute {name!r}")
     value = getattr(import_module(f".{_WHERE[name]}", __name__), name)

@@ -94,7 +94,7 @@ def test_overviews_average_observed_pixels_and_keep_changes_in_sight():
 
 def test_overview_means_of_fully_observed_pixels_are_numpys_float64_sums_to_the_bit():
     """Most blocks are observed everywhere and take a shorter way to their overviews than blocks
-    with holes; both give numpy's own float64 sums of each 2 x 2, halved twice."""
+    with holes; both give numpy's own float64 sum of each 2 x 2 over its count of observed pixels."""
     rng = np.random.default_rng(7)
     for shape, scale in [((64, 96), 1.0), ((10, 14), 1e-38), ((8, 6), 3e38), ((9, 7), 1.0)]:
         prob = (rng.random(shape, dtype=np.float32) * np.float32(scale)).astype(np.float32)
