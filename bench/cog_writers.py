@@ -35,7 +35,7 @@ from flows.blocks.store import ProbabilityStore
 from flows.outputs.assemble import write_change_rasters
 from flows.outputs.classes import change_classes
 from flows.outputs.per_block import BlockOutputs
-from flows.outputs.rasters import PALETTE, PROBABILITY
+from flows.outputs.rasters import PALETTE
 
 
 def gdal_cogs(probability: np.ndarray, transform, folder: Path) -> float:

@@ -21,18 +21,20 @@ followed by its last four bytes, as the ghost header at the start of the file sa
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import rasterio
 from affine import Affine
 from rasterio.io import MemoryFile
 
 from flows.blocks.store import CHUNK
-from flows.outputs.tiff_layout import CLASSIC_LIMIT, Directory, DirectoryWriter, Image, read_first_directory
+from flows.outputs.tile_encoding import encode_tiles
+from flows.outputs.tiff_layout import (CLASSIC_LIMIT, Directory, DirectoryWriter, Image, read_first_directory,
+                                       read_first_directory_of, tiled_file)
 from flows.blocks.lattice import Block
 
 TILE = CHUNK  # the COGs' tiles are the store's chunks, so a block holds whole tiles
@@ -73,15 +75,16 @@ class Layer:
     nodata: float
     halve: Callable[[np.ndarray], np.ndarray]
     predictor: int = 1
-    deflate_level: int = 6
     colormap: dict[int, tuple[int, int, int, int]] | None = None
     band_tags: dict[str, str] = field(default_factory=dict)
 
     def profile(self, height: int, width: int, crs: str, transform: Affine) -> dict:
+        """GDAL's options for a file of this layer's tags, whose tiles are left for this module to
+        encode: classic TIFF, which ``tiled_file`` turns into BigTIFF when the tiles need it."""
         return {"driver": "GTiff", "height": height, "width": width, "count": 1, "dtype": self.dtype,
                 "nodata": self.nodata, "crs": crs, "transform": transform, "tiled": True, "blockxsize": TILE,
-                "blockysize": TILE, "compress": "deflate", "zlevel": self.deflate_level, "predictor": self.predictor,
-                "bigtiff": "IF_SAFER"}
+                "blockysize": TILE, "compress": "deflate", "predictor": self.predictor, "bigtiff": "NO",
+                "sparse_ok": True}
 
 
 def level_path(block_file: Path, factor: int, suffix: str = ".tif") -> Path:
@@ -128,18 +131,25 @@ def assemble_cog(target: Path, levels: Levels, layer: Layer, block_files: list[t
 
 def _write_tiles(path: Path, pixels: np.ndarray, layer: Layer, crs: str, transform: Affine,
                  full_resolution: bool = False) -> None:
-    """Encode in memory, then write the file's bytes: on a full disk Python raises ``ENOSPC`` naming the
-    file, where GDAL says only "Write failed" and libtiff prints its reason straight to stderr."""
-    with MemoryFile(ext=path.suffix) as memory:
-        with memory.open(**layer.profile(*pixels.shape, crs, transform)) as tif:
-            tif.write(pixels.astype(layer.dtype, copy=False), 1)
+    """GDAL writes the file's tags, this process encodes its tiles (``flows/outputs/tile_encoding.py``)
+    and Python writes its bytes: on a full disk Python raises ``ENOSPC`` naming the file, where GDAL
+    says only "Write failed" and libtiff prints its reason straight to stderr."""
+    template = _tags(pixels.shape, layer, crs, transform, full_resolution)
+    tiles = encode_tiles(pixels.astype(layer.dtype, copy=False), TILE, layer.predictor, layer.nodata,
+                         template.byte_order)
+    with open(path, "wb") as f:
+        f.writelines(tiled_file(template, tiles))
+
+
+def _tags(shape: tuple[int, int], layer: Layer, crs: str, transform: Affine, full_resolution: bool) -> Directory:
+    """The directory GDAL writes for an image of ``shape`` with no tiles yet (a sparse file: about 1 ms)."""
+    with MemoryFile(ext=".tif") as memory:
+        with memory.open(**layer.profile(*shape, crs, transform)) as tif:
             if full_resolution and layer.colormap:
                 tif.write_colormap(1, layer.colormap)
             if full_resolution and layer.band_tags:
                 tif.update_tags(1, **layer.band_tags)
-        encoded = memory.read()
-    with open(path, "wb") as f:
-        f.write(encoded)
+        return read_first_directory_of(io.BytesIO(memory.read()), "a GeoTIFF's tags from GDAL")
 
 
 def _mosaic(levels: Levels, factor: int, block_files: list[tuple[Block, Path]]) -> np.ndarray:

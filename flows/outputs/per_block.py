@@ -51,7 +51,8 @@ from flows.blocks.lattice import Block
 from flows.outputs.polygons import BLOCKS_AT_ONCE, BlockPieces, Piece, block_pieces
 
 OUTPUT_CODE = tuple(Path(__file__).with_name(name) for name in (
-    "per_block.py", "classes.py", "rasters.py", "cog.py", "tiff_layout.py", "polygons.py", "preview.py"))
+    "per_block.py", "classes.py", "rasters.py", "cog.py", "tiff_layout.py", "tile_encoding.py", "polygons.py",
+    "preview.py"))
 KINDS = ("prob", "change", "pieces", "preview")  # a folder of files each, one file (or more) per block
 PIECE_COLUMNS = ("pixels", "prob_sum", "prob_max", "outline_pixels", "outline_observed")
 

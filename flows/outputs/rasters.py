@@ -96,9 +96,9 @@ def _quads(level: np.ndarray, fill) -> np.ndarray:
     return level.reshape(level.shape[0] // 2, 2, level.shape[1] // 2, 2)
 
 
-# Probabilities' low mantissa bits are noise to deflate: with the floating-point predictor, level 1
-# makes files within 2 % of level 6's (smaller on a smooth map) in half the time (2048² blocks).
-PROBABILITY = Layer("float32", np.nan, mean_of_observed, predictor=3, deflate_level=1)
+# Probabilities' low mantissa bits are noise to deflate, whatever its level: the floating-point
+# predictor is what makes them smaller (flows/outputs/tile_encoding.py deflates at level 1).
+PROBABILITY = Layer("float32", np.nan, mean_of_observed, predictor=3)
 
 
 def change_layer(threshold: float) -> Layer:

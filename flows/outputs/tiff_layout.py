@@ -12,6 +12,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -62,35 +63,40 @@ class Directory:
 def read_first_directory(path: Path) -> Directory:
     """The first IFD of a classic or BigTIFF file, its values read wherever they are stored."""
     with open(path, "rb") as tif:
-        head = tif.read(16)
-        order = {b"II": "<", b"MM": ">"}.get(head[:2])
-        if order is None:
-            raise ValueError(f"{path} is not a TIFF file")
-        version = struct.unpack(f"{order}H", head[2:4])[0]
-        if version == 42:
-            count_format, offset_format, inline = "I", "I", 4
-            (ifd_offset,) = struct.unpack(f"{order}I", head[4:8])
-            tif.seek(ifd_offset)
-            (entries,) = struct.unpack(f"{order}H", tif.read(2))
-        elif version == 43:
-            count_format, offset_format, inline = "Q", "Q", 8
-            (ifd_offset,) = struct.unpack(f"{order}Q", head[8:16])
-            tif.seek(ifd_offset)
-            (entries,) = struct.unpack(f"{order}Q", tif.read(8))
+        return read_first_directory_of(tif, str(path))
+
+
+def read_first_directory_of(tif: BinaryIO, name: str) -> Directory:
+    """As ``read_first_directory``, from an open file (or ``io.BytesIO``) called ``name`` in errors."""
+    head = tif.read(16)
+    order = {b"II": "<", b"MM": ">"}.get(head[:2])
+    if order is None:
+        raise ValueError(f"{name} is not a TIFF file")
+    version = struct.unpack(f"{order}H", head[2:4])[0]
+    if version == 42:
+        count_format, offset_format, inline = "I", "I", 4
+        (ifd_offset,) = struct.unpack(f"{order}I", head[4:8])
+        tif.seek(ifd_offset)
+        (entries,) = struct.unpack(f"{order}H", tif.read(2))
+    elif version == 43:
+        count_format, offset_format, inline = "Q", "Q", 8
+        (ifd_offset,) = struct.unpack(f"{order}Q", head[8:16])
+        tif.seek(ifd_offset)
+        (entries,) = struct.unpack(f"{order}Q", tif.read(8))
+    else:
+        raise ValueError(f"{name} is not a TIFF file (version {version})")
+    entry = struct.Struct(f"{order}HH{count_format}{inline}s")
+    raw = tif.read(entries * entry.size)
+    tags = {}
+    for i in range(entries):
+        code, kind, count, field = entry.unpack_from(raw, i * entry.size)
+        size = TYPE_SIZES.get(kind, 1) * count
+        if size <= inline:
+            value = field[:size]
         else:
-            raise ValueError(f"{path} is not a TIFF file (version {version})")
-        entry = struct.Struct(f"{order}HH{count_format}{inline}s")
-        raw = tif.read(entries * entry.size)
-        tags = {}
-        for i in range(entries):
-            code, kind, count, field = entry.unpack_from(raw, i * entry.size)
-            size = TYPE_SIZES.get(kind, 1) * count
-            if size <= inline:
-                value = field[:size]
-            else:
-                tif.seek(struct.unpack(f"{order}{offset_format}", field)[0])
-                value = tif.read(size)
-            tags[code] = Tag(kind, count, value)
+            tif.seek(struct.unpack(f"{order}{offset_format}", field)[0])
+            value = tif.read(size)
+        tags[code] = Tag(kind, count, value)
     return Directory(order, tags)
 
 
@@ -169,3 +175,23 @@ class DirectoryWriter:
 def _even(size: int) -> int:
     """Values start on a word boundary."""
     return size + (size & 1)
+
+
+def tiled_file(template: Directory, tiles: list[bytes]) -> list[bytes]:
+    """The pieces of a one-image TIFF with ``template``'s tags and these encoded ``tiles`` (row by
+    row): its header, its directory with the values, then the tiles. BigTIFF only when the tiles
+    would pass classic TIFF's 4 GiB."""
+    shape = template.tiles()[0].shape
+    if len(tiles) != shape[0] * shape[1]:
+        raise ValueError(f"{len(tiles)} tiles for an image of {shape[0]} x {shape[1]} tiles")
+    counts = np.array([len(tile) for tile in tiles], np.uint64).reshape(shape)
+    image = Image(template.number(IMAGE_WIDTH), template.number(IMAGE_LENGTH), counts, template.tags, reduced=False)
+    for bigtiff in (False, True):
+        writer = DirectoryWriter(template.byte_order, bigtiff)
+        directory_size = writer.size(writer.tags(image, np.zeros(counts.size, np.uint64)))
+        data_at = writer.header_size + directory_size
+        if bigtiff or data_at + int(counts.sum()) < CLASSIC_LIMIT:
+            break
+    offsets = data_at + np.concatenate(([0], np.cumsum(counts.ravel())[:-1])).astype(np.uint64)
+    directory = writer.directory(writer.tags(image, offsets), writer.header_size, 0)
+    return [writer.header(writer.header_size), directory, *tiles]

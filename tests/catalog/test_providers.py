@@ -6,7 +6,6 @@ import numpy as np
 import pystac
 import pytest
 import rasterio.features
-import shapely
 from shapely.geometry import box
 
 from catalog import StaticCatalog, date_pair, open_scenes, parse_region, prepare_scenes
@@ -14,7 +13,6 @@ from catalog.grid import reproject
 from tests.catalog.provider_scenes import (
     BUILT,
     CHANGE_PIXELS,
-    CLOUD_PIXELS,
     FIELD,
     PROVIDER_CASES,
     region_of,
