@@ -17,7 +17,7 @@ from rio_cogeo.cogeo import cog_validate
 from shapely.geometry import Polygon, box
 
 from flows.outputs.assemble import change_polygons, write_change_rasters
-from flows.outputs.per_block import BlockOutputs, OutputProcesses
+from flows.outputs.per_block import CHILD_MALLOC, BlockOutputs, OutputProcesses
 from flows.blocks.store import ProbabilityStore
 
 from flows.blocks.lattice import plan_blocks
@@ -161,6 +161,23 @@ def test_a_block_output_child_starts_without_the_loading_libraries():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip() == "[]"
+
+
+def test_block_output_children_keep_their_blocks_memory_unless_the_user_tunes_malloc(known, monkeypatch):
+    """glibc reads its MALLOC_* settings from the environment at start: the children's must carry them."""
+    store, _, transform, _ = known
+    outputs = block_outputs(store, transform, 0.5, 0.0)
+
+    def child_environment() -> dict[str, str]:
+        with OutputProcesses(outputs, 1) as writer:
+            raw = Path(f"/proc/{writer.children[0].pid}/environ").read_bytes()
+        return dict(entry.split("=", 1) for entry in raw.decode().split("\0") if "=" in entry)
+
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    assert {k: v for k, v in child_environment().items() if k.startswith("MALLOC_")} == CHILD_MALLOC
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+    assert child_environment()["MALLOC_MMAP_THRESHOLD_"] == "131072"
 
 
 def test_child_processes_write_the_same_block_outputs_and_say_what_failed(known, tmp_path):
