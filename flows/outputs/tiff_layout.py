@@ -1,10 +1,11 @@
-"""The bytes of a tiled TIFF's directories: read from files GDAL wrote, written for files we assemble.
+"""The bytes of a tiled TIFF's directories: read from the blocks' files, written for the files we make.
 
-``flows/outputs/cog.py`` builds each COG from tiles that GDAL already encoded in the blocks' files.
-It needs two things GDAL does not offer: where each tile's bytes sit in those files, and a way to
-write directories (IFDs) that point at the same bytes copied into the COG. Tags are kept as raw
+``flows/outputs/cog.py`` builds each COG from tiles the blocks already encoded
+(``flows/outputs/tile_encoding.py``) into files whose tags GDAL wrote. It needs what GDAL does not
+offer: a block's file from its tags and tiles (``tiled_file``), where each tile's bytes sit in it,
+and directories (IFDs) that point at the same bytes copied into the COG. Tags are kept as raw
 bytes in the file's byte order, so the georeferencing, nodata, colour map and metadata that GDAL
-wrote into a block's file are carried into the COG unchanged, whatever the CRS.
+wrote are carried into the COG unchanged, whatever the CRS.
 """
 
 from __future__ import annotations

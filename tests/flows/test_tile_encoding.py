@@ -12,6 +12,7 @@ from affine import Affine
 from rasterio.io import MemoryFile
 
 from flows.outputs.tile_encoding import encode_tiles
+from flows.outputs import tiff_layout
 from flows.outputs.tiff_layout import read_first_directory, read_first_directory_of, tiled_file
 
 TILE = 256
@@ -86,6 +87,15 @@ def test_tiles_inflate_to_the_bytes_libtiff_makes(tmp_path, dtype, predictor):
     ours = [zlib.decompress(tile) for tile in encode_tiles(pixels, TILE, predictor, fill=0)]
     assert len(ours) == len(theirs) == 6
     assert ours == theirs
+
+
+def test_tiles_past_classic_tiffs_limit_make_a_bigtiff(tmp_path, monkeypatch):
+    monkeypatch.setattr(tiff_layout, "CLASSIC_LIMIT", 1 << 12)  # as if the tiles took 4 GiB
+    pixels = awkward_floats(300, 600)
+    path = encoded_file(tmp_path, pixels, 3)
+    assert path.read_bytes()[:4] == b"II+\x00"
+    with rasterio.open(path) as tif:
+        assert np.array_equal(tif.read(1).view(np.uint32), pixels.view(np.uint32))
 
 
 def test_a_predictor_that_does_not_fit_the_pixels_is_refused():
