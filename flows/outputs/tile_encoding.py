@@ -24,7 +24,7 @@ def deflate(data: bytes) -> bytes:
     return isal_zlib.compress(data, 1)
 
 
-PREDICTORS = {1: "none", 2: "horizontal differencing", 3: "floating point"}
+PREDICTORS = (1, 2, 3)  # TIFF tag 317: none, horizontal differencing, floating point
 
 
 def encode_tiles(pixels: np.ndarray, tile: int, predictor: int, fill: float, byte_order: str = "<") -> list[bytes]:
@@ -34,7 +34,7 @@ def encode_tiles(pixels: np.ndarray, tile: int, predictor: int, fill: float, byt
     readers never show. ``byte_order`` is the file's: it orders each sample's bytes unless the
     floating-point predictor, which fixes its own order, is used."""
     if predictor not in PREDICTORS:
-        raise ValueError(f"TIFF predictor {predictor} is not one of {sorted(PREDICTORS)}")
+        raise ValueError(f"TIFF predictor {predictor} is not one of {list(PREDICTORS)}")
     if predictor == 3 and pixels.dtype.kind != "f":
         raise ValueError(f"the floating-point predictor needs floating-point pixels, not {pixels.dtype}")
     if predictor == 2 and pixels.dtype.kind not in "iu":
