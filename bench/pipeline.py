@@ -77,6 +77,7 @@ from catalog.grid import reproject
 from dsqnet import Predictor, build_model
 from dsqnet.weights.model_file import save
 from flows.outputs.manifest import cpu_seconds
+from flows.runtime.allocator import keep_freed_memory
 from flows.workers.cluster import device_lock
 
 CRS, RESOLUTION, ORIGIN = "EPSG:32633", 0.5, (500000.0, 5400000.0)
@@ -450,6 +451,8 @@ def run_once(size: int, args: argparse.Namespace, out: Path, scenes: tuple[Path,
 
 
 def main() -> None:
+    # as `dsqnet` and the deployments' processes start: blocks reuse what the blocks before them freed
+    keep_freed_memory()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 8192])
     parser.add_argument("--model", default="dsqnet_swin_t", help="registered architecture, random weights")

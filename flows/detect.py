@@ -54,6 +54,7 @@ from flows.params.detect import DetectRequest, parse_request
 from flows.blocks.store import ProbabilityStore
 
 from flows.outputs.run_folder import RunFolder, check_writable, expect_output_bytes, link_tree, run_lock, with_output_errors
+from flows.runtime.allocator import release_freed_memory
 from flows.runtime.interrupts import cancellable, note_resume_point
 from flows.scoring.known_change import score_run
 from flows.blocks.stitch import Stitcher, stitch
@@ -71,7 +72,6 @@ from flows.workers.cluster import (
     local_worker_threads,
     outputs_while_blocks_run,
     quiet_local_cluster,
-    release_freed_memory,
     runs_in_this_process,
     warm_up_in_background,
 )

@@ -49,6 +49,9 @@ def positive_int(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from flows.runtime.allocator import keep_freed_memory
+
+    keep_freed_memory()  # before any thread: blocks reuse the memory the blocks before them freed
     parser = build_parser()
     args = parser.parse_args(attach_negative_values(sys.argv[1:] if argv is None else list(argv)))
     if not hasattr(args, "handler"):

@@ -43,6 +43,7 @@ from affine import Affine
 
 from flows.files.atomic import write_text_atomic
 from flows.outputs.cog import Levels
+from flows.runtime.allocator import child_environment
 from flows.runtime.versions import code_version
 from flows.outputs.preview import block_panels, preview_step
 from flows.blocks.store import ProbabilityStore
@@ -53,11 +54,6 @@ from flows.outputs.polygons import BLOCKS_AT_ONCE, BlockPieces, Piece, block_pie
 OUTPUT_CODE = tuple(Path(__file__).with_name(name) for name in (
     "per_block.py", "classes.py", "rasters.py", "cog.py", "tiff_layout.py", "tile_encoding.py", "polygons.py",
     "preview.py"))
-# glibc gives each block's arrays of tens of MB fresh pages from the kernel and returns them when freed:
-# 13,000 page faults a block, a third of a child's CPU spent in the kernel. Kept in the child's heap
-# instead, they are reused block after block: a quarter of the faults, 0.03-0.04 CPU s less a block,
-# the same peak memory (about 0.3 GB; bench/HISTORY.md, stop 28). A user's own MALLOC_* settings win.
-CHILD_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(256 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 KINDS = ("prob", "change", "pieces", "preview")  # a folder of files each, one file (or more) per block
 PIECE_COLUMNS = ("pixels", "prob_sum", "prob_max", "outline_pixels", "outline_observed")
 
@@ -253,7 +249,9 @@ class OutputProcesses:
 
     def _start_child(self) -> None:
         root = str(Path(__file__).resolve().parents[2])  # the folder that holds flows/
-        env = {**CHILD_MALLOC, **os.environ,
+        # glibc's settings that keep each block's memory for the next (flows/runtime/allocator.py): in
+        # a child, 13,000 page faults a block became a quarter of that, 0.03-0.04 CPU s less a block
+        env = {**child_environment(),
                "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
         child = subprocess.Popen([sys.executable, "-m", "flows.outputs.per_block", self.fields],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)

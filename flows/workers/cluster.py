@@ -9,9 +9,7 @@ CPU cores between them; a single worker runs in the flow's own process. ``dask_a
 
 from __future__ import annotations
 
-import ctypes
 import os
-import platform
 import threading
 from functools import lru_cache
 from typing import Any
@@ -22,6 +20,7 @@ import torch
 from dsqnet import Predictor
 from dsqnet.predictor import resolve_device
 from dsqnet.weights.model_file import load_model_file
+from flows.runtime.allocator import keep_freed_memory
 
 DASK_ADDRESS_ENV = "DSQNET_DASK_ADDRESS"
 # Read once, at import: starting a local cluster makes Dask's nanny write OMP_NUM_THREADS=1 into this
@@ -224,41 +223,16 @@ def _load_predictor(model_path: str, model_hash: str, precision: str, device: st
 
 
 def reuse_freed_memory() -> None:
-    """Let this process's allocator keep freed memory for the next batch, as glibc does by default.
+    """Let this worker's allocator keep freed memory for the next batch and block (flows/runtime/allocator.py).
 
     Dask's nanny starts every worker with ``MALLOC_TRIM_THRESHOLD_=65536`` so that idle workers
     give memory back quickly. Setting that variable also freezes glibc's mmap threshold at 128 kB,
     so each activation of a forward pass becomes a fresh mmap that is page-faulted in and unmapped
     again, which makes forwards in a worker markedly slower than in a plain process. A model worker
-    allocates the same sizes every batch, so it is better served by reusing them.
+    allocates the same sizes every batch, so it is better served by reusing them: both thresholds
+    are set here whatever the environment says, since the nanny's value cannot be told from a user's.
     """
-    libc = _glibc()
-    if libc is None:
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameters from <malloc.h>
-    libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's own ceiling for its adaptive threshold
-    libc.mallopt(m_trim_threshold, 64 << 20)
-
-
-def release_freed_memory() -> None:
-    """Hand the memory that this process freed but its allocator kept back to the OS (glibc only).
-
-    A block allocates its pixels, windows and sums afresh, and the allocator keeps what the block
-    freed, scattered between what it still holds, so the process grows block by block. Worth it
-    where a block runs alone for seconds (a CPU worker), not where two blocks share a GPU: there
-    the partner is about to reuse what was freed, and trimming costs time at GPU speed.
-    """
-    libc = _glibc()
-    if libc is not None:
-        libc.malloc_trim(0)
-
-
-@lru_cache(maxsize=1)
-def _glibc() -> ctypes.CDLL | None:
-    """This process's C library where it is glibc, whose allocator the two calls above tune; else None."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return None
-    return ctypes.CDLL("libc.so.6")
+    keep_freed_memory(override=("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"))
 
 
 def blocks_in_flight() -> int:

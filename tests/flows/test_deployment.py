@@ -18,6 +18,7 @@ import psutil
 import pytest
 import rasterio
 
+from flows.runtime.allocator import KEEP_FREED
 from tests.flows.flow_helpers import FAST, hole_catalog, tiny_model_file
 
 REPO = Path(__file__).resolve().parents[2]
@@ -120,6 +121,8 @@ def test_deploy_run_cancel_and_rerun_the_detect_deployment(server, tmp_path):
         cancelled = run_deployment()
         engine = wait_for(lambda: next((p for p in psutil.Process(worker.pid).children(recursive=True)
                                         if "prefect.engine" in " ".join(p.cmdline())), None), "run's process", worker, logs)
+        # the pool's job variables from prefect.yaml reach the run's process as it starts
+        assert {k: v for k, v in engine.environ().items() if k in KEEP_FREED} == {k: str(v) for k, v in KEEP_FREED.items()}
         wait_for(lambda: sums.is_dir() and any(sums.glob("block-*.npy")), "block inferred", worker, logs)
         engine.suspend()  # held midway, however loaded the machine, until the worker's SIGTERM is on its way
         api(server, f"flow_runs/{cancelled}/set_state", {"state": {"type": "CANCELLING"}, "force": True})  # as `prefect flow-run cancel`

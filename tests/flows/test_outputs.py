@@ -17,8 +17,9 @@ from rio_cogeo.cogeo import cog_validate
 from shapely.geometry import Polygon, box
 
 from flows.outputs.assemble import change_polygons, write_change_rasters
-from flows.outputs.per_block import CHILD_MALLOC, BlockOutputs, OutputProcesses
+from flows.outputs.per_block import BlockOutputs, OutputProcesses
 from flows.blocks.store import ProbabilityStore
+from flows.runtime.allocator import KEEP_FREED
 
 from flows.blocks.lattice import plan_blocks
 
@@ -173,9 +174,10 @@ def test_block_output_children_keep_their_blocks_memory_unless_the_user_tunes_ma
             raw = Path(f"/proc/{writer.children[0].pid}/environ").read_bytes()
         return dict(entry.split("=", 1) for entry in raw.decode().split("\0") if "=" in entry)
 
-    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
-    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
-    assert {k: v for k, v in child_environment().items() if k.startswith("MALLOC_")} == CHILD_MALLOC
+    for name in KEEP_FREED:
+        monkeypatch.delenv(name, raising=False)
+    assert ({k: v for k, v in child_environment().items() if k.startswith("MALLOC_")}
+            == {name: str(value) for name, value in KEEP_FREED.items()})
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
     assert child_environment()["MALLOC_MMAP_THRESHOLD_"] == "131072"
 
