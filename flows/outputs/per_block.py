@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -174,6 +175,9 @@ class BlockOutputs:
 # tiles of both COGs: bench/outputs.py's one_block_*), far less on a clean map: keeping pace takes four or more, a quarter of a 16-core machine.
 # Those still waiting when the last block is inferred are shared with more (``default_drain``).
 OUTPUT_PROCESSES = 4
+# What a child costs before its first block: importing numpy, zarr, rasterio, scipy and this code,
+# about 1 s of one core (bench/block_steps.py, "outputs: a child's start": 0.96 s on the 2-core CPU).
+CHILD_START_S = 1.0
 
 
 def default_threads(blocks: int) -> int:
@@ -191,6 +195,25 @@ def default_drain(blocks: int) -> int:
     """Processes for the blocks still waiting for their outputs once the last block is inferred: as
     many as ``complete`` uses threads, since nothing else runs then."""
     return max(1, min(blocks, BLOCKS_AT_ONCE, os.cpu_count() or 1))
+
+
+def children_worth_starting(queued: int, room: int, block_seconds: list[float],
+                            start_seconds: list[float] = ()) -> int:
+    """How many more children to start for ``queued`` blocks, with ``room`` for more, given the
+    seconds the blocks written so far took each and those the children took to start (or about
+    ``CHILD_START_S``).
+
+    Each new child must take over at least twice its own start in work, so that starting it costs
+    at most a third of what it does: a clean map's block takes a child about 0.3 s, and the five
+    blocks left at the end of an 8192² run were written as fast by the one child as by two, the
+    second's start costing 1 CPU s more (bench/HISTORY.md, stop 29); a noisy map's 2.5 s blocks are
+    shared out. Before any block is written their cost is unknown, and every block gets a child.
+    """
+    if not block_seconds:
+        return max(0, min(queued, room))
+    work = queued * sum(block_seconds) / len(block_seconds)
+    start = sum(start_seconds) / len(start_seconds) if start_seconds else CHILD_START_S
+    return max(0, min(queued, room, int(work // (2 * start))))
 
 
 def block_output_writer(outputs: BlockOutputs, blocks: int, how: str | None):
@@ -230,11 +253,11 @@ class OutputProcesses:
     so that the network's thread keeps the GIL of this process; leaving the ``with`` waits for all
     and raises the first error.
 
-    Each child gets the outputs' fields once, then one block per line on its stdin, and answers one
-    line per block. A thread per child feeds it from a shared queue, so a free child takes the next
+    Each child gets the outputs' fields once, says when it has imported, then takes one block per
+    line on its stdin and answers one line per block. A thread per child feeds it from a shared queue, so a free child takes the next
     block. The children start at once and import while the first blocks are inferred. Blocks still
-    queued when the last block is inferred are shared with more children, up to ``drain`` in all:
-    the cores are free then.
+    queued when the last block is inferred are shared with more children, up to ``drain`` in all
+    (the cores are free then), as many as are worth their start (``children_worth_starting``).
     """
 
     def __init__(self, outputs: BlockOutputs, processes: int, drain: int | None = None) -> None:
@@ -244,6 +267,8 @@ class OutputProcesses:
         self.errors: list[BaseException] = []
         self.children: list[subprocess.Popen] = []
         self.feeders: list[threading.Thread] = []
+        self.start_seconds: list[float] = []  # wall seconds from starting each child to its being ready
+        self.block_seconds: list[float] = []  # wall seconds of each block written, from handing it over to the answer
         for _ in range(processes):
             self._start_child()
 
@@ -253,9 +278,10 @@ class OutputProcesses:
         # a child, 13,000 page faults a block became a quarter of that, 0.03-0.04 CPU s less a block
         env = {**child_environment(),
                "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        launched = time.perf_counter()
         child = subprocess.Popen([sys.executable, "-m", "flows.outputs.per_block", self.fields],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        feeder = threading.Thread(target=self._feed, args=(child,), name="block-outputs-feeder", daemon=True)
+        feeder = threading.Thread(target=self._feed, args=(child, launched), name="block-outputs-feeder", daemon=True)
         self.children.append(child)
         self.feeders.append(feeder)
         feeder.start()
@@ -266,8 +292,14 @@ class OutputProcesses:
     def submit(self, block: Block) -> None:
         self.queue.put(block)
 
-    def _feed(self, child: subprocess.Popen) -> None:
+    def _feed(self, child: subprocess.Popen, launched: float) -> None:
+        if not child.stdout.readline():  # its import failed, or it was stopped before it was ready
+            self.errors.append(RuntimeError(f"the block outputs process stopped (exit code {child.wait()}) "
+                                            "before its first block"))
+            return
+        self.start_seconds.append(time.perf_counter() - launched)
         while (block := self.queue.get()) is not None:
+            started = time.perf_counter()
             try:
                 child.stdin.write(json.dumps(asdict(block)) + "\n")
                 child.stdin.flush()
@@ -279,6 +311,7 @@ class OutputProcesses:
                 self.errors.append(RuntimeError(f"the block outputs process stopped (exit code {child.poll()}) "
                                                 f"while writing {block.name}"))
                 return
+            self.block_seconds.append(time.perf_counter() - started)
             failure = json.loads(answer).get("error")
             if failure:
                 self.errors.append(OSError(failure["errno"], failure["strerror"] or failure["message"], failure["filename"])
@@ -290,7 +323,8 @@ class OutputProcesses:
             for child in self.children:
                 child.kill()
         else:
-            for _ in range(min(self.queue.qsize(), self.drain - len(self.children))):
+            for _ in range(children_worth_starting(self.queue.qsize(), self.drain - len(self.children),
+                                                   self.block_seconds, self.start_seconds)):
                 self._start_child()
         for _ in self.feeders:
             self.queue.put(None)
@@ -306,7 +340,9 @@ class OutputProcesses:
 
 
 def _serve(outputs: BlockOutputs) -> None:
-    """A child of ``OutputProcesses``: one block per line in, one answer per line out, until stdin closes."""
+    """A child of ``OutputProcesses``: a line once it is ready, then one block per line in and one
+    answer per line out, until stdin closes."""
+    print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         block = Block(**json.loads(line))
         try:

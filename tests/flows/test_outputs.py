@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from rio_cogeo.cogeo import cog_validate
 from shapely.geometry import Polygon, box
 
 from flows.outputs.assemble import change_polygons, write_change_rasters
-from flows.outputs.per_block import BlockOutputs, OutputProcesses
+from flows.outputs.per_block import BlockOutputs, OutputProcesses, children_worth_starting
 from flows.blocks.store import ProbabilityStore
 from flows.runtime.allocator import KEEP_FREED
 
@@ -203,6 +204,31 @@ def test_child_processes_write_the_same_block_outputs_and_say_what_failed(known,
             writer.submit(blocks[0])
     assert failed.value.filename == str(Path(broken.folder) / "prob" / "block-0-0.tif")
     assert broken.done() == set()
+
+
+def test_more_children_only_for_queued_blocks_worth_their_start():
+    assert children_worth_starting(5, 1, []) == 1  # nothing written yet: the blocks' cost is unknown
+    assert children_worth_starting(5, 1, [0.3, 0.35]) == 0  # 1.6 s of work for a child that costs 1 s to start
+    assert children_worth_starting(5, 3, [2.5]) == 3  # 12.5 s of work: as many as there is room for
+    assert children_worth_starting(5, 8, [0.8]) == 2  # 4 s: two children of at least 2 s each
+    assert children_worth_starting(0, 4, [9.0]) == 0 and children_worth_starting(3, 0, []) == 0
+    assert children_worth_starting(5, 3, [0.8], start_seconds=[0.4, 0.6]) == 3  # children that start in 0.5 s
+
+
+def test_blocks_that_cost_less_than_a_child_s_start_are_left_to_the_running_child(known):
+    store, blocks, transform, _ = known
+    outputs = block_outputs(store, transform, 0.5, 0.0)
+    with OutputProcesses(outputs, 1, drain=2) as writer:
+        writer.submit(blocks[0])
+        deadline = time.monotonic() + 120
+        while not writer.block_seconds and time.monotonic() < deadline:  # its cost is known from here on
+            time.sleep(0.05)
+        # a 512 x 512 block's outputs take less than the child's import, so two are not worth a second child
+        assert writer.block_seconds and writer.start_seconds and writer.block_seconds[0] < writer.start_seconds[0]
+        for block in blocks[1:3]:
+            writer.submit(block)
+    assert len(writer.children) == 1
+    assert outputs.done() == {b.name for b in blocks[:3]}
 
 
 def noisy_mosaic(tmp_path, size: int = 1024, seed: int = 3):
