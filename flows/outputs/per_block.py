@@ -32,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -197,8 +198,8 @@ def default_drain(blocks: int) -> int:
     return max(1, min(blocks, BLOCKS_AT_ONCE, os.cpu_count() or 1))
 
 
-def children_worth_starting(queued: int, room: int, block_seconds: list[float],
-                            start_seconds: list[float] = ()) -> int:
+def children_worth_starting(queued: int, room: int, block_seconds: Sequence[float],
+                            start_seconds: Sequence[float] = ()) -> int:
     """How many more children to start for ``queued`` blocks, with ``room`` for more, given the
     seconds the blocks written so far took each and those the children took to start (or about
     ``CHILD_START_S``).
@@ -254,8 +255,8 @@ class OutputProcesses:
     and raises the first error.
 
     Each child gets the outputs' fields once, says when it has imported, then takes one block per
-    line on its stdin and answers one line per block. A thread per child feeds it from a shared queue, so a free child takes the next
-    block. The children start at once and import while the first blocks are inferred. Blocks still
+    line on its stdin and answers one line per block. A thread per child feeds it from a shared
+    queue, so a free child takes the next block. The children start at once and import while the first blocks are inferred. Blocks still
     queued when the last block is inferred are shared with more children, up to ``drain`` in all
     (the cores are free then), as many as are worth their start (``children_worth_starting``).
     """

@@ -7,15 +7,16 @@ returns them as soon as they are freed, or, in a thread's arena, as soon as one 
 is empty. The next block then page-faults the same amount in again and the kernel zeroes it: in
 an 8192² run (bench/pipeline.py with the stand-in network) the flow's process took 330,000 page
 faults and 5-6 s of system CPU. With one arena and thresholds above a block's arrays, the freed
-memory stays in the heap and the next block reuses it: 110,000 faults, about 2 CPU s less in the
-flow's process, and no higher peak (bench/HISTORY.md, stop 29).
+memory stays in the heap and the next block reuses it: 107,000-145,000 faults, about 2 CPU s less
+in the flow's process, and a peak 0.3 GB lower (bench/HISTORY.md, stop 29).
 
 glibc reads these settings from the environment when a process starts (``child_environment``
 gives them to the processes this code starts) or takes them through ``mallopt`` later
 (``keep_freed_memory``). The arena count counts only for threads that have not allocated yet, so
 ``keep_freed_memory`` belongs at the very start of a process, before it has threads: the ``dsqnet``
-command calls it first thing. A user's own ``MALLOC_*`` variables win everywhere. Outside glibc
-(macOS, musl) nothing changes.
+command calls it first thing. A user's own ``MALLOC_*`` variables win, except that a Dask worker
+sets both thresholds whatever its environment says, since Dask's nanny sets one of them itself
+(``flows.workers.cluster.reuse_freed_memory``). Outside glibc (macOS, musl) nothing changes.
 """
 
 from __future__ import annotations
