@@ -173,8 +173,10 @@ class BlockOutputs:
 # made after them. A child holds 0.2 GB, up to 0.6 GB while it writes a noisy 2048 block, and
 # takes a block at a time. An H200 infers a 2048 block every 0.6 s, and a noisy block's outputs
 # (random weights') take about 2.5 s of one core of the 2-core CPU (2.0 s its polygons, 0.5 s its
-# tiles of both COGs: bench/outputs.py's one_block_*), far less on a clean map: keeping pace takes four or more, a quarter of a 16-core machine.
-# Those still waiting when the last block is inferred are shared with more (``default_drain``).
+# tiles of both COGs: bench/outputs.py's one_block_*), far less on a clean map (about 0.3 s): keeping
+# pace with a noisy map takes four or more, a quarter of a 16-core machine, and with a clean one, one.
+# So one child starts first and more only as the blocks waiting need them (``OutputProcesses``);
+# those still waiting when the last block is inferred are shared with more (``default_drain``).
 OUTPUT_PROCESSES = 4
 # What a child costs before its first block: importing numpy, zarr, rasterio, scipy and this code,
 # about 1 s of one core (bench/block_steps.py, "outputs: a child's start": 0.96 s on the 2-core CPU).
@@ -256,9 +258,12 @@ class OutputProcesses:
 
     Each child gets the outputs' fields once, says when it has imported, then takes one block per
     line on its stdin and answers one line per block. A thread per child feeds it from a shared
-    queue, so a free child takes the next block. The children start at once and import while the first blocks are inferred. Blocks still
-    queued when the last block is inferred are shared with more children, up to ``drain`` in all
-    (the cores are free then), as many as are worth their start (``children_worth_starting``).
+    queue, so a free child takes the next block. One child starts at once and imports while the
+    first blocks are inferred. More start while blocks run, up to ``processes`` in all, once the
+    blocks written so far say that the blocks waiting are worth them (``children_worth_starting``):
+    a clean map's block is written in less time than an H200 infers the next, so one child keeps
+    pace, while a noisy map's blocks need four. Blocks still queued when the last block is inferred
+    are shared with more children, up to ``drain`` in all (the cores are free then), by the same rule.
     """
 
     def __init__(self, outputs: BlockOutputs, processes: int, drain: int | None = None) -> None:
@@ -270,8 +275,8 @@ class OutputProcesses:
         self.feeders: list[threading.Thread] = []
         self.start_seconds: list[float] = []  # wall seconds from starting each child to its being ready
         self.block_seconds: list[float] = []  # wall seconds of each block written, from handing it over to the answer
-        for _ in range(processes):
-            self._start_child()
+        self.processes = processes
+        self._start_child()
 
     def _start_child(self) -> None:
         root = str(Path(__file__).resolve().parents[2])  # the folder that holds flows/
@@ -292,6 +297,10 @@ class OutputProcesses:
 
     def submit(self, block: Block) -> None:
         self.queue.put(block)
+        if self.block_seconds:  # once the blocks' cost is known, a backlog worth it gets more children
+            for _ in range(children_worth_starting(self.queue.qsize(), self.processes - len(self.children),
+                                                   self.block_seconds, self.start_seconds)):
+                self._start_child()
 
     def _feed(self, child: subprocess.Popen, launched: float) -> None:
         if not child.stdout.readline():  # its import failed, or it was stopped before it was ready

@@ -231,11 +231,42 @@ def test_blocks_that_cost_less_than_a_child_s_start_are_left_to_the_running_chil
     assert outputs.done() == {b.name for b in blocks[:3]}
 
 
+def wait_for_blocks_written(writer: OutputProcesses, count: int) -> None:
+    deadline = time.monotonic() + 120
+    while len(writer.block_seconds) < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(writer.block_seconds) == count
+
+
+def test_one_output_child_while_it_keeps_pace(known):
+    store, blocks, transform, _ = known
+    outputs = block_outputs(store, transform, 0.5, 0.0)
+    with OutputProcesses(outputs, 3, drain=3) as writer:
+        assert len(writer.children) == 1
+        for k, block in enumerate(blocks, start=1):  # each block written before the next comes
+            writer.submit(block)
+            wait_for_blocks_written(writer, k)
+        assert len(writer.children) == 1
+    assert len(writer.children) == 1 and outputs.done() == {b.name for b in blocks}
+
+
+def test_more_output_children_for_a_backlog_worth_them(tmp_path):
+    store, blocks, transform, _ = noisy_mosaic(tmp_path, size=2048)
+    outputs = block_outputs(store, transform, 0.6, 2.0)
+    with OutputProcesses(outputs, 3, drain=3) as writer:
+        writer.submit(blocks[0])
+        wait_for_blocks_written(writer, 1)
+        for block in blocks[1:]:  # 15 speckled blocks at once: seconds of work for one child
+            writer.submit(block)
+        assert len(writer.children) == 3
+    assert outputs.done() == {b.name for b in blocks}
+
+
 def noisy_mosaic(tmp_path, size: int = 1024, seed: int = 3):
     """A speckled map over four blocks: regions with holes, islands in the holes, unobserved patches."""
     scenes = scenes_store(tmp_path / "scenes.zarr", size, size)
     blocks = plan_blocks(size, size, 512)
-    store = ProbabilityStore.prepare(tmp_path / "prob.zarr", scenes, (2, 2), "noisy")
+    store = ProbabilityStore.prepare(tmp_path / "prob.zarr", scenes, (blocks[-1].row + 1, blocks[-1].col + 1), "noisy")
     rng = np.random.default_rng(seed)
     coarse = rng.random((size // 16, size // 16)).astype(np.float32)
     prob = np.kron(coarse, np.ones((16, 16), np.float32)) * 0.7 + rng.random((size, size), np.float32) * 0.3
