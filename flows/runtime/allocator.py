@@ -14,8 +14,10 @@ glibc reads these settings from the environment when a process starts (``child_e
 gives them to the processes this code starts) or takes them through ``mallopt`` later
 (``keep_freed_memory``). The arena count counts only for threads that have not allocated yet, so
 ``keep_freed_memory`` belongs at the very start of a process, before it has threads: the ``dsqnet``
-command calls it first thing. A user's own ``MALLOC_*`` variables win, except that a Dask worker
-sets both thresholds whatever its environment says, since Dask's nanny sets one of them itself
+command calls it first thing; a deployment's run gets them from its work pool's job variables
+(prefect.yaml, ``keep_freed_memory``), which are where to change them for deployments. A user's
+own ``MALLOC_*`` variables win, except that a Dask worker sets both thresholds whatever its
+environment says, since Dask's nanny sets one of them itself
 (``flows.workers.cluster.reuse_freed_memory``). Outside glibc (macOS, musl) nothing changes.
 """
 
