@@ -200,23 +200,28 @@ def default_drain(blocks: int) -> int:
     return max(1, min(blocks, BLOCKS_AT_ONCE, os.cpu_count() or 1))
 
 
-def children_worth_starting(queued: int, room: int, block_seconds: Sequence[float],
-                            start_seconds: Sequence[float] = ()) -> int:
-    """How many more children to start for ``queued`` blocks, with ``room`` for more, given the
-    seconds the blocks written so far took each and those the children took to start (or about
-    ``CHILD_START_S``).
+def children_worth_starting(queued: int, room: int, running: int, block_cpu_s: Sequence[float],
+                            start_cpu_s: Sequence[float] = ()) -> int:
+    """How many more children to start for ``queued`` blocks, with ``room`` for more beside the
+    ``running`` ones, given the CPU seconds each block written so far took and those the children
+    took to start (or about ``CHILD_START_S``).
 
     Each new child must take over at least twice its own start in work, so that starting it costs
-    at most a third of what it does: a clean map's block takes a child about 0.3 s, and the five
-    blocks left at the end of an 8192² run were written as fast by the one child as by two, the
-    second's start costing 1 CPU s more (bench/HISTORY.md, stop 29); a noisy map's 2.5 s blocks are
-    shared out. Before any block is written their cost is unknown, and every block gets a child.
+    at most a third of what it does. It takes work only once it has started, while the running
+    children go on: of the queued work W, the c running children write c starts' worth (s each)
+    before the n new ones are ready, and the rest is shared by all, so ``(W - c s) / (c + n) >= 2 s``,
+    that is ``n <= (W - 3 c s) / 2 s``. A clean map's block takes a child about 0.25 s of its 0.6-0.7
+    s start, so the four to seven blocks left at the end of an 8192² run stay with the one child,
+    where a second one started took one or two blocks for a second of CPU (bench/HISTORY.md, stops
+    29 and 30); a noisy map's 2.5 s blocks are shared out. The children's own CPU seconds, not the
+    wall's, so that the cores the blocks' step shares with them do not make blocks look dearer.
+    Before any block is written their cost is unknown, and every block gets a child.
     """
-    if not block_seconds:
+    if not block_cpu_s:
         return max(0, min(queued, room))
-    work = queued * sum(block_seconds) / len(block_seconds)
-    start = sum(start_seconds) / len(start_seconds) if start_seconds else CHILD_START_S
-    return max(0, min(queued, room, int(work // (2 * start))))
+    work = queued * sum(block_cpu_s) / len(block_cpu_s)
+    start = sum(start_cpu_s) / len(start_cpu_s) if start_cpu_s else CHILD_START_S
+    return max(0, min(queued, room, int((work - 3 * running * start) // (2 * start))))
 
 
 def block_output_writer(outputs: BlockOutputs, blocks: int, how: str | None):
@@ -273,8 +278,8 @@ class OutputProcesses:
         self.errors: list[BaseException] = []
         self.children: list[subprocess.Popen] = []
         self.feeders: list[threading.Thread] = []
-        self.start_seconds: list[float] = []  # wall seconds from starting each child to its being ready
-        self.block_seconds: list[float] = []  # wall seconds of each block written, from handing it over to the answer
+        self.start_cpu_s: list[float] = []  # each child's CPU seconds until it was ready (its imports)
+        self.block_cpu_s: list[float] = []  # the CPU seconds a child took for each block it wrote
         self.processes = processes
         self._start_child()
 
@@ -284,10 +289,9 @@ class OutputProcesses:
         # a child, 13,000 page faults a block became a quarter of that, 0.03-0.04 CPU s less a block
         env = {**child_environment(),
                "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-        launched = time.perf_counter()
         child = subprocess.Popen([sys.executable, "-m", "flows.outputs.per_block", self.fields],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        feeder = threading.Thread(target=self._feed, args=(child, launched), name="block-outputs-feeder", daemon=True)
+        feeder = threading.Thread(target=self._feed, args=(child,), name="block-outputs-feeder", daemon=True)
         self.children.append(child)
         self.feeders.append(feeder)
         feeder.start()
@@ -297,19 +301,18 @@ class OutputProcesses:
 
     def submit(self, block: Block) -> None:
         self.queue.put(block)
-        if self.block_seconds:  # once the blocks' cost is known, a backlog worth it gets more children
+        if self.block_cpu_s:  # once the blocks' cost is known, a backlog worth it gets more children
             for _ in range(children_worth_starting(self.queue.qsize(), self.processes - len(self.children),
-                                                   self.block_seconds, self.start_seconds)):
+                                                   len(self.children), self.block_cpu_s, self.start_cpu_s)):
                 self._start_child()
 
-    def _feed(self, child: subprocess.Popen, launched: float) -> None:
-        if not child.stdout.readline():  # its import failed, or it was stopped before it was ready
+    def _feed(self, child: subprocess.Popen) -> None:
+        if not (ready := child.stdout.readline()):  # its import failed, or it was stopped before it was ready
             self.errors.append(RuntimeError(f"the block outputs process stopped (exit code {child.wait()}) "
                                             "before its first block"))
             return
-        self.start_seconds.append(time.perf_counter() - launched)
+        self.start_cpu_s.append(json.loads(ready)["cpu_s"])
         while (block := self.queue.get()) is not None:
-            started = time.perf_counter()
             try:
                 child.stdin.write(json.dumps(asdict(block)) + "\n")
                 child.stdin.flush()
@@ -321,8 +324,9 @@ class OutputProcesses:
                 self.errors.append(RuntimeError(f"the block outputs process stopped (exit code {child.poll()}) "
                                                 f"while writing {block.name}"))
                 return
-            self.block_seconds.append(time.perf_counter() - started)
-            failure = json.loads(answer).get("error")
+            answer = json.loads(answer)
+            self.block_cpu_s.append(answer["cpu_s"])
+            failure = answer["error"]
             if failure:
                 self.errors.append(OSError(failure["errno"], failure["strerror"] or failure["message"], failure["filename"])
                                    if failure["errno"] or failure.get("oserror")  # numpy's full disk has no errno
@@ -334,7 +338,7 @@ class OutputProcesses:
                 child.kill()
         else:
             for _ in range(children_worth_starting(self.queue.qsize(), self.drain - len(self.children),
-                                                   self.block_seconds, self.start_seconds)):
+                                                   len(self.children), self.block_cpu_s, self.start_cpu_s)):
                 self._start_child()
         for _ in self.feeders:
             self.queue.put(None)
@@ -351,10 +355,12 @@ class OutputProcesses:
 
 def _serve(outputs: BlockOutputs) -> None:
     """A child of ``OutputProcesses``: a line once it is ready, then one block per line in and one
-    answer per line out, until stdin closes."""
-    print(json.dumps({"ready": True}), flush=True)
+    answer per line out, until stdin closes. Each line says the CPU seconds it took, the first
+    those of the child's start: what the parent weighs another child against."""
+    print(json.dumps({"ready": True, "cpu_s": time.process_time()}), flush=True)
     for line in sys.stdin:
         block = Block(**json.loads(line))
+        started = time.process_time()
         try:
             outputs.write(block)
             answer = {"block": block.name, "error": None}
@@ -363,7 +369,7 @@ def _serve(outputs: BlockOutputs) -> None:
                                                      "oserror": isinstance(err, OSError),
                                                      "strerror": getattr(err, "strerror", None),
                                                      "filename": getattr(err, "filename", None)}}
-        print(json.dumps(answer), flush=True)
+        print(json.dumps({**answer, "cpu_s": time.process_time() - started}), flush=True)
 
 
 def _write_pieces(found: BlockPieces, path: Path) -> None:

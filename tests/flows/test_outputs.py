@@ -207,12 +207,17 @@ def test_child_processes_write_the_same_block_outputs_and_say_what_failed(known,
 
 
 def test_more_children_only_for_queued_blocks_worth_their_start():
-    assert children_worth_starting(5, 1, []) == 1  # nothing written yet: the blocks' cost is unknown
-    assert children_worth_starting(5, 1, [0.3, 0.35]) == 0  # 1.6 s of work for a child that costs 1 s to start
-    assert children_worth_starting(5, 3, [2.5]) == 3  # 12.5 s of work: as many as there is room for
-    assert children_worth_starting(5, 8, [0.8]) == 2  # 4 s: two children of at least 2 s each
-    assert children_worth_starting(0, 4, [9.0]) == 0 and children_worth_starting(3, 0, []) == 0
-    assert children_worth_starting(5, 3, [0.8], start_seconds=[0.4, 0.6]) == 3  # children that start in 0.5 s
+    assert children_worth_starting(5, 1, 1, []) == 1  # nothing written yet: the blocks' cost is unknown
+    assert children_worth_starting(5, 1, 1, [0.3, 0.35]) == 0  # 1.6 s of work for a child that costs 1 s to start
+    assert children_worth_starting(5, 3, 1, [2.5]) == 3  # 12.5 s of work: as many as there is room for
+    assert children_worth_starting(5, 8, 0, [0.8]) == 2  # 4 s and none running: two children of 2 s each
+    # the same 4 s with one child running: it writes 1 s while another starts, and 3 s for two is too little
+    assert children_worth_starting(5, 8, 1, [0.8]) == 0
+    assert children_worth_starting(5, 8, 1, [1.4]) == 2  # 7 s: 1 s by the running child, 2 s each for three
+    assert children_worth_starting(0, 4, 0, [9.0]) == 0 and children_worth_starting(3, 0, 0, []) == 0
+    assert children_worth_starting(5, 3, 1, [0.8], start_cpu_s=[0.4, 0.6]) == 2  # children that start in 0.5 s
+    # the end of an 8192² run: seven clean blocks left for one child that started in 0.65 s
+    assert children_worth_starting(7, 1, 1, [0.25], start_cpu_s=[0.65]) == 0
 
 
 def test_blocks_that_cost_less_than_a_child_s_start_are_left_to_the_running_child(known):
@@ -221,10 +226,10 @@ def test_blocks_that_cost_less_than_a_child_s_start_are_left_to_the_running_chil
     with OutputProcesses(outputs, 1, drain=2) as writer:
         writer.submit(blocks[0])
         deadline = time.monotonic() + 120
-        while not writer.block_seconds and time.monotonic() < deadline:  # its cost is known from here on
+        while not writer.block_cpu_s and time.monotonic() < deadline:  # its cost is known from here on
             time.sleep(0.05)
         # a 512 x 512 block's outputs take less than the child's import, so two are not worth a second child
-        assert writer.block_seconds and writer.start_seconds and writer.block_seconds[0] < writer.start_seconds[0]
+        assert writer.block_cpu_s and writer.start_cpu_s and writer.block_cpu_s[0] < writer.start_cpu_s[0]
         for block in blocks[1:3]:
             writer.submit(block)
     assert len(writer.children) == 1
@@ -233,9 +238,9 @@ def test_blocks_that_cost_less_than_a_child_s_start_are_left_to_the_running_chil
 
 def wait_for_blocks_written(writer: OutputProcesses, count: int) -> None:
     deadline = time.monotonic() + 120
-    while len(writer.block_seconds) < count and time.monotonic() < deadline:
+    while len(writer.block_cpu_s) < count and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert len(writer.block_seconds) == count
+    assert len(writer.block_cpu_s) == count
 
 
 def test_one_output_child_while_it_keeps_pace(known):
@@ -251,12 +256,12 @@ def test_one_output_child_while_it_keeps_pace(known):
 
 
 def test_more_output_children_for_a_backlog_worth_them(tmp_path):
-    store, blocks, transform, _ = noisy_mosaic(tmp_path, size=2048)
+    store, blocks, transform, _ = noisy_mosaic(tmp_path, size=3072)
     outputs = block_outputs(store, transform, 0.6, 2.0)
     with OutputProcesses(outputs, 3, drain=3) as writer:
         writer.submit(blocks[0])
         wait_for_blocks_written(writer, 1)
-        for block in blocks[1:]:  # 15 speckled blocks at once: seconds of work for one child
+        for block in blocks[1:]:  # 35 speckled blocks at once: seconds of work for one child
             writer.submit(block)
         assert len(writer.children) == 3
     assert outputs.done() == {b.name for b in blocks}
