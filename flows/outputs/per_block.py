@@ -212,7 +212,7 @@ def children_worth_starting(queued: int, room: int, running: int, block_cpu_s: S
     before the n new ones are ready, and the rest is shared by all, so ``(W - c s) / (c + n) >= 2 s``,
     that is ``n <= (W - 3 c s) / 2 s``. A clean map's block takes a child about 0.25 s of its 0.6-0.7
     s start, so the four to seven blocks left at the end of an 8192² run stay with the one child,
-    where a second one started took one or two blocks for a second of CPU (bench/HISTORY.md, stops
+    where a second one started took one or two blocks for 1.5-1.9 CPU s (bench/HISTORY.md, stops
     29 and 30); a noisy map's 2.5 s blocks are shared out. The children's own CPU seconds, not the
     wall's, so that the cores the blocks' step shares with them do not make blocks look dearer.
     Before any block is written their cost is unknown, and every block gets a child.
