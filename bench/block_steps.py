@@ -18,7 +18,7 @@ and of its ended children for each:
     stitch: write probabilities       ProbabilityStore.write_block (change_prob.zarr)
     outputs: ...                      each part of BlockOutputs.write: read the block back, both COGs'
                                       tiles and overview tiles, polygon pieces, preview samples
-    outputs: a child's start          importing flows.outputs.per_block in a fresh interpreter
+    outputs: a child's start          importing flows.outputs.child in a fresh interpreter
 
 Figures per Mpx of region; the sum is what the flow's steps cost without Prefect, Dask and the
 run folder around them.
@@ -121,7 +121,7 @@ def measure(size: int, work: Path, block_size: int = 2048, batch: int = 16) -> d
                   preview_step(outputs.shape), outputs.threshold)
     root = str(Path(__file__).resolve().parents[1])
     steps.run("outputs: a child's start", lambda: subprocess.run(
-        [sys.executable, "-c", "import flows.outputs.per_block"], check=True, cwd=root))
+        [sys.executable, "-c", "import flows.outputs.child"], check=True, cwd=root))
     megapixels = height * width / 1e6
     total = sum(steps.seconds.values())
     return {"size": size, "grid": [height, width], "blocks": len(blocks), "cpu_s": round(total, 2),

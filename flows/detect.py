@@ -55,6 +55,7 @@ from flows.blocks.store import ProbabilityStore
 
 from flows.outputs.run_folder import RunFolder, check_writable, expect_output_bytes, link_tree, run_lock, with_output_errors
 from flows.runtime.allocator import release_freed_memory
+from flows.runtime.collector import freeze_loaded_objects
 from flows.runtime.interrupts import cancellable, note_resume_point
 from flows.scoring.known_change import score_run
 from flows.blocks.stitch import Stitcher, stitch
@@ -259,6 +260,7 @@ def publish(run: RunFolder, manifest: dict, polygons: gpd.GeoDataFrame) -> Path:
 @cancellable("detect")
 def detect_changes(**params) -> dict:
     """Detect what changed in ``region`` between ``before`` and ``after``; with no region and dates, the demo."""
+    freeze_loaded_objects()  # the imports' objects out of the collector's passes (flows/runtime/collector.py)
     request = parse_request(**params)
     check_inputs(request)  # before any task: a bad region, catalog, model or --out fails in one line
     with ExitStack() as locks:  # the run folder's lock, taken as soon as its name is known

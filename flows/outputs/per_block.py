@@ -257,7 +257,7 @@ class BackgroundWriter:
 
 
 class OutputProcesses:
-    """Writes blocks' outputs in child processes (``python -m flows.outputs.per_block``) while blocks run,
+    """Writes blocks' outputs in child processes (``python -m flows.outputs.child``) while blocks run,
     so that the network's thread keeps the GIL of this process; leaving the ``with`` waits for all
     and raises the first error.
 
@@ -289,7 +289,7 @@ class OutputProcesses:
         # a child, 13,000 page faults a block became a quarter of that, 0.03-0.04 CPU s less a block
         env = {**child_environment(),
                "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-        child = subprocess.Popen([sys.executable, "-m", "flows.outputs.per_block", self.fields],
+        child = subprocess.Popen([sys.executable, "-m", "flows.outputs.child", self.fields],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         feeder = threading.Thread(target=self._feed, args=(child,), name="block-outputs-feeder", daemon=True)
         self.children.append(child)
@@ -353,7 +353,7 @@ class OutputProcesses:
             raise self.errors[0]
 
 
-def _serve(outputs: BlockOutputs) -> None:
+def serve(outputs: BlockOutputs) -> None:
     """A child of ``OutputProcesses``: a line once it is ready, then one block per line in and one
     answer per line out, until stdin closes. Each line says the CPU seconds it took, the first
     those of the child's start: what the parent weighs another child against."""
@@ -394,7 +394,3 @@ def _read_pieces(path: Path) -> BlockPieces:
              for key, value in (table.schema.metadata or {}).items() if key.startswith(b"edge_")}
     return BlockPieces(pieces, edges)
 
-
-if __name__ == "__main__":
-    fields = json.loads(sys.argv[1])
-    _serve(BlockOutputs(**{**fields, "shape": tuple(fields["shape"]), "transform": tuple(fields["transform"])}))

@@ -1,5 +1,5 @@
 """Prefect's Dask task runner, with the run's process alone hearing the signals that stop a run,
-and tasks submitted under a key of their own.
+and tasks submitted under a key of their own, with their settings dumped once.
 
 Ctrl-C in a terminal and a Prefect worker cancelling a deployment's run both signal the run's whole
 process group. A local cluster's worker processes would die of the signal at once, before the run's
@@ -13,13 +13,16 @@ that mask, and only the run's process handles the signal, by stopping its worker
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from multiprocessing import resource_tracker
-from typing import Any, Iterable, Iterator
+from typing import Any
 from uuid import uuid4
 
+from prefect.context import SettingsContext
 from prefect_dask import DaskTaskRunner
 from prefect_dask.task_runners import PrefectDaskFuture
+from pydantic import PrivateAttr
 
 from flows.runtime.user_errors import UserError
 
@@ -43,7 +46,7 @@ def stop_signals_blocked() -> Iterator[None]:
 
 class RunTaskRunner(DaskTaskRunner):
     """A ``DaskTaskRunner`` whose local cluster starts with the stop signals blocked (see the module
-    docstring), and whose tasks go to Dask under a key made here."""
+    docstring), and whose tasks go to Dask under a key made here, with their settings dumped once."""
 
     def submit(self, task, parameters: dict[str, Any], wait_for: Iterable | None = None,
                dependencies: dict | None = None) -> PrefectDaskFuture:
@@ -51,15 +54,32 @@ class RunTaskRunner(DaskTaskRunner):
         the call, a new closure each time with a fresh task run id among its arguments, so every key
         is unique anyway. Hashing pickles that closure, which walks every loaded module (torch's
         thousands), and the task's parameters: 19 ms of the flow's CPU for each block's task
-        (bench/HISTORY.md, stop 27)."""
+        (bench/HISTORY.md, stop 27). The task's Prefect settings go as one dump made for all tasks
+        (``PresetSettingsContext``)."""
         if not self._started:
             raise RuntimeError("The task runner must be started before submitting work.")
-        future = self.client.submit(
-            task, key=f"{task.name}-{uuid4().hex}", parameters=self._optimize_futures(parameters),
-            wait_for=self._optimize_futures(wait_for) if wait_for else None, dependencies=dependencies,
-            return_type="state",
-        )
+        with self._settings_to_send():
+            future = self.client.submit(
+                task, key=f"{task.name}-{uuid4().hex}", parameters=self._optimize_futures(parameters),
+                wait_for=self._optimize_futures(wait_for) if wait_for else None, dependencies=dependencies,
+                return_type="state",
+            )
         return PrefectDaskFuture(wrapped_future=future, task_run_id=future.task_run_id)
+
+    def _settings_to_send(self) -> SettingsContext:
+        """The Prefect settings in force, as a context that serialises as a dump made once for them
+        (see ``PresetSettingsContext``); a fresh context each call, as threads may submit at once."""
+        current = SettingsContext.get()
+        made_for, dump = getattr(self, "_settings_dump", (None, None))
+        if made_for is not current:
+            dump = ({"profile": current.profile, "settings": current.settings} if self._workers_in_this_process
+                    else current.serialize())
+            self._settings_dump = (current, dump)
+        return PresetSettingsContext(dump, profile=current.profile, settings=current.settings)
+
+    @property
+    def _workers_in_this_process(self) -> bool:
+        return not self.address and self.cluster_kwargs.get("processes") is False
 
     @property
     def client(self):
@@ -78,6 +98,28 @@ class RunTaskRunner(DaskTaskRunner):
                     f"dask_address: the Dask scheduler at {self.address} cannot be used ({type(err).__name__}: "
                     f"{' '.join(str(err).split())[:200]}); check that a Dask scheduler of this version runs "
                     "there, or leave dask_address out for a local cluster") from None
+
+
+class PresetSettingsContext(SettingsContext):
+    """Prefect's settings context, serialised as a dump made beforehand.
+
+    Prefect sends each task its flow's settings: it dumps the whole settings model for every task,
+    and the worker validates the dump back into a settings model, which reads the environment,
+    ``.env`` and the TOML files again for each of its dozens of nested models; all of it for the
+    same settings each time. ``RunTaskRunner`` makes the dump once per settings. A worker in this
+    process gets the settings objects themselves, which need no validation; others get Prefect's
+    dump. Sixteen tasks took 1.5 CPU s of the flow's process with Prefect's runner and 0.5 s with
+    this one (bench/HISTORY.md, stop 31).
+    """
+
+    _dump: dict[str, Any] = PrivateAttr()
+
+    def __init__(self, dump: dict[str, Any], **fields: Any) -> None:
+        super().__init__(**fields)
+        self._dump = dump
+
+    def serialize(self, include_secrets: bool = True) -> dict[str, Any]:
+        return self._dump if include_secrets else super().serialize(include_secrets=False)
 
 
 class SchedulerUnreachable(UserError):
