@@ -108,8 +108,9 @@ class PresetSettingsContext(SettingsContext):
     ``.env`` and the TOML files again for each of its dozens of nested models; all of it for the
     same settings each time. ``RunTaskRunner`` makes the dump once per settings. A worker in this
     process gets the settings objects themselves, which need no validation; others get Prefect's
-    dump. Sixteen tasks took 1.5 CPU s of the flow's process with Prefect's runner and 0.5 s with
-    this one (bench/HISTORY.md, stop 31).
+    dump. Sixteen tasks on the worker in this process, as an 8192² run's blocks, took 1.11-1.21 CPU s
+    of the flow's process, and 0.32-0.50 s with the dump made once (``python bench/task_overhead.py``,
+    bench/HISTORY.md, stop 31).
     """
 
     _dump: dict[str, Any] = PrivateAttr()
