@@ -48,6 +48,10 @@ class RunTaskRunner(DaskTaskRunner):
     """A ``DaskTaskRunner`` whose local cluster starts with the stop signals blocked (see the module
     docstring), and whose tasks go to Dask under a key made here, with their settings dumped once."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._settings_dump: tuple[SettingsContext | None, dict[str, Any] | None] = (None, None)  # for, dump
+
     def submit(self, task, parameters: dict[str, Any], wait_for: Iterable | None = None,
                dependencies: dict | None = None) -> PrefectDaskFuture:
         """Prefect's submit, with the task's Dask key given: without one, Dask derives it by hashing
@@ -70,7 +74,7 @@ class RunTaskRunner(DaskTaskRunner):
         """The Prefect settings in force, as a context that serialises as a dump made once for them
         (see ``PresetSettingsContext``); a fresh context each call, as threads may submit at once."""
         current = SettingsContext.get()
-        made_for, dump = getattr(self, "_settings_dump", (None, None))
+        made_for, dump = self._settings_dump
         if made_for is not current:
             dump = ({"profile": current.profile, "settings": current.settings} if self._workers_in_this_process
                     else current.serialize())
