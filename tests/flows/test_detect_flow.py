@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -158,6 +159,12 @@ def test_the_flow_beats_for_its_subflow_which_sends_no_heartbeat_of_its_own(firs
     beating = heartbeating_flow_runs({detect_run})
     assert detect_run in beating
     assert str(subflows[0].id) not in beating
+
+
+def test_what_the_imports_made_is_left_out_of_the_collectors_passes(first_run):
+    """Frozen at the first run's start (flows/runtime/collector.py): torch, Prefect and Dask alone
+    hold hundreds of thousands of objects that every full pass would walk again."""
+    assert gc.get_freeze_count() > 100_000
 
 
 def test_two_workers_and_a_rerun_give_the_same_map(first_run, inputs):
