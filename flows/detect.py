@@ -57,7 +57,6 @@ from flows.outputs.run_folder import RunFolder, check_writable, expect_output_by
 from flows.runtime.allocator import release_freed_memory
 from flows.runtime.collector import freeze_loaded_objects
 from flows.runtime.interrupts import cancellable, note_resume_point
-from flows.runtime import heartbeats
 from flows.scoring.known_change import score_run
 from flows.blocks.stitch import Stitcher, stitch
 from flows.blocks.streaming import load_failure_first, load_of, rows_needed, stream_blocks, track_load
@@ -77,8 +76,6 @@ from flows.workers.cluster import (
     runs_in_this_process,
     warm_up_in_background,
 )
-
-heartbeats.install()  # a run ends as soon as its work is done, not up to a second later
 
 INFERENCE_CODE = (Path(dsqnet.__file__).parent, Path(__file__).with_name("blocks"))
 
@@ -178,11 +175,9 @@ def infer_streamed_blocks(job: BlockJob, blocks: list[Block], todo: list[Block],
                           outputs_how: str | None, plan_line: str) -> list[dict]:
     runner = FlowRunContext.get().task_runner
     resources = block_task_resources(runner.client)
-    # the plan's row-major order first: a block is stitched once the row below it is in
-    priority = {block.name: len(todo) - k for k, block in enumerate(todo)}
 
     def submit(block: Block):
-        with dask.annotate(priority=priority[block.name], **resources):
+        with dask.annotate(**resources):
             return infer_block.submit(job, block)
 
     lattice = job_lattice(job)
