@@ -175,9 +175,11 @@ def infer_streamed_blocks(job: BlockJob, blocks: list[Block], todo: list[Block],
                           outputs_how: str | None, plan_line: str) -> list[dict]:
     runner = FlowRunContext.get().task_runner
     resources = block_task_resources(runner.client)
+    # the plan's row-major order first: a block is stitched once the row below it is in
+    priority = {block.name: len(todo) - k for k, block in enumerate(todo)}
 
     def submit(block: Block):
-        with dask.annotate(**resources):
+        with dask.annotate(priority=priority[block.name], **resources):
             return infer_block.submit(job, block)
 
     lattice = job_lattice(job)

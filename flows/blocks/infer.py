@@ -11,6 +11,7 @@ pixel observed in both dates is not run: it could only inform pixels that come o
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -55,7 +56,10 @@ class BlockJob:
 
 @dataclass(frozen=True)
 class BlockReport:
+    """What ``run.json`` says of one computed block: where and when it ran, and what it cost."""
+
     block: str
+    started: str  # UTC, to the millisecond: the order the workers took the blocks in, and the gaps between them
     windows: int
     observed_pixels: int
     model_seconds: float
@@ -108,7 +112,7 @@ def process_block(job: BlockJob, block: Block, run: WindowModel, device: str = "
     ``device`` is where ``run`` computes, recorded in the report so that ``run.json`` says which
     card (or the CPU) ran each block.
     """
-    started = time.perf_counter()
+    started, start_time = time.perf_counter(), dt.datetime.now(dt.UTC)
     scenes = zarr.open_group(job.scenes, mode="r")
     height, width = scenes["valid"].shape[-2:]
     lattice = Lattice(height, width, job.window, job.stride)
@@ -142,7 +146,8 @@ def process_block(job: BlockJob, block: Block, run: WindowModel, device: str = "
     ProbabilityStore(Path(job.probabilities)).write_sums(block, sums)
     top, left = block.top - inputs.reach.top, block.left - inputs.reach.left
     observed = inputs.observed[top:top + block.shape[0], left:left + block.shape[1]]
-    return BlockReport(block.name, len(windows), int(observed.sum()), round(model_seconds, 4),
+    return BlockReport(block.name, start_time.isoformat(timespec="milliseconds"), len(windows), int(observed.sum()),
+                       round(model_seconds, 4),
                        round(time.perf_counter() - started, 4), _worker_address(), device)
 
 

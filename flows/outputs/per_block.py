@@ -268,10 +268,13 @@ class OutputProcesses:
     blocks written so far say that the blocks waiting are worth them (``children_worth_starting``):
     a clean map's block is written in less time than an H200 infers the next, so one child keeps
     pace, while a noisy map's blocks need four. Blocks still queued when the last block is inferred
-    are shared with more children, up to ``drain`` in all (the cores are free then), by the same rule.
+    are shared with a thread of this process, which has everything imported and whose GIL no
+    network needs any more, and with more children, up to ``drain`` in all (the cores are free
+    then), by the same rule.
     """
 
     def __init__(self, outputs: BlockOutputs, processes: int, drain: int | None = None) -> None:
+        self.outputs = outputs
         self.fields = json.dumps(asdict(outputs))
         self.drain = max(processes, drain or 0)
         self.queue: queue.Queue[Block | None] = queue.Queue()
@@ -280,6 +283,7 @@ class OutputProcesses:
         self.feeders: list[threading.Thread] = []
         self.start_cpu_s: list[float] = []  # each child's CPU seconds until it was ready (its imports)
         self.block_cpu_s: list[float] = []  # the CPU seconds a child took for each block it wrote
+        self.written_here: list[str] = []  # the blocks this process wrote itself, once the blocks were done
         self.processes = processes
         self._start_child()
 
@@ -332,14 +336,29 @@ class OutputProcesses:
                                    if failure["errno"] or failure.get("oserror")  # numpy's full disk has no errno
                                    else RuntimeError(f"writing the outputs of {block.name} failed: {failure['message']}"))
 
+    def _write_here(self) -> None:
+        """Queued blocks written in this process, once the blocks are all inferred: the queue's
+        last blocks are then written two (or more) at a time with no child to start."""
+        while (block := self.queue.get()) is not None:
+            try:
+                self.outputs.write(block)
+            except Exception as err:  # noqa: BLE001 - raised in the flow with the children's
+                self.errors.append(err)
+                return
+            self.written_here.append(block.name)
+
     def __exit__(self, kind, value, traceback) -> None:
         if kind is not None:  # failing anyway: stop the children rather than finish their blocks
             for child in self.children:
                 child.kill()
         else:
+            # the thread below writes beside the running children from the start, as one more of them
             for _ in range(children_worth_starting(self.queue.qsize(), self.drain - len(self.children),
-                                                   len(self.children), self.block_cpu_s, self.start_cpu_s)):
+                                                   len(self.children) + 1, self.block_cpu_s, self.start_cpu_s)):
                 self._start_child()
+            here = threading.Thread(target=self._write_here, name="block-outputs-drain", daemon=True)
+            self.feeders.append(here)
+            here.start()
         for _ in self.feeders:
             self.queue.put(None)
         for feeder in self.feeders:

@@ -86,6 +86,26 @@ def sigterm_pending(pid: int) -> bool:
     return bool(pending & (1 << (signal.SIGTERM - 1)))
 
 
+def stop_worker(worker: subprocess.Popen, logs: Path, timeout: float = 60) -> str | None:
+    """Ctrl-C to the worker's group, as a user stops it: None once it has exited, else what was still
+    running, with every thread's stack (faulthandler, which the worker's processes have on, prints
+    them on SIGABRT into the worker's log) so that a worker that does not stop says why."""
+    os.killpg(worker.pid, signal.SIGINT)
+    try:
+        worker.wait(timeout=timeout)
+        return None
+    except subprocess.TimeoutExpired:
+        processes = [psutil.Process(worker.pid), *psutil.Process(worker.pid).children(recursive=True)]
+        alive = [f"{p.pid} {p.status()} threads={p.num_threads()}: {' '.join(p.cmdline())}" for p in processes]
+        os.killpg(worker.pid, signal.SIGABRT)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+        return "\n".join(alive) + "\n" + logs.read_text()[-20000:]
+
+
 def final_state(env: dict, flow_run_id: str) -> str | None:
     state = api(env, f"flow_runs/{flow_run_id}")["state"]["type"]
     return state if state in ("COMPLETED", "CANCELLED", "FAILED", "CRASHED") else None
@@ -115,8 +135,8 @@ def test_deploy_run_cancel_and_rerun_the_detect_deployment(server, tmp_path):
     logs = tmp_path / "worker.log"
     with open(logs, "w") as log:
         worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "local-process", "--type", "process"],
-                                  env={**server, "PREFECT_WORKER_QUERY_SECONDS": "1"}, cwd=REPO, stdout=log,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
+                                  env={**server, "PREFECT_WORKER_QUERY_SECONDS": "1", "PYTHONFAULTHANDLER": "1"},
+                                  cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         cancelled = run_deployment()
         engine = wait_for(lambda: next((p for p in psutil.Process(worker.pid).children(recursive=True)
@@ -141,8 +161,8 @@ def test_deploy_run_cancel_and_rerun_the_detect_deployment(server, tmp_path):
         resumed = run_deployment()
         assert wait_for(lambda: final_state(server, resumed), "final state", worker, logs) == "COMPLETED"
     finally:
-        os.killpg(worker.pid, signal.SIGINT)
-        worker.wait(timeout=60)
+        hung = stop_worker(worker, logs)
+    assert hung is None, f"the worker did not stop within 60 s of SIGINT; what was left:\n{hung}"
     manifest = json.loads((out / "spot" / "run.json").read_text())
     assert manifest["flow_run_id"] == resumed
     assert (manifest["blocks"]["reused"], manifest["blocks"]["computed"]) == (done, 4 - done)

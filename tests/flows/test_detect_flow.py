@@ -181,6 +181,28 @@ def test_two_workers_and_a_rerun_give_the_same_map(first_run, inputs):
     assert again["changed_km2"] == summary["changed_km2"]
 
 
+def test_blocks_ready_at_once_run_in_the_plans_order(first_run, inputs, tmp_path, monkeypatch):
+    """Row by row, left to right, as the plan lists them: a block is stitched (and its outputs made)
+    once the row below it is in, so a run that took a later row first left more of that work for
+    after its last block. The first run's scenes are reused, so every block is ready at once, and
+    the worker of a one-GPU machine takes two at a time: without priorities Dask ran the second
+    row's blocks right to left."""
+    import shutil
+
+    from flows.workers import cluster as workers
+
+    shutil.copytree(inputs[0] / "runs" / ".cache" / "spot" / "scenes.zarr", tmp_path / ".cache" / "spot" / "scenes.zarr")
+    monkeypatch.setattr(workers, "local_gpu_count", lambda: 1)
+    detect(inputs, tmp_path)
+    manifest = json.loads((tmp_path / "spot" / "run.json").read_text())
+    assert manifest["scenes"]["reused"]
+    plan = [r["block"] for r in manifest["blocks"]["reports"]]  # listed in the plan's order
+    started = [r["block"] for r in sorted(manifest["blocks"]["reports"], key=lambda r: r["started"])]
+    assert plan == ["block-0-0", "block-0-1", "block-1-0", "block-1-1"]
+    at_once = workers.BLOCKS_PER_GPU  # the first ones start together, in either order
+    assert set(started[:at_once]) == set(plan[:at_once]) and started[at_once:] == plan[at_once:]
+
+
 def test_two_blocks_at_once_as_on_a_one_gpu_machine_give_the_same_map(first_run, inputs, tmp_path, monkeypatch):
     """The local cluster of a one-GPU machine (one in-process worker taking two blocks at once),
     played on whatever device this machine has: the blocks that share it give the map of one at a time."""

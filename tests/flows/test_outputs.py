@@ -208,6 +208,22 @@ def test_child_processes_write_the_same_block_outputs_and_say_what_failed(known,
     assert broken.done() == set()
 
 
+def test_blocks_queued_at_the_end_are_written_in_this_process_too(known, tmp_path):
+    """Once the last block is inferred, the flow's process has its cores and its GIL back and
+    writes queued blocks beside the child, with nothing to start; here the child is still importing."""
+    store, blocks, transform, prob = known
+    outputs = block_outputs(store, transform, 0.5, 0.0)
+    with OutputProcesses(outputs, 1, drain=1) as writer:
+        for block in blocks:
+            writer.submit(block)
+    assert len(writer.children) == 1 and writer.written_here
+    assert outputs.done() == {b.name for b in blocks}
+    write_change_rasters(outputs, blocks, tmp_path)
+    with rasterio.open(tmp_path / "change_prob.tif") as src:
+        assert np.array_equal(src.read(1), prob, equal_nan=True)
+    assert len(change_polygons(outputs, blocks)) == 5
+
+
 def test_more_children_only_for_queued_blocks_worth_their_start():
     assert children_worth_starting(5, 1, 1, []) == 1  # nothing written yet: the blocks' cost is unknown
     assert children_worth_starting(5, 1, 1, [0.3, 0.35]) == 0  # 1.6 s of work for a child that costs 1 s to start

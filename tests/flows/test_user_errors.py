@@ -296,7 +296,7 @@ def test_a_run_shows_its_progress_and_summary_not_the_libraries_logs(capfd, pref
                           "preview.png, run.json\n  changed: ")
     assert err.startswith("4 blocks of 512 px, 4 to compute (0 already done), ")
     bar = err.replace("\r", "\n").splitlines()
-    assert any(re.fullmatch(r"blocks: 100%\|.*\| 4/4 \[\d\d:\d\d<00:00, .*block.*, \d+\.\d windows/s\]", line)
+    assert any(re.fullmatch(r"blocks: 100%\|.*\| 4/4 \[\d\d:\d\d<00:00, .*block.*, \d+\.\d windows/s\]\s*", line)
                for line in bar), err
     for noise in ("INFO", "distributed", "Dask", "Finished in state", "Traceback", "Warning", "temporary server"):
         assert noise not in err
