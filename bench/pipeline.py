@@ -39,6 +39,13 @@ measure as well as a GPU host, up to the cores' own speed. ``pipeline_cpu`` brea
 flow's steps (run.json's ``cpu_seconds``) and gives the temporary Prefect API server's CPU apart
 (a deployment's server runs elsewhere); ``bench/block_steps.py`` splits the blocks' step further.
 
+``network_timeline`` says where the run's wall went around its blocks, from the start and length
+of each block in run.json: how long the run took before its first block started (the load's first
+rows and the flow's checks), the seconds within the blocks' span when no block ran, and how long
+the run went on after its last block (the last stitches, the outputs' queue, the assembly). Those
+three are what keeps the pipeline above the network alone: issue #22 asks that loading, stitching
+and outputs overlap the network rather than come before or after it.
+
     python bench/pipeline.py                                  # dsqnet_swin_t, 2048^2 and 8192^2
     python bench/pipeline.py --sizes 4096 8192 --batch 16 --stand-in-ms 8   # the pipeline's CPU-s per Mpx
     python bench/pipeline.py --sizes 1024 2048 --precision bf16 --block-size 2048 --json out.json
@@ -83,7 +90,7 @@ from flows.workers.cluster import device_lock
 CRS, RESOLUTION, ORIGIN = "EPSG:32633", 0.5, (500000.0, 5400000.0)
 # what each repeat of a size reports besides the row's medians
 SAMPLE_FIELDS = ("seconds", "model_seconds", "ratio", "model_seconds_in_workers", "ratio_to_network_in_flow",
-                 "peak_rss_gb", "rss_at_start_gb", "cpu", "cpu_s_per_mpx")
+                 "peak_rss_gb", "rss_at_start_gb", "cpu", "cpu_s_per_mpx", "network_timeline")
 CPU_GOAL = 0.3  # pipeline CPU-s per Mpx of region (#22): 16 cores then feed 50 Mpx/s
 
 
@@ -366,6 +373,24 @@ def prefect_api_start() -> float:
     return time.perf_counter() - started
 
 
+def network_timeline(reports: list[dict], run_started: dt.datetime, run_seconds: float) -> dict | None:
+    """The run's wall around its computed blocks (``reports``, run.json's, each with its UTC start
+    and its seconds), in seconds from the run's start: None when no block was computed."""
+    if not reports:
+        return None
+    spans = sorted(((dt.datetime.fromisoformat(r["started"]) - run_started).total_seconds(),
+                    (dt.datetime.fromisoformat(r["started"]) - run_started).total_seconds() + r["seconds"])
+                   for r in reports)
+    idle, reach = 0.0, spans[0][1]
+    for start, end in spans[1:]:
+        idle += max(0.0, start - reach)
+        reach = max(reach, end)
+    first, last = spans[0][0], reach
+    return {"first_block_started_s": round(first, 3), "last_block_ended_s": round(last, 3),
+            "idle_between_blocks_s": round(idle, 3), "after_last_block_s": round(run_seconds - last, 3),
+            "blocks_busy_share": round((last - first - idle) / run_seconds, 3)}
+
+
 def write_catalogs(sizes: list[int], work: Path) -> dict[int, tuple[Path, str]]:
     """Every size's scenes, written by a child process: generating them peaks at several times a
     scene's bytes, which would otherwise stand as this process's peak memory in every run.json."""
@@ -400,6 +425,7 @@ def run(size: int, args: argparse.Namespace, work: Path, scenes: tuple[Path, str
         "peak_rss_gb": max(s["peak_rss_gb"] for s in samples), "timings": last["timings"],
         "outputs_finished_after_s": last["outputs_finished_after_s"],
         "flow_process_peak_rss_gb_by_step": last["flow_process_peak_rss_gb_by_step"],
+        "network_timeline": last["network_timeline"],
     }
 
 
@@ -417,7 +443,7 @@ def run_once(size: int, args: argparse.Namespace, out: Path, scenes: tuple[Path,
         flows.detect.warm_up_in_background = lambda *_, **__: None  # nothing to load
         flows.workers.cluster.local_gpu_count = lambda: 1  # the local cluster of a one-GPU machine
     flows.workers.cluster._load_predictor.cache_clear()
-    started = time.perf_counter()
+    started, started_utc = time.perf_counter(), dt.datetime.now(dt.UTC)
     with PeakMemory() as memory, CpuUse() as flow_cpu, PipelineCpu() as pipeline_cpu:
         summary = detect_changes(region=region, before="2021-06-10", after="2023-06-12", catalog=str(catalog),
                                  model=str(args.model_file), out=str(out), run_name="bench",
@@ -446,6 +472,7 @@ def run_once(size: int, args: argparse.Namespace, out: Path, scenes: tuple[Path,
         "peak_rss_gb": round(memory.peak / 2**30, 3), "rss_at_start_gb": round(memory.start / 2**30, 3),
         "timings": manifest["timings"], "outputs_finished_after_s": manifest.get("outputs_finished_after_s"),
         "flow_process_peak_rss_gb_by_step": manifest["peak_rss_gb"],
+        "network_timeline": network_timeline(manifest["blocks"]["reports"], started_utc, seconds),
         "cpu": {"flow": flow_cpu.summary(), "model_alone": model_cpu.summary()},
     }
 
@@ -484,6 +511,11 @@ def main() -> None:
             parts = ", ".join(f"{k} {v}" for k, v in row["pipeline_cpu"]["by_step_s_per_mpx"].items())
             print(f"{row['size']}²: the pipeline's own CPU {row['cpu_s_per_mpx']} s per Mpx of region "
                   f"(goal <= {CPU_GOAL}); by step, s per Mpx: {parts}")
+    for row in rows:
+        if timeline := row["network_timeline"]:
+            print(f"{row['size']}²: first block at {timeline['first_block_started_s']} s, last one done at "
+                  f"{timeline['last_block_ended_s']} s of {row['samples'][-1]['seconds']} s; no block running for "
+                  f"{timeline['idle_between_blocks_s']} s between them")
     if len(rows) >= 2:
         print(f"memory growth {rows[-1]['peak_rss_gb'] / rows[0]['peak_rss_gb']:.2f}x for "
               f"{rows[-1]['size'] ** 2 / rows[0]['size'] ** 2:.0f}x the pixels (goal <= 1.5x); "

@@ -57,6 +57,7 @@ from flows.outputs.run_folder import RunFolder, check_writable, expect_output_by
 from flows.runtime.allocator import release_freed_memory
 from flows.runtime.collector import freeze_loaded_objects
 from flows.runtime.interrupts import cancellable, note_resume_point
+from flows.runtime import heartbeats
 from flows.scoring.known_change import score_run
 from flows.blocks.stitch import Stitcher, stitch
 from flows.blocks.streaming import load_failure_first, load_of, rows_needed, stream_blocks, track_load
@@ -76,6 +77,8 @@ from flows.workers.cluster import (
     runs_in_this_process,
     warm_up_in_background,
 )
+
+heartbeats.install()  # a run ends as soon as its work is done, not up to a second later
 
 INFERENCE_CODE = (Path(dsqnet.__file__).parent, Path(__file__).with_name("blocks"))
 

@@ -61,6 +61,9 @@ from flows.params.detect import ParameterError
 from flows.models.registry import ModelRegistry
 from flows.outputs.run_folder import RunFolder, check_writable, run_lock, with_output_errors
 from flows.runtime.interrupts import cancellable
+from flows.runtime import heartbeats
+
+heartbeats.install()  # a run ends as soon as its work is done, not up to a second later
 
 REPORT = "evaluation.json"
 PIXEL_KEYS = ("precision", "recall", "f1", "iou", "kappa", "miou", "mf1", "overall_accuracy", "pixels",

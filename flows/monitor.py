@@ -51,6 +51,9 @@ from flows.outputs.run_folder import check_writable
 from flows.runtime.subflows import as_subflow
 from flows.runtime.user_errors import UserError, is_user_error
 from flows.runtime.interrupts import cancellable
+from flows.runtime import heartbeats
+
+heartbeats.install()  # a run ends as soon as its work is done, not up to a second later
 
 EPOCH = "1970-01-01"
 

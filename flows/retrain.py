@@ -49,6 +49,9 @@ from flows.models.registry import ModelRegistry, RegisteredModel
 from flows.params.retrain import RetrainRequest, parse_retrain_request
 from flows.outputs.run_folder import RunFolder, check_writable, run_lock, with_output_errors
 from flows.runtime.interrupts import cancellable
+from flows.runtime import heartbeats
+
+heartbeats.install()  # a run ends as soon as its work is done, not up to a second later
 
 REPORT = "retrain.json"
 PREPARED = "prepared.json"
