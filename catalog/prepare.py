@@ -8,7 +8,7 @@ the store (or reuse an identical one).
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from .scenes import load_pair
 from .signing import sign_items
 from .selection import FULL_COVERAGE, DateChoice, choose_scenes
 from .sources import SceneSource
-from .store import inputs_hash, is_complete, write_scenes
+from .store import Rect, WrittenTiles, inputs_hash, is_complete, write_scenes
 
 DEFAULT_CHUNK = 2048
 _OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -96,9 +96,12 @@ def chosen_grid(region: Region, first: DateChoice, second: DateChoice, bands: Ba
 def prepare_chosen(region: Region, before: DateWindow, after: DateWindow, first: DateChoice, second: DateChoice,
                    out: str | Path, bands: BandSpec | None = None, crs: str | None = None,
                    resolution: float | None = None, chunk: int = DEFAULT_CHUNK,
-                   on_rows: Callable[[int], None] | None = None) -> PreparedScenes:
+                   on_written: Callable[[WrittenTiles], None] | None = None,
+                   reads_first: Callable[[tuple[int, int]], Sequence[Rect]] | None = None) -> PreparedScenes:
     """Load the scenes already chosen for both dates into ``out`` on one grid, or reuse an identical
-    store; ``on_rows`` hears how far the store may be read while it is written (``write_scenes``)."""
+    store. ``on_written`` hears which tiles may be read while the store is written, and
+    ``reads_first(shape)`` names, for the grid's shape, the rectangles to write first, in the order
+    the reader will want them (``write_scenes``)."""
     if chunk < 64:
         raise CatalogError(f"chunk size {chunk} is too small; use at least a few hundred pixels (default {DEFAULT_CHUNK})")
     rules = tuple(tuple(radiometry_of(item, bands) for item in choice.items) for choice in (first, second))
@@ -113,8 +116,8 @@ def prepare_chosen(region: Region, before: DateWindow, after: DateWindow, first:
     })
     out = Path(out)
     if is_complete(out, key):
-        if on_rows is not None:
-            on_rows(grid.shape[0])
+        if on_written is not None:
+            on_written(WrittenTiles.every(tuple(grid.shape), chunk))
         return PreparedScenes(out, True, first, second, grid, rules, key)
     names = sorted({name for rule in (*rules[0], *rules[1]) for name in rule.load_names})
     check_projections(items, names)
@@ -122,7 +125,8 @@ def prepare_chosen(region: Region, before: DateWindow, after: DateWindow, first:
                 for choice, date_rules in zip((first, second), rules)]  # Planetary Computer's blobs need a token
     try:
         with read_failures_unlogged():
-            write_scenes(load_pair(*readable, (list(rules[0]), list(rules[1])), grid, chunk), out, key, chunk, on_rows)
+            write_scenes(load_pair(*readable, (list(rules[0]), list(rules[1])), grid, chunk), out, key, chunk, on_written,
+                         reads_first(tuple(grid.shape)) if reads_first else ())
     except CatalogError:
         raise
     except Exception as err:

@@ -2,10 +2,11 @@
 
 A store records a hash of everything that determines its content (region, dates, chosen scenes,
 bands, grid, chunks) and a ``complete`` flag set after the last chunk is written. The store is
-written in place, rows of tiles from the top down, so that the change detection can start on the
-first rows while the rest is still being read (``on_rows``); until the flag is set it is never
-taken for complete, a load that fails removes what it wrote, and a stale, foreign or half-written
-store is replaced, never patched.
+written in place, a few tiles at a time, so that the change detection can start on the tiles
+already written while the rest is still being read (``on_written``): first the tiles of the
+rectangles the caller will read first (its blocks, in the order it runs them), then the others
+from the top down. Until the flag is set it is never taken for complete, a load that fails removes
+what it wrote, and a stale, foreign or half-written store is replaced, never patched.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import json
 import os
 import shutil
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import dask
@@ -40,6 +42,47 @@ STORE_CHUNK = 512
 SCENES_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 
 
+Rect = tuple[int, int, int, int]  # top, bottom, left, right, in pixels of the grid
+Tile = tuple[int, int]  # a tile's row and column, in tiles
+
+
+@dataclass(frozen=True)
+class WrittenTiles:
+    """The tiles of a store being written that are on disk: what may be read meanwhile."""
+
+    shape: tuple[int, int]  # the grid's height and width, in pixels
+    chunk: int  # a tile's side, in pixels
+    tiles: frozenset[Tile] = frozenset()
+
+    @classmethod
+    def every(cls, shape: tuple[int, int], chunk: int) -> "WrittenTiles":
+        return cls(shape, chunk, frozenset(tiles_of(shape, chunk, (0, shape[0], 0, shape[1]))))
+
+    def plus(self, tiles: Sequence[Tile]) -> "WrittenTiles":
+        return WrittenTiles(self.shape, self.chunk, self.tiles | frozenset(tiles))
+
+    def covers(self, rect: Rect) -> bool:
+        """Whether every pixel of ``rect`` (clipped to the grid) is written."""
+        return self.tiles.issuperset(tiles_of(self.shape, self.chunk, rect))
+
+
+def tiles_of(shape: tuple[int, int], chunk: int, rect: Rect) -> list[Tile]:
+    """The tiles ``rect`` touches, row-major, within the grid of ``shape``."""
+    top, bottom, left, right = max(rect[0], 0), min(rect[1], shape[0]), max(rect[2], 0), min(rect[3], shape[1])
+    return [(row, col) for row in range(top // chunk, -(-bottom // chunk)) for col in range(left // chunk, -(-right // chunk))]
+
+
+def tile_order(shape: tuple[int, int], chunk: int, first: Sequence[Rect] = ()) -> list[Tile]:
+    """Every tile of the grid, those of ``first``'s rectangles first, in their order, then the rest
+    row-major: a reader that needs the rectangles one after the other gets each as early as can be."""
+    rank: dict[Tile, int] = {}
+    for k, rect in enumerate(first):
+        for tile in tiles_of(shape, chunk, rect):
+            rank.setdefault(tile, k)
+    every = tiles_of(shape, chunk, (0, shape[0], 0, shape[1]))
+    return sorted(every, key=lambda tile: (rank.get(tile, len(first)), tile))
+
+
 def inputs_hash(inputs: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -56,16 +99,18 @@ def is_complete(path: str | Path, key: str | None = None) -> bool:
 
 
 def write_scenes(dataset: xr.Dataset, path: str | Path, key: str, chunk: int,
-                 on_rows: Callable[[int], None] | None = None) -> bool:
+                 on_written: Callable[[WrittenTiles], None] | None = None, first: Sequence[Rect] = ()) -> bool:
     """Write ``dataset`` to ``path`` unless a complete store for ``key`` is there; True if reused.
 
-    ``on_rows(n)`` is called once the metadata and coordinates are on disk (n = 0) and each time the
-    first ``n`` rows of both dates are written (n = the height last): what may be read meanwhile.
+    ``on_written`` hears which tiles of both dates may be read: none once the metadata and
+    coordinates are on disk, then more after each computation, every tile last. The tiles that
+    ``first``'s rectangles touch are written first, in the rectangles' order (``tile_order``).
     """
     path = Path(path)
+    shape = (dataset.sizes["y"], dataset.sizes["x"])
     if is_complete(path, key):
-        if on_rows is not None:
-            on_rows(dataset.sizes["y"])
+        if on_written is not None:
+            on_written(WrittenTiles.every(shape, chunk))
         return True
     if path.exists():
         shutil.rmtree(path)
@@ -79,9 +124,9 @@ def write_scenes(dataset: xr.Dataset, path: str | Path, key: str, chunk: int,
         dataset = dataset.chunk({"time": 1, "band": -1, "y": chunk, "x": chunk})
         # metadata and coordinates now; the pixels tile by tile below
         dataset.to_zarr(str(path), mode="w", zarr_format=3, consolidated=False, encoding=encoding, compute=False)
-        if on_rows is not None:
-            on_rows(0)
-        _write_pixels_by_tiles(dataset, path, chunk, on_rows)
+        if on_written is not None:
+            on_written(WrittenTiles(shape, chunk))
+        _write_pixels_by_tiles(dataset, path, chunk, on_written, first)
         zarr.open_group(str(path), mode="r+").attrs[COMPLETE] = True
     except BaseException:
         remove_store(path)
@@ -118,7 +163,7 @@ def _finish_zarr_writes() -> None:
 
 
 def _write_pixels_by_tiles(dataset: xr.Dataset, path: Path, chunk: int,
-                           on_rows: Callable[[int], None] | None = None) -> None:
+                           on_written: Callable[[WrittenTiles], None] | None = None, first: Sequence[Rect] = ()) -> None:
     """Compute and store ``image`` and ``valid`` a few chunk tiles at a time, both dates together.
 
     Handed the whole graph at once (``to_zarr``), dask kept the decoded bands of most tiles in
@@ -127,14 +172,12 @@ def _write_pixels_by_tiles(dataset: xr.Dataset, path: Path, chunk: int,
     memory is bounded by the tiles in flight, which follow the cores rather than the region.
     """
     store = zarr.open_group(str(path), mode="r+")
-    height, width = dataset.sizes["y"], dataset.sizes["x"]
-    tiles = [(slice(y, y + chunk), slice(x, x + chunk))
-             for y in range(0, height, chunk) for x in range(0, width, chunk)]
-    at_once = tiles_at_once()
+    shape = (dataset.sizes["y"], dataset.sizes["x"])
+    tiles = tile_order(shape, chunk, first)
     # every chunk is written, even one that is all fill value (no pixel observed): zarr's check for
     # those compares each chunk with its fill value, a tenth of the samples in a profile of an 8192² load
     with zarr.config.set({"array.write_empty_chunks": True}):
-        _write_tile_groups(dataset, store, tiles, at_once, on_rows)
+        _write_tile_groups(dataset, store, WrittenTiles(shape, chunk), tiles, tiles_at_once(), on_written)
 
 
 def tiles_at_once() -> int:
@@ -142,30 +185,31 @@ def tiles_at_once() -> int:
     return max(1, (os.cpu_count() or 1) // 2)
 
 
-def _write_tile_groups(dataset: xr.Dataset, store: zarr.Group, tiles: list[tuple[slice, slice]],
-                       at_once: int, on_rows: Callable[[int], None] | None = None) -> None:
-    """The tiles, row-major, ``at_once`` per computation; after each, ``on_rows`` hears how many
-    rows from the top are whole."""
-    row_starts = sorted({rows.start for rows, _ in tiles})
-    per_row = len(tiles) // len(row_starts)
-    for first in range(0, len(tiles), at_once):
-        group = tiles[first:first + at_once]
-        parts = [dataset.isel(y=rows, x=cols) for rows, cols in group]
+def _write_tile_groups(dataset: xr.Dataset, store: zarr.Group, written: WrittenTiles, tiles: list[Tile],
+                       at_once: int, on_written: Callable[[WrittenTiles], None] | None = None) -> None:
+    """The ``tiles``, in their order, ``at_once`` per computation; after each, ``on_written`` hears
+    every tile written so far."""
+    chunk = written.chunk
+    for start in range(0, len(tiles), at_once):
+        group = tiles[start:start + at_once]
+        parts = [dataset.isel(y=slice(row * chunk, (row + 1) * chunk), x=slice(col * chunk, (col + 1) * chunk))
+                 for row, col in group]
         # read on this machine's threads (whatever scheduler the flow's Dask cluster made the default),
         # then written here: a tile that fails to read leaves no other tile's writes still under way
         # to land in the store after the failed load removed it
         pixels = dask.compute(*[(part["image"].data, part["valid"].data) for part in parts], scheduler="threads")
-        for (rows, cols), (image, valid) in zip(group, pixels):
+        for (row, col), (image, valid) in zip(group, pixels):
+            rows, cols = slice(row * chunk, (row + 1) * chunk), slice(col * chunk, (col + 1) * chunk)
             store["image"][:, :, rows, cols] = image
             store["valid"][:, rows, cols] = valid
-        if on_rows is not None:
-            whole = (first + at_once) // per_row  # rows of tiles written to their last tile
-            on_rows(row_starts[whole] if whole < len(row_starts) else dataset.sizes["y"])
+        written = written.plus(group)
+        if on_written is not None:
+            on_written(written)
 
 
 def open_scenes(path: str | Path, complete: bool = True) -> xr.Dataset:
     """A complete store, lazily, with its CRS and transform (``decode_coords='all'``); with
-    ``complete=False`` also one still being written (its grid, and the rows ``on_rows`` said)."""
+    ``complete=False`` also one still being written (its grid, and the tiles ``on_written`` said)."""
     if complete and not is_complete(path):
         raise FileNotFoundError(f"{path} is not a complete scenes store (missing, foreign or half-written)")
     return xr.open_zarr(str(path), decode_coords="all", consolidated=False)

@@ -60,7 +60,14 @@ from flows.runtime.interrupts import cancellable, note_resume_point
 from flows.runtime import heartbeats
 from flows.scoring.known_change import score_run
 from flows.blocks.stitch import Stitcher, stitch
-from flows.blocks.streaming import load_failure_first, load_of, rows_needed, stream_blocks, track_load
+from flows.blocks.streaming import (
+    block_reads,
+    load_failure_first,
+    load_of,
+    reads_in_plan_order,
+    stream_blocks,
+    track_load,
+)
 from flows.runtime.subflows import as_subflow
 from dsqnet.inference.lattice import Lattice
 from flows.blocks.lattice import Block, plan_blocks
@@ -113,14 +120,17 @@ def choose_scenes(request: DetectRequest) -> tuple[Region, DateChoice, DateChoic
 
 @task(name="load-scenes", cache_policy=NO_CACHE)
 def load_scenes(request: DetectRequest, region: Region, first: DateChoice, second: DateChoice, work: Path) -> PreparedScenes:
-    """Both dates onto the grid in ``work/scenes.zarr``, telling the blocks waiting on its rows how far it got."""
+    """Both dates onto the grid in ``work/scenes.zarr``, the tiles the blocks read first in the plan's
+    order, telling the blocks waiting on them which tiles are written."""
     path = work / "scenes.zarr"
     progress = load_of(path)
     try:
         with dask.config.set(scheduler="threads"):  # reading the sources stays on this machine
             scenes = prepare_chosen(region, *date_pair(request.before, request.after, request.tolerance_days), first,
                                     second, path, crs=request.crs, resolution=request.resolution,
-                                    on_rows=progress.advance if progress else None)
+                                    on_written=progress.advance if progress else None,
+                                    reads_first=lambda shape: reads_in_plan_order(shape, request.block_size,
+                                                                                  request.window, request.stride))
     except BaseException as err:
         if progress:
             progress.finish(err)
@@ -188,7 +198,7 @@ def infer_streamed_blocks(job: BlockJob, blocks: list[Block], todo: list[Block],
     lattice = job_lattice(job)
     loading = load_of(job.scenes)
     if loading is not None:
-        loading.wait_for_rows(min(rows_needed(lattice, block) for block in todo))
+        loading.wait_for_any([block_reads(lattice, block) for block in todo])
     if plan_line:
         print(plan_line)
     by_name = {block.name: block for block in blocks}

@@ -1,10 +1,13 @@
-"""Blocks start on the rows of ``scenes.zarr`` already written while the load reads the rest.
+"""Blocks start on the tiles of ``scenes.zarr`` already written while the load reads the rest.
 
 On a GPU host the network gets through a region in about the time its scenes take to read and
 put on the grid, so a run that loaded everything before its first block would leave the card idle
-for half of it. The load writes the store in rows of tiles from the top down and says how far it
-got (``catalog.store.write_scenes``'s ``on_rows``); a block goes to the workers as soon as every
-row it reads is written, and the blocks come back in whatever order they finish.
+for half of it. The load writes first the tiles that the blocks read, block by block in the plan's
+order (``reads_in_plan_order``), and says which tiles are written (``catalog.store.write_scenes``'s
+``on_written``); a block goes to the workers as soon as every tile it reads is written, and the
+blocks come back in whatever order they finish. Before, the load wrote whole rows of tiles, and the
+first block waited for the first two rows of an 8192² region's 2048² tiles, eight tiles where it
+reads four; across a wide region it waited for every tile of those rows.
 """
 
 from __future__ import annotations
@@ -16,23 +19,24 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from catalog.store import Rect, WrittenTiles
 from dsqnet.inference.lattice import Lattice
-from flows.blocks.lattice import Block, block_reach
+from flows.blocks.lattice import Block, block_reach, plan_blocks
 
 
 class LoadProgress:
-    """How far the load of one ``scenes.zarr`` got: its grid on disk, its first ``rows`` rows, done or failed."""
+    """How far the load of one ``scenes.zarr`` got: its grid on disk, the tiles written, done or failed."""
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
-        self.rows: int | None = None  # None until the store's grid and coordinates are on disk
+        self.written: WrittenTiles | None = None  # None until the store's grid and coordinates are on disk
         self.done = False
         self.error: BaseException | None = None
 
-    def advance(self, rows: int) -> None:
-        """The first ``rows`` rows of both dates are written (the ``on_rows`` of the load)."""
+    def advance(self, written: WrittenTiles) -> None:
+        """These tiles of both dates are written (the ``on_written`` of the load)."""
         with self._changed:
-            self.rows = rows
+            self.written = written
             self._changed.notify_all()
 
     def finish(self, error: BaseException | None = None) -> None:
@@ -43,20 +47,24 @@ class LoadProgress:
     def wait_for_grid(self) -> None:
         """Until the store's grid can be read; the load's own error if it failed before."""
         with self._changed:
-            self._changed.wait_for(lambda: self.rows is not None or self.done)
+            self._changed.wait_for(lambda: self.written is not None or self.done)
         self.raise_failure()
-        if self.rows is None:
+        if self.written is None:
             raise RuntimeError("the scenes' load ended without writing its grid")
 
-    def wait_for_rows(self, rows: int) -> None:
-        """Until the first ``rows`` rows are written; the load's error if it fails first."""
+    def readable(self, rect: Rect) -> bool:
+        """Whether every pixel of ``rect`` may be read now: written, or the load is done."""
+        return (self.done and self.error is None) or (self.written is not None and self.written.covers(rect))
+
+    def wait_for_any(self, rects: list[Rect]) -> None:
+        """Until one of ``rects`` may be read; the load's error if it fails first."""
         with self._changed:
-            self._changed.wait_for(lambda: (self.rows or 0) >= rows or self.done)
+            self._changed.wait_for(lambda: self.done or any(self.readable(rect) for rect in rects))
         self.raise_failure()
 
-    def wait_for_change(self, rows_seen: int | None, timeout: float) -> None:
+    def wait_for_change(self, seen: WrittenTiles | None, timeout: float) -> None:
         with self._changed:
-            self._changed.wait_for(lambda: self.rows != rows_seen or self.done, timeout)
+            self._changed.wait_for(lambda: self.written is not seen or self.done, timeout)
 
     def wait_until_done(self, timeout: float) -> None:
         with self._changed:
@@ -90,7 +98,7 @@ def load_of(store: str | Path) -> LoadProgress | None:
 @contextlib.contextmanager
 def load_failure_first(store: str | Path) -> Iterator[None]:
     """Inside, an error that a failed load of ``store`` caused (it removes what it wrote, under the
-    readers of its first rows) gives way to the load's own error, which says what is wrong."""
+    readers of its first tiles) gives way to the load's own error, which says what is wrong."""
     try:
         yield
     except Exception:
@@ -101,32 +109,41 @@ def load_failure_first(store: str | Path) -> Iterator[None]:
         raise
 
 
-def rows_needed(lattice: Lattice, block: Block) -> int:
-    """How many rows from the top of the scene the block reads: its reach, mirrored at the edges."""
+def block_reads(lattice: Lattice, block: Block) -> Rect:
+    """The rectangle of the scene the block reads: its reach, where windows past an edge mirror the
+    pixels inside it (taken as far as the edge's far side, which a mirror never passes)."""
     reach = block_reach(lattice, block)
-    return lattice.height if reach.bottom >= lattice.height else max(reach.bottom, 0)
+    bottom = lattice.height if reach.bottom >= lattice.height else max(reach.bottom, 0)
+    right = lattice.width if reach.right >= lattice.width else max(reach.right, 0)
+    return max(reach.top, 0), bottom, max(reach.left, 0), right
+
+
+def reads_in_plan_order(shape: tuple[int, int], block_size: int, window: int, stride: int) -> list[Rect]:
+    """What each block of a scene of ``shape`` reads, in the plan's order: the load's order of tiles."""
+    lattice = Lattice(shape[0], shape[1], window, stride)
+    return [block_reads(lattice, block) for block in plan_blocks(shape[0], shape[1], block_size)]
 
 
 def stream_blocks(blocks: list[Block], lattice: Lattice, progress: LoadProgress | None,
                   submit: Callable[[Block], Any], poll_s: float = 0.2) -> Iterator[Any]:
-    """Submit each of ``blocks`` as soon as its rows are written and yield every result as it
+    """Submit each of ``blocks`` as soon as every tile it reads is written and yield every result as it
     finishes (not in order). With no load going on (``progress`` None) every block is ready at once.
     A failed load stops the submissions and raises its error once the blocks in flight are done."""
     finished: queue.Queue = queue.Queue()
     waiting = list(blocks)
     in_flight = 0
     while waiting or in_flight:
-        rows = lattice.height if progress is None or (progress.done and progress.error is None) else progress.rows or 0
+        seen = progress.written if progress is not None else None
         if progress is not None and progress.error is not None:
-            waiting = []  # no new block: the rows it needs will never come
-        for block in [b for b in waiting if rows_needed(lattice, b) <= rows]:
+            waiting = []  # no new block: the tiles it needs will never come
+        for block in [b for b in waiting if progress is None or progress.readable(block_reads(lattice, b))]:
             submit(block).add_done_callback(finished.put)
             waiting.remove(block)
             in_flight += 1
         if not in_flight:
             if not waiting:
                 break
-            progress.wait_for_change(progress.rows, poll_s)  # type: ignore[union-attr]
+            progress.wait_for_change(seen, poll_s)  # type: ignore[union-attr]
             continue
         try:
             future = finished.get(timeout=poll_s if waiting else None)
