@@ -1,7 +1,7 @@
 """``detect-changes``: a region and two dates in, change rasters and polygons out.
 
     choose scenes -> load scenes.zarr, and meanwhile: plan blocks -> infer blocks (Dask workers;
-    each block as soon as its rows are loaded, stitched as soon as its neighbours are in, and its
+    each block as soon as its tiles are loaded, stitched as soon as its neighbours are in, and its
     share of the outputs written) -> stitch what is left -> {mosaic, vectorise, preview} at once
     -> publish
 
