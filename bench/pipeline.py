@@ -40,8 +40,8 @@ flow's steps (run.json's ``cpu_seconds``) and gives the temporary Prefect API se
 (a deployment's server runs elsewhere); ``bench/block_steps.py`` splits the blocks' step further.
 
 ``network_timeline`` says where the run's wall went around its blocks, from the start and length
-of each block in run.json: how long the run took before its first block started (the load's first
-rows and the flow's checks), the seconds within the blocks' span when no block ran, and how long
+of each block in run.json: how long the run took before its first block started (the flow's
+checks and the load's first tiles), the seconds within the blocks' span when no block ran, and how long
 the run went on after its last block (the last stitches, the outputs' queue, the assembly). Those
 three are what keeps the pipeline above the network alone: issue #22 asks that loading, stitching
 and outputs overlap the network rather than come before or after it.
@@ -378,9 +378,8 @@ def network_timeline(reports: list[dict], run_started: dt.datetime, run_seconds:
     and its seconds), in seconds from the run's start: None when no block was computed."""
     if not reports:
         return None
-    spans = sorted(((dt.datetime.fromisoformat(r["started"]) - run_started).total_seconds(),
-                    (dt.datetime.fromisoformat(r["started"]) - run_started).total_seconds() + r["seconds"])
-                   for r in reports)
+    starts = [(dt.datetime.fromisoformat(r["started"]) - run_started).total_seconds() for r in reports]
+    spans = sorted((start, start + r["seconds"]) for start, r in zip(starts, reports))
     idle, reach = 0.0, spans[0][1]
     for start, end in spans[1:]:
         idle += max(0.0, start - reach)

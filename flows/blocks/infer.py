@@ -147,8 +147,7 @@ def process_block(job: BlockJob, block: Block, run: WindowModel, device: str = "
     top, left = block.top - inputs.reach.top, block.left - inputs.reach.left
     observed = inputs.observed[top:top + block.shape[0], left:left + block.shape[1]]
     return BlockReport(block.name, start_time.isoformat(timespec="milliseconds"), len(windows), int(observed.sum()),
-                       round(model_seconds, 4),
-                       round(time.perf_counter() - started, 4), _worker_address(), device)
+                       round(model_seconds, 4), round(time.perf_counter() - started, 4), _worker_address(), device)
 
 
 @contextlib.contextmanager
