@@ -82,7 +82,7 @@ from flows.workers.cluster import (
     outputs_while_blocks_run,
     quiet_local_cluster,
     runs_in_this_process,
-    warm_up_in_background,
+    warming_up,
 )
 
 heartbeats.install()  # a run ends as soon as its work is done, not up to a second later
@@ -278,11 +278,11 @@ def detect_changes(**params) -> dict:
     freeze_loaded_objects()  # the imports' objects out of the collector's passes (flows/runtime/collector.py)
     request = parse_request(**params)
     check_inputs(request)  # before any task: a bad region, catalog, model or --out fails in one line
-    with ExitStack() as locks:  # the run folder's lock, taken as soon as its name is known
-        return with_output_errors(lambda checked: run_detect(checked, locks), request, Path(request.out))
+    with ExitStack() as held:  # until the run ends: the model's warm-up, the run folder's lock
+        return with_output_errors(lambda checked: run_detect(checked, held), request, Path(request.out))
 
 
-def run_detect(request: DetectRequest, locks: ExitStack) -> dict:
+def run_detect(request: DetectRequest, held: ExitStack) -> dict:
     timer = StepTimer()
     lap = timer.lap
 
@@ -293,8 +293,8 @@ def run_detect(request: DetectRequest, locks: ExitStack) -> dict:
         lap("demo data")
     record = check_model(request.model, request.registry)
     if runs_in_this_process(request.dask_address, request.workers):  # its worker shares this model cache
-        warm_up_in_background(record.path, record.sha256, request.precision, request.device,
-                              local_worker_threads(request.workers), request.batch_size, request.window)
+        held.enter_context(warming_up(record.path, record.sha256, request.precision, request.device,
+                                      local_worker_threads(request.workers), request.batch_size, request.window))
     region_, first, second = choose_scenes(request)
     try:
         grid = chosen_grid(region_, first, second, crs=request.crs, resolution=request.resolution)
@@ -305,7 +305,7 @@ def run_detect(request: DetectRequest, locks: ExitStack) -> dict:
     name = request.run_name or run_folder_name(region_.name, request.before, request.after)
     work = out_dir / ".cache" / name
     work.mkdir(parents=True, exist_ok=True)
-    locks.enter_context(run_lock(out_dir, name))
+    held.enter_context(run_lock(out_dir, name))  # as soon as its name is known
     # the load goes on beside planning and inference: blocks start on the rows already written
     progress, load_time = track_load(work / "scenes.zarr"), FinishTimes()
     loading = load_scenes.submit(request, region_, first, second, work)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
@@ -189,19 +191,28 @@ def outputs_while_blocks_run(address: str | None, workers: int | None, device: s
     return "processes" if gpus_here and runs_in_this_process(address, workers) else "threads"
 
 
-def warm_up_in_background(model_path: str, model_hash: str, precision: str, device: str, threads: int | None,
-                          batch_size: int, window: int) -> threading.Thread:
+@contextmanager
+def warming_up(model_path: str, model_hash: str, precision: str, device: str, threads: int | None,
+               batch_size: int, window: int) -> Iterator[threading.Thread]:
     """Load the model for this process's worker while the flow still reads the scenes; on a GPU, also
     run one batch of blank windows through it, so the card's first kernels are loaded by then too.
 
     Otherwise the first blocks pay for loading the weights and starting the card while reading the
     scenes leaves the GPU idle. A failure here is ignored: the worker loads the model again and
     reports what went wrong, in its own task.
+
+    Leaving the ``with`` waits for the load, however the run ends. A run refused a moment later (its
+    run folder busy, its scenes missing) would otherwise exit while the thread is inside torch: at
+    interpreter exit Python ends such a thread by unwinding its C++ frames, and the process aborts
+    ("terminate called without an active exception", exit -6) after printing its one clear line.
+    A run that ends skips the blank batch, so it waits for the weights only.
     """
+    ending = threading.Event()
+
     def warm() -> None:
         try:
             predictor = cached_predictor(model_path, model_hash, precision, device, threads)
-            if predictor.device.type == "cuda":  # a CPU needs no warming, and its cores read the scenes
+            if predictor.device.type == "cuda" and not ending.is_set():  # a CPU needs no warming: its cores read the scenes
                 blank = torch.zeros(batch_size, 3, window, window, device=predictor.device)
                 with device_lock(str(predictor.device)):
                     predictor.predict_proba(blank, blank)
@@ -211,7 +222,11 @@ def warm_up_in_background(model_path: str, model_hash: str, precision: str, devi
 
     thread = threading.Thread(target=warm, name="model-warm-up", daemon=True)
     thread.start()
-    return thread
+    try:
+        yield thread
+    finally:
+        ending.set()
+        thread.join()
 
 
 @lru_cache(maxsize=2)

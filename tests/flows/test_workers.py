@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import dask
 from distributed import LocalCluster
@@ -96,9 +99,10 @@ def test_a_worker_knows_how_many_blocks_it_runs_at_once():
 def test_the_model_is_warmed_up_in_the_background_for_the_worker_in_this_process(tmp_path):
     model = str(tiny_model_file(tmp_path / "tiny.safetensors"))
     workers._load_predictor.cache_clear()
-    workers.warm_up_in_background(model, "warm", "fp32", "cpu", None, batch_size=2, window=64).join(timeout=60)
-    assert workers._load_predictor.cache_info().currsize == 1  # loaded before any block asked for it
-    workers.cached_predictor(model, "warm", "fp32", "cpu", None)
+    with workers.warming_up(model, "warm", "fp32", "cpu", None, batch_size=2, window=64) as thread:
+        thread.join(timeout=60)
+        assert workers._load_predictor.cache_info().currsize == 1  # loaded before any block asked for it
+        workers.cached_predictor(model, "warm", "fp32", "cpu", None)
     assert workers._load_predictor.cache_info().hits == 1 and workers._load_predictor.cache_info().misses == 1
 
 
@@ -106,10 +110,24 @@ def test_a_failed_warm_up_is_left_for_the_worker_to_report(tmp_path, monkeypatch
     escaped = []  # an exception leaving a thread goes to threading.excepthook (printed, never raised here)
     monkeypatch.setattr(threading, "excepthook", escaped.append)
     workers._load_predictor.cache_clear()
-    thread = workers.warm_up_in_background(str(tmp_path / "missing.safetensors"), "gone", "fp32", "cpu", None, 2, 64)
-    thread.join(timeout=60)
+    with workers.warming_up(str(tmp_path / "missing.safetensors"), "gone", "fp32", "cpu", None, 2, 64) as thread:
+        pass
     assert not thread.is_alive() and workers._load_predictor.cache_info().currsize == 0
     assert escaped == []
+
+
+def test_a_run_that_ends_at_once_after_the_warm_up_began_exits_with_its_own_code(tmp_path):
+    """A detect run refused just after the warm-up began (its run folder busy) printed its one line
+    and then aborted (-6, "terminate called without an active exception"): the process exited while
+    the warm-up thread was inside torch. The ``with`` waits for the load, so it exits as it means to."""
+    model = tiny_model_file(tmp_path / "tiny.safetensors")
+    refused_at_once = (f"import sys\nfrom flows.workers.cluster import warming_up\n"
+                       f"with warming_up({str(model)!r}, 'h', 'fp32', 'cpu', None, 2, 64):\n"
+                       f"    pass\nsys.exit(3)\n")
+    for _ in range(3):  # unwaited, each of these aborted
+        done = subprocess.run([sys.executable, "-c", refused_at_once], capture_output=True, text=True, timeout=120,
+                              cwd=Path(__file__).parents[2])
+        assert (done.returncode, done.stderr) == (3, "")
 
 
 def test_only_a_run_whose_worker_shares_this_process_warms_up_here(monkeypatch):
