@@ -57,6 +57,7 @@ and outputs overlap the network rather than come before or after it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import multiprocessing
@@ -428,6 +429,14 @@ def run(size: int, args: argparse.Namespace, work: Path, scenes: tuple[Path, str
     }
 
 
+def replace(module, name: str, value) -> None:
+    """``module.name = value``, for a name the module has: a renamed function would otherwise leave
+    the real one running and the rows measuring something else, silently."""
+    if not hasattr(module, name):
+        raise AttributeError(f"{module.__name__} has no {name} to replace; update bench/pipeline.py")
+    setattr(module, name, value)
+
+
 def run_once(size: int, args: argparse.Namespace, out: Path, scenes: tuple[Path, str]) -> dict:
     import flows.workers.cluster
     from flows.detect import detect_changes
@@ -438,9 +447,9 @@ def run_once(size: int, args: argparse.Namespace, out: Path, scenes: tuple[Path,
     if stand_in:  # the flow's single worker runs in this process, so it picks these up
         import flows.detect
 
-        flows.detect.cached_predictor = lambda *_, **__: stand_in
-        flows.detect.warm_up_in_background = lambda *_, **__: None  # nothing to load
-        flows.workers.cluster.local_gpu_count = lambda: 1  # the local cluster of a one-GPU machine
+        replace(flows.detect, "cached_predictor", lambda *_, **__: stand_in)
+        replace(flows.detect, "warming_up", lambda *_, **__: contextlib.nullcontext())  # nothing to load
+        replace(flows.workers.cluster, "local_gpu_count", lambda: 1)  # the local cluster of a one-GPU machine
     flows.workers.cluster._load_predictor.cache_clear()
     started, started_utc = time.perf_counter(), dt.datetime.now(dt.UTC)
     with PeakMemory() as memory, CpuUse() as flow_cpu, PipelineCpu() as pipeline_cpu:
