@@ -5,8 +5,9 @@ bands, grid, chunks) and a ``complete`` flag set after the last chunk is written
 written in place, a few tiles at a time, so that the change detection can start on the tiles
 already written while the rest is still being read (``on_written``): first the tiles of the
 rectangles the caller will read first (its blocks, in the order it runs them), then the others
-from the top down. Until the flag is set it is never taken for complete, a load that fails removes
-what it wrote, and a stale, foreign or half-written store is replaced, never patched.
+from the top down. Until the flag is set it is never taken for complete, a load that fails (or
+that its ``on_written`` stops by raising) removes what it wrote, and a stale, foreign or
+half-written store is replaced, never patched.
 """
 
 from __future__ import annotations

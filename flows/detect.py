@@ -30,6 +30,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
+from prefect.states import Cancelled
 
 import dsqnet
 from catalog import date_pair, open_source, parse_region
@@ -61,6 +62,7 @@ from flows.runtime import heartbeats
 from flows.scoring.known_change import score_run
 from flows.blocks.stitch import Stitcher, stitch
 from flows.blocks.streaming import (
+    LoadStopped,
     block_reads,
     load_failure_first,
     load_of,
@@ -121,7 +123,8 @@ def choose_scenes(request: DetectRequest) -> tuple[Region, DateChoice, DateChoic
 @task(name="load-scenes", cache_policy=NO_CACHE)
 def load_scenes(request: DetectRequest, region: Region, first: DateChoice, second: DateChoice, work: Path) -> PreparedScenes:
     """Both dates onto the grid in ``work/scenes.zarr``, the tiles the blocks read first in the plan's
-    order, telling the blocks waiting on them which tiles are written."""
+    order, telling the blocks waiting on them which tiles are written. A load the failing run
+    stopped ends Cancelled: the run's own error is what went wrong."""
     path = work / "scenes.zarr"
     progress = load_of(path)
     try:
@@ -134,6 +137,8 @@ def load_scenes(request: DetectRequest, region: Region, first: DateChoice, secon
     except BaseException as err:
         if progress:
             progress.finish(err)
+        if isinstance(err, LoadStopped):  # the run's own error says what went wrong
+            return Cancelled(message=str(err))
         raise
     if progress:
         progress.finish()
@@ -306,37 +311,24 @@ def run_detect(request: DetectRequest, held: ExitStack) -> dict:
     work = out_dir / ".cache" / name
     work.mkdir(parents=True, exist_ok=True)
     held.enter_context(run_lock(out_dir, name))  # as soon as its name is known
-    # the load goes on beside planning and inference: blocks start on the rows already written
+    # the load goes on beside planning and inference: blocks start on the tiles already written
     progress, load_time = track_load(work / "scenes.zarr"), FinishTimes()
     loading = load_scenes.submit(request, region_, first, second, work)
     loading.add_done_callback(load_time.on_done("load"))
-    try:
+    loading.add_done_callback(progress.task_ended)
+    with load_failure_first(work / "scenes.zarr"):  # an error here stops the load rather than waits for it
         progress.wait_for_grid()
-    except BaseException:
-        loading.result()  # the load's own error, as its task reports it
-        raise
-    with load_failure_first(work / "scenes.zarr"):
         work_plan = plan(request, work / "scenes.zarr", record, work)
-    plan_line = (f"{len(work_plan.blocks)} blocks of {request.block_size} px, {len(work_plan.todo)} to compute "
-                 f"({len(work_plan.blocks) - len(work_plan.todo)} already done), {work_plan.windows} windows in the scene")
-    lap("plan blocks")
-    store = ProbabilityStore(work_plan.job.probabilities)
-    note_resume_point(store.reusable_blocks)  # what an interrupted run reports
-    grid = grid or chosen_grid(region_, first, second, crs=request.crs, resolution=request.resolution)
-    outputs = BlockOutputs.prepare(store, grid.crs.to_wkt(), grid.transform, request.block_size,
-                                   request.threshold, request.min_area_m2, scenes=work / "scenes.zarr")
-    reports = []
-    if work_plan.todo:  # a finished store needs no cluster
-        runner = dask_task_runner(request.dask_address, request.workers)
-        with quiet_local_cluster(), as_subflow():  # a local cluster starts with the subflow
-            how = outputs_while_blocks_run(request.dask_address, request.workers, request.device)
-            reports = infer_blocks.with_options(task_runner=runner)(work_plan.job, work_plan.blocks, work_plan.todo, outputs,
-                                                                    how, plan_line)
-    else:
-        print(plan_line)
-    lap("infer blocks")
-    scenes = loading.result()  # what is left of the load: stitching and outputs read every row
-    lap("load scenes")
+        lap("plan blocks")
+        store = ProbabilityStore(work_plan.job.probabilities)
+        note_resume_point(store.reusable_blocks)  # what an interrupted run reports
+        grid = grid or chosen_grid(region_, first, second, crs=request.crs, resolution=request.resolution)
+        outputs = BlockOutputs.prepare(store, grid.crs.to_wkt(), grid.transform, request.block_size,
+                                       request.threshold, request.min_area_m2, scenes=work / "scenes.zarr")
+        reports = infer_planned_blocks(request, work_plan, outputs)
+        lap("infer blocks")
+        scenes = loading.result()  # what is left of the load: stitching and outputs read every row
+        lap("load scenes")
     stitch_blocks(work_plan)
     lap("stitch blocks")
     late_outputs = complete_block_outputs(outputs, work_plan.blocks)
@@ -371,6 +363,21 @@ def run_detect(request: DetectRequest, held: ExitStack) -> dict:
 
 # --------------------------------------------------------------------------------------------------
 # Helpers
+
+
+def infer_planned_blocks(request: DetectRequest, work_plan: BlockPlan, outputs: BlockOutputs) -> list[dict]:
+    """The plan's blocks still to compute, in the ``infer-blocks`` subflow on the request's Dask
+    cluster; their reports."""
+    plan_line = (f"{len(work_plan.blocks)} blocks of {request.block_size} px, {len(work_plan.todo)} to compute "
+                 f"({len(work_plan.blocks) - len(work_plan.todo)} already done), {work_plan.windows} windows in the scene")
+    if not work_plan.todo:  # a finished store needs no cluster
+        print(plan_line)
+        return []
+    runner = dask_task_runner(request.dask_address, request.workers)
+    with quiet_local_cluster(), as_subflow():  # a local cluster starts with the subflow
+        how = outputs_while_blocks_run(request.dask_address, request.workers, request.device)
+        return infer_blocks.with_options(task_runner=runner)(work_plan.job, work_plan.blocks, work_plan.todo,
+                                                             outputs, how, plan_line)
 
 
 def with_demo(request: DetectRequest, folder: Path) -> DetectRequest:

@@ -24,6 +24,10 @@ from dsqnet.inference.lattice import Lattice
 from flows.blocks.lattice import Block, block_reach, plan_blocks
 
 
+class LoadStopped(Exception):
+    """The run stopped its load: it failed elsewhere, and no block will read the tiles still to come."""
+
+
 class LoadProgress:
     """How far the load of one ``scenes.zarr`` got: its grid on disk, the tiles written, done or failed."""
 
@@ -32,10 +36,14 @@ class LoadProgress:
         self.written: WrittenTiles | None = None  # None until the store's grid and coordinates are on disk
         self.done = False
         self.error: BaseException | None = None
+        self._stop_asked = False
 
     def advance(self, written: WrittenTiles) -> None:
-        """These tiles of both dates are written (the ``on_written`` of the load)."""
+        """These tiles of both dates are written (the ``on_written`` of the load); raises
+        ``LoadStopped`` instead, ending the load before its next tiles, once ``stop`` was called."""
         with self._changed:
+            if self._stop_asked:
+                raise LoadStopped("the run failed, so its load of the scenes stopped (see the run's error)")
             self.written = written
             self._changed.notify_all()
 
@@ -43,6 +51,32 @@ class LoadProgress:
         with self._changed:
             self.done, self.error = True, error
             self._changed.notify_all()
+
+    def task_ended(self, future: Any) -> None:
+        """The load's task ended (a done callback of its future): one that failed before its body,
+        which finishes the load, must not leave the run waiting for the load; its error is the load's."""
+        if self.done:
+            return
+        try:
+            future.result()
+            error: BaseException = RuntimeError("the load-scenes task ended without loading the scenes")
+        except BaseException as err:  # noqa: BLE001 - raised in the flow, as the load's error
+            error = err
+        with self._changed:
+            if not self.done:
+                self.done, self.error = True, error
+                self._changed.notify_all()
+
+    def stop(self) -> None:
+        """End the load before its next tiles, and wait until it has ended.
+
+        A run that fails with tiles still to load would otherwise wait for all of them before it
+        said why (its task runner waits for its tasks), minutes for a large region. The wait keeps
+        the run folder's lock until the load's last write: a second run may not start under it.
+        """
+        with self._changed:
+            self._stop_asked = True
+            self._changed.wait_for(lambda: self.done)
 
     def wait_for_grid(self) -> None:
         """Until the store's grid can be read; the load's own error if it failed before."""
@@ -66,16 +100,11 @@ class LoadProgress:
         with self._changed:
             self._changed.wait_for(lambda: self.written is not seen or self.done, timeout)
 
-    def wait_until_done(self, timeout: float) -> None:
-        with self._changed:
-            self._changed.wait_for(lambda: self.done, timeout)
-
     def raise_failure(self) -> None:
-        if self.error is not None:
+        """The load's own error, if it failed (not if the run stopped it)."""
+        if self.error is not None and not isinstance(self.error, LoadStopped):
             raise self.error
 
-
-LOAD_FAILURE_GRACE_S = 10.0  # how long a failed block waits to learn whether the load failed under it
 
 _loads: dict[str, LoadProgress] = {}
 _loads_lock = threading.Lock()
@@ -97,14 +126,15 @@ def load_of(store: str | Path) -> LoadProgress | None:
 
 @contextlib.contextmanager
 def load_failure_first(store: str | Path) -> Iterator[None]:
-    """Inside, an error that a failed load of ``store`` caused (it removes what it wrote, under the
-    readers of its first tiles) gives way to the load's own error, which says what is wrong."""
+    """Inside, an error stops the load of ``store`` (``LoadProgress.stop``); one that a failed load
+    caused (it removes what it wrote, under the readers of its first tiles) gives way to the load's
+    own error, which says what is wrong."""
     try:
         yield
-    except Exception:
+    except BaseException:
         progress = load_of(store)
         if progress is not None:
-            progress.wait_until_done(LOAD_FAILURE_GRACE_S)
+            progress.stop()
             progress.raise_failure()
         raise
 
@@ -156,7 +186,7 @@ def stream_blocks(blocks: list[Block], lattice: Lattice, progress: LoadProgress 
         try:
             report = future.result()
         except Exception:  # a failed load removes its store: the block's error may only be a sign of it
-            progress.wait_until_done(LOAD_FAILURE_GRACE_S)
+            progress.stop()
             progress.raise_failure()
             raise
         yield report

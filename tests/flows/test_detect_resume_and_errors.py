@@ -145,3 +145,58 @@ def test_a_full_disk_fails_clearly_and_leaves_the_earlier_run_folder_untouched(p
     assert (tmp_path / "before.sha").read_text() == (tmp_path / "after.sha").read_text()
     assert "change.tif" in (tmp_path / "before.sha").read_text()
     assert not [n for n in (tmp_path / "listing").read_text().split() if ".partial-" in n]
+
+
+def test_a_block_that_fails_stops_the_load_and_the_run_says_why_at_once(prefect_api, tmp_path, monkeypatch):
+    """A run whose first block fails (a card out of memory) while most of its scenes are still to load
+    used to say so only once the load had finished: minutes for a large region. Now the load stops
+    before its next tiles, the run raises the block's error, and it leaves no half-loaded store."""
+    import threading
+
+    import flows.detect
+    import flows.workers.cluster
+    from flows.blocks.streaming import LoadProgress
+    from flows.files.locks import exclusive
+    from tests.catalog.stac_helpers import SPOT, WORLD_CRS, region_around, utc, write_catalog, write_scene
+
+    origin, size = (SPOT[0] - 600, SPOT[1] + 600), (2400, 2400)  # 0.5 m pixels; the region is 2000 px a side
+    (tmp_path / "scenes").mkdir()
+    catalog = write_catalog(tmp_path / "scenes", [
+        write_scene(tmp_path / "scenes", "before", utc("2021-06-10"), WORLD_CRS, origin, 0.5, size),
+        write_scene(tmp_path / "scenes", "after", utc("2023-06-12"), WORLD_CRS, origin, 0.5, size)])
+
+    class OutOfMemory:
+        device = torch.device("cpu")
+
+        def predict_proba(self, before, after):
+            raise RuntimeError("CUDA out of memory (the test's network)")
+
+    stop_asked, tiles_written, every = threading.Event(), [], 16  # 2000 px in tiles of 512
+    real_stop, real_prepare = LoadProgress.stop, flows.detect.prepare_chosen
+
+    def stop(progress):
+        stop_asked.set()
+        real_stop(progress)
+
+    def prepare_in_small_tiles(*args, on_written, **kwargs):
+        def written(tiles):
+            on_written(tiles)
+            tiles_written.append(len(tiles.tiles))
+            if 4 <= len(tiles.tiles) < every:  # the first block's tiles are in: it may start and fail
+                assert stop_asked.wait(60), "the failed block did not stop the load"
+        return real_prepare(*args, on_written=written, chunk=512, **kwargs)
+
+    monkeypatch.setattr(LoadProgress, "stop", stop)
+    monkeypatch.setattr(flows.detect, "prepare_chosen", prepare_in_small_tiles)
+    monkeypatch.setattr(flows.detect, "cached_predictor", lambda *_, **__: OutOfMemory())
+    monkeypatch.setattr(flows.workers.cluster, "local_gpu_count", lambda: 1)  # one in-process worker, as on a GPU host
+    out = tmp_path / "runs"
+    with pytest.raises(RuntimeError, match="CUDA out of memory"):
+        flows.detect.detect_changes(region=json.dumps(region_around(SPOT, 500)), before="2021-06-10",
+                                    after="2023-06-12", catalog=str(catalog), model=str(tiny_model_file(tmp_path / "m.safetensors")),
+                                    out=str(out), run_name="oom", block_size=512, workers=1, **FAST)
+    assert tiles_written and max(tiles_written) < every  # the tiles after the failure were never loaded
+    assert not (out / ".cache" / "oom" / "scenes.zarr").exists()  # a stopped load removes what it wrote
+    assert not (out / "oom").exists()
+    with exclusive(out / ".cache" / "oom.lock"):  # the run let go of its folder, the load done with it
+        pass

@@ -16,7 +16,7 @@ import zarr
 from catalog.store import WrittenTiles, is_complete, tile_order, tiles_at_once, write_scenes
 from dsqnet.inference.lattice import Lattice
 from flows.blocks.lattice import Block, plan_blocks
-from flows.blocks.streaming import LoadProgress, block_reads, reads_in_plan_order, stream_blocks
+from flows.blocks.streaming import LoadProgress, LoadStopped, block_reads, reads_in_plan_order, stream_blocks
 
 CHUNK, WIDTH = 256, 512  # two tiles a row
 HEIGHT = 4 * max(1, tiles_at_once() // 2) * CHUNK  # the load writes it in four computations or more
@@ -156,6 +156,33 @@ def test_a_load_that_fails_midway_stops_the_blocks_and_its_error_is_the_one_rais
     submitted = [b for b in plan_blocks(HEIGHT, WIDTH, CHUNK) if b.name in reader.written_at_submit]
     assert submitted and all(reader.written_before(b) and block_reads(LATTICE, b)[1] <= HEIGHT // 2 for b in submitted)
     assert not store.exists()  # what the failed load wrote is gone
+
+
+class FailingReader(Reader):
+    """Its first block fails, as one does when the card runs out of memory."""
+
+    def read(self, block: Block) -> tuple[Block, np.ndarray]:
+        raise RuntimeError(f"CUDA out of memory in {block.name}")
+
+
+def test_a_block_that_fails_stops_the_load_before_its_next_tiles_and_its_error_is_the_one_raised(tmp_path):
+    """Before, the run waited for the whole load before it said why it failed (minutes for a large region)."""
+    dataset, _ = scenes()
+    store, progress = tmp_path / "scenes.zarr", LoadProgress()
+    reader = FailingReader(store, progress)
+    tiles_written = []
+    advance = progress.advance
+    progress.advance = lambda written: (advance(written), tiles_written.append(len(written.tiles)))
+    loading = load_in_thread(dataset, store, progress, reader)
+    with pytest.raises(RuntimeError, match="CUDA out of memory in"):
+        list(stream_blocks(plan_blocks(HEIGHT, WIDTH, CHUNK), LATTICE, progress, reader.submit))
+    assert progress.done and isinstance(progress.error, LoadStopped)  # ended, not finished: stream_blocks waited
+    progress.raise_failure()  # a stopped load is no failure of its own: the block's error stays the run's
+    loading.join(timeout=10)
+    assert not loading.is_alive()
+    every = len(WrittenTiles.every((HEIGHT, WIDTH), CHUNK).tiles)
+    assert tiles_written and max(tiles_written) < every  # the tiles after the failure were never loaded
+    assert not store.exists()  # a stopped load removes what it wrote, as a failed one does
 
 
 def test_with_no_load_going_on_every_block_is_ready_at_once(tmp_path):
