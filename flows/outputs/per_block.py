@@ -236,18 +236,28 @@ def block_output_writer(outputs: BlockOutputs, blocks: int, how: str | None):
 
 class BackgroundWriter:
     """Writes blocks' outputs in a few threads of this process; leaving the ``with`` waits for all
-    and raises the first error. For when no network runs in this process: they share its GIL."""
+    and raises the first error, as does the next ``submit`` once one has failed (the run stops then,
+    rather than after its last block). For when no network runs in this process: they share its GIL."""
 
     def __init__(self, outputs: BlockOutputs, threads: int) -> None:
         self.outputs = outputs
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="block-outputs")
         self.futures: list[Future] = []
+        self.errors: list[BaseException] = []
 
     def __enter__(self) -> "BackgroundWriter":
         return self
 
     def submit(self, block: Block) -> None:
-        self.futures.append(self.pool.submit(self.outputs.write, block))
+        if self.errors:
+            raise self.errors[0]
+        future = self.pool.submit(self.outputs.write, block)
+        future.add_done_callback(self._note_failure)
+        self.futures.append(future)
+
+    def _note_failure(self, future: Future) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            self.errors.append(future.exception())
 
     def __exit__(self, kind, value, traceback) -> None:
         self.pool.shutdown(wait=True, cancel_futures=kind is not None)
@@ -259,7 +269,7 @@ class BackgroundWriter:
 class OutputProcesses:
     """Writes blocks' outputs in child processes (``python -m flows.outputs.child``) while blocks run,
     so that the network's thread keeps the GIL of this process; leaving the ``with`` waits for all
-    and raises the first error.
+    and raises the first error, as does the next ``submit`` once one has failed.
 
     Each child gets the outputs' fields once, says when it has imported, then takes one block per
     line on its stdin and answers one line per block. A thread per child feeds it from a shared
@@ -304,6 +314,10 @@ class OutputProcesses:
         return self
 
     def submit(self, block: Block) -> None:
+        """Queue ``block``'s outputs; the first error of the blocks before, if one failed: the run
+        stops at once rather than after its last block."""
+        if self.errors:
+            raise self.errors[0]
         self.queue.put(block)
         if self.block_cpu_s:  # once the blocks' cost is known, a backlog worth it gets more children
             for _ in range(children_worth_starting(self.queue.qsize(), self.processes - len(self.children),

@@ -18,7 +18,7 @@ from rio_cogeo.cogeo import cog_validate
 from shapely.geometry import Polygon, box
 
 from flows.outputs.assemble import change_polygons, write_change_rasters
-from flows.outputs.per_block import BlockOutputs, OutputProcesses, children_worth_starting
+from flows.outputs.per_block import BackgroundWriter, BlockOutputs, OutputProcesses, children_worth_starting
 from flows.blocks.store import ProbabilityStore
 from flows.runtime.allocator import KEEP_FREED
 
@@ -205,6 +205,25 @@ def test_child_processes_write_the_same_block_outputs_and_say_what_failed(known,
         with OutputProcesses(broken, 1) as writer:
             writer.submit(blocks[0])
     assert failed.value.filename == str(Path(broken.folder) / "prob" / "block-0-0.tif")
+    assert broken.done() == set()
+
+
+@pytest.mark.parametrize("writer_kind", ["processes", "threads"])
+def test_once_a_blocks_outputs_failed_the_next_block_raises_its_error(known, writer_kind):
+    """Not only after the last block: a run of hundreds of blocks stops at the first failed share."""
+    store, blocks, transform, _ = known
+    broken = block_outputs(store, transform, 0.7, 0.0)
+    shutil.rmtree(Path(broken.folder) / "prob")
+    (Path(broken.folder) / "prob").write_text("a file where the block GeoTIFFs go")
+    writer = OutputProcesses(broken, 1) if writer_kind == "processes" else BackgroundWriter(broken, 1)
+    with pytest.raises(NotADirectoryError), writer:
+        writer.submit(blocks[0])
+        deadline = time.monotonic() + 60
+        while not writer.errors and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert writer.errors, "the first block's outputs did not fail"
+        writer.submit(blocks[1])
+        pytest.fail("the block after a failed one was queued")
     assert broken.done() == set()
 
 
