@@ -3,11 +3,15 @@
 A block can fail early (a card out of memory at the batch size asked for, a worker lost). The run
 fails either way; what the user waits for is the error. The flow runs on a generated two-date
 catalog (as ``bench/pipeline.py``'s), with a network that fails on its first batch, on the local
-cluster of a one-GPU machine (one in-process worker). Reported: when the first block failed, when
-the load ended, and when the run raised, in seconds from the flow's start. Since stop 34 the load
-stops before its next tiles; before, the run raised only once the whole load had finished.
+cluster of a one-GPU machine (one in-process worker, two blocks at once). Reported: when the first
+block failed, when the load ended, and when the run raised, in seconds from the flow's start. Since
+stop 34 the load stops before its next tiles; before, the run raised only once the whole load had
+finished. With ``--busy-batch-s``, the other block keeps going, a batch at a time inside torch:
+since stop 34 it stops before its next batch; before, the run waited 30 s for Dask to close the
+worker, and the process aborted at exit (-6) with that block's thread still inside torch.
 
     python -m bench.failing_run --size 8192
+    python -m bench.failing_run --size 4096 --busy-batch-s 0.5
 """
 
 from __future__ import annotations
@@ -31,24 +35,37 @@ moments: dict[str, float] = {}
 
 
 class FailingNetwork:
-    """Fails on its first batch, as a network out of GPU memory does."""
+    """Fails on its first batch, as a network out of GPU memory does; with ``busy_s``, every other
+    batch (the other block the worker runs at once) takes that long inside torch instead."""
 
     device = torch.device("cpu")
+    calls = [0]
+
+    def __init__(self, busy_s: float = 0.0) -> None:
+        self.busy_s = busy_s
 
     def predict_proba(self, before, after) -> torch.Tensor:
-        moments.setdefault("first block failed", time.perf_counter())
-        raise RuntimeError("CUDA out of memory (the bench's failing network)")
+        FailingNetwork.calls[0] += 1
+        if FailingNetwork.calls[0] == 1 or not self.busy_s:
+            moments.setdefault("first block failed", time.perf_counter())
+            raise RuntimeError("CUDA out of memory (the bench's failing network)")
+        product, until = torch.randn(1000, 1000), time.perf_counter() + self.busy_s
+        while time.perf_counter() < until:
+            product = torch.mm(product, product) / 1000
+        return torch.zeros(after.shape[0], *after.shape[2:])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=8192, help="the region's side in pixels")
+    parser.add_argument("--busy-batch-s", type=float, default=0.0,
+                        help="the other block's batches take this long inside torch (default 0: they fail too)")
     args = parser.parse_args()
     # this file imported by its name: Dask pickles the task with the network, and a class of __main__
     # would travel by value, noting its failure in a copy of ``moments``
     from bench.failing_run import FailingNetwork, moments
 
-    network = FailingNetwork()
+    network = FailingNetwork(args.busy_batch_s)
     replace(flows.detect, "cached_predictor", lambda *_, **__: network)
     replace(flows.detect, "warming_up", lambda *_, **__: contextlib.nullcontext())
     replace(flows.workers.cluster, "local_gpu_count", lambda: 1)

@@ -44,7 +44,7 @@ from flows.params.signature import takes_parameters_of
 from flows.params.inputs import check_inputs
 from flows.outputs.assemble import change_polygons, write_change_rasters, write_preview
 from flows.outputs.artifacts import Progress, publish_artifacts
-from flows.blocks.infer import BlockJob, process_block
+from flows.blocks.infer import BlockJob, BlockStopped, clear_stop, process_block, stop_blocks
 from flows.outputs.per_block import BlockOutputs, block_output_writer
 from flows.params.demo import demo_inputs
 from flows.outputs.manifest import FinishTimes, StepTimer, stac_item
@@ -170,7 +170,10 @@ def plan(request: DetectRequest, scenes_path: Path, model: ModelRecord, work: Pa
 def infer_block(job: BlockJob, block: Block) -> dict:
     """One block on a worker; the model is loaded once per process and reused."""
     predictor = cached_predictor(job.model_path, job.model_hash, job.precision, job.device, job.threads)
-    report = process_block(job, block, predictor.predict_proba, device=str(predictor.device))
+    try:
+        report = process_block(job, block, predictor.predict_proba, device=str(predictor.device))
+    except BlockStopped as stopped:  # the run's own error says what went wrong
+        return Cancelled(message=str(stopped))
     if blocks_in_flight() == 1:  # alone on its worker: its buffers go back before the next block
         release_freed_memory()
     return report.to_dict()
@@ -208,14 +211,19 @@ def infer_streamed_blocks(job: BlockJob, blocks: list[Block], todo: list[Block],
         print(plan_line)
     by_name = {block.name: block for block in blocks}
     reports = []
-    with block_output_writer(outputs, len(blocks), outputs_how) as writer, \
-            Progress(len(todo), f"blocks inferred of {len(todo)}") as progress:
-        stitcher = Stitcher(ProbabilityStore(job.probabilities), job.scenes, lattice, blocks,
-                            on_stitched=writer.submit if writer else None)
-        for report in stream_blocks(todo, lattice, loading, submit):
-            reports.append(report)
-            stitcher.add(by_name[report["block"]])
-            progress.advance(report["windows"])
+    clear_stop(job)
+    try:
+        with block_output_writer(outputs, len(blocks), outputs_how) as writer, \
+                Progress(len(todo), f"blocks inferred of {len(todo)}") as progress:
+            stitcher = Stitcher(ProbabilityStore(job.probabilities), job.scenes, lattice, blocks,
+                                on_stitched=writer.submit if writer else None)
+            for report in stream_blocks(todo, lattice, loading, submit):
+                reports.append(report)
+                stitcher.add(by_name[report["block"]])
+                progress.advance(report["windows"])
+    except BaseException:
+        stop_blocks(job)  # none left inside torch in this process when it ends
+        raise
     order = {block.name: k for k, block in enumerate(todo)}
     return sorted(reports, key=lambda r: order[r["block"]])  # the plan's row-major order
 

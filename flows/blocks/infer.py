@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import threading
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -52,6 +54,53 @@ class BlockJob:
     precision: str = "fp32"
     device: str = "auto"
     threads: int | None = None
+
+
+class BlockStopped(Exception):
+    """The run stopped its blocks (``stop_blocks``): it failed elsewhere, and no result of theirs is wanted."""
+
+
+def stop_marker(job: BlockJob) -> Path:
+    """The file that tells the run's blocks to stop: every worker, wherever it runs, reads the scenes
+    and writes its sums in the run's work folder, so every one of them sees it there."""
+    return Path(job.probabilities).parent / "blocks.stop"
+
+
+_running: Counter[str] = Counter()  # blocks running in this process, by their job's probability store
+_running_changed = threading.Condition()
+
+
+@contextlib.contextmanager
+def _counted_as_running(job: BlockJob):
+    with _running_changed:
+        _running[job.probabilities] += 1
+    try:
+        yield
+    finally:
+        with _running_changed:
+            _running[job.probabilities] -= 1
+            _running_changed.notify_all()
+
+
+def stop_blocks(job: BlockJob, timeout_s: float = 120.0) -> None:
+    """Stop the run's blocks before their next batch, and wait for those running in this process.
+
+    A run that fails while blocks run (another block out of GPU memory, a failed output share)
+    would otherwise end with blocks of its in-process worker inside torch: at interpreter exit
+    Python ends such threads by unwinding their C++ frames, and the process aborts ("terminate
+    called without an active exception", exit -6) after printing its one clear line. Blocks in
+    worker processes or on other machines stop as well, which frees them sooner. The marker stays
+    until the next run of the same work starts (``clear_stop``): a block still queued that starts
+    later stops before it reads anything.
+    """
+    stop_marker(job).touch()
+    with _running_changed:
+        _running_changed.wait_for(lambda: _running[job.probabilities] <= 0, timeout_s)
+
+
+def clear_stop(job: BlockJob) -> None:
+    """Before a run's blocks: a marker an earlier, failed run of the same work left would stop them."""
+    stop_marker(job).unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -112,6 +161,18 @@ def process_block(job: BlockJob, block: Block, run: WindowModel, device: str = "
     ``device`` is where ``run`` computes, recorded in the report so that ``run.json`` says which
     card (or the CPU) ran each block.
     """
+    with _counted_as_running(job):
+        return _process_block(job, block, run, device)
+
+
+def _process_block(job: BlockJob, block: Block, run: WindowModel, device: str) -> BlockReport:
+    marker = stop_marker(job)
+
+    def unless_stopped() -> None:
+        if marker.exists():
+            raise BlockStopped(f"{block.name} stopped: the run failed (see its error)")
+
+    unless_stopped()
     started, start_time = time.perf_counter(), dt.datetime.now(dt.UTC)
     scenes = zarr.open_group(job.scenes, mode="r")
     height, width = scenes["valid"].shape[-2:]
@@ -127,6 +188,7 @@ def process_block(job: BlockJob, block: Block, run: WindowModel, device: str = "
 
     def timed(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
         nonlocal model_seconds
+        unless_stopped()  # a stat a batch: microseconds against milliseconds of network
         with in_turn, torch_threads(network_threads):
             tick = time.perf_counter()
             out = run(before, after)

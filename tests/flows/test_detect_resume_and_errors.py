@@ -200,3 +200,61 @@ def test_a_block_that_fails_stops_the_load_and_the_run_says_why_at_once(prefect_
     assert not (out / "oom").exists()
     with exclusive(out / ".cache" / "oom.lock"):  # the run let go of its folder, the load done with it
         pass
+
+
+STUCK_NETWORK = '''
+import threading, torch
+
+
+class Network:
+    """One block fails (a card out of memory) while the other block of the worker is inside torch."""
+
+    device = torch.device("cpu")
+    in_torch, lock, calls = threading.Event(), threading.Lock(), [0]
+
+    def predict_proba(self, before, after):
+        with Network.lock:
+            Network.calls[0] += 1
+            first = Network.calls[0] == 1
+        if first:
+            assert Network.in_torch.wait(60)
+            raise RuntimeError("CUDA out of memory (the test's network)")
+        Network.in_torch.set()
+        a = torch.randn(1500, 1500)
+        for _ in range(12):  # a batch of most of a second inside torch's matrix products
+            a = torch.mm(a, a) / 1500
+        return torch.zeros(after.shape[0], *after.shape[2:])
+'''
+
+RUN_WITH_STUCK_NETWORK = '''
+import json, sys
+import flows.detect, flows.workers.cluster
+from stuck_network import Network  # by name: Dask pickles the task with it, a class of __main__ by value
+network = Network()
+flows.detect.cached_predictor = lambda *_, **__: network
+flows.workers.cluster.local_gpu_count = lambda: 1  # one in-process worker running two blocks at once, as on a GPU host
+try:
+    flows.detect.detect_changes(**json.loads(sys.argv[1]))
+except RuntimeError as err:
+    print(f"raised: {err}")
+    sys.exit(3)
+'''
+
+
+def test_a_run_whose_block_fails_beside_another_in_torch_exits_with_its_own_code(prefect_api, inputs, tmp_path):
+    """On a GPU host the in-process worker runs two blocks at once. When one failed, the run waited
+    30 s for Dask to close the worker, printed its error, and aborted (-6, "terminate called without
+    an active exception"): the other block's thread, with batches still to go, was inside torch when
+    the interpreter ended. The run now stops its blocks before their next batch and waits for them."""
+    _, catalog, region, model = inputs
+    (tmp_path / "stuck_network.py").write_text(STUCK_NETWORK)
+    params = dict(region=region, before="2021-06-10", after="2023-06-12", catalog=str(catalog), model=str(model),
+                  out=str(tmp_path / "runs"), run_name="stuck", block_size=512, workers=1,
+                  **{**FAST, "batch_size": 1})  # 64 batches a block: more than Dask's 30 s to close the worker
+    env = {**cli_env(prefect_api), "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).parents[2])])}
+    done = subprocess.run([sys.executable, "-c", RUN_WITH_STUCK_NETWORK, json.dumps(params)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert "terminate called" not in done.stderr, done.stderr[-3000:]
+    assert (done.returncode, done.stdout.splitlines()[-1]) == (3, "raised: CUDA out of memory (the test's network)"), \
+        done.stderr[-3000:]
+    assert not (tmp_path / "runs" / "stuck").exists()
