@@ -376,8 +376,9 @@ def run_detect(request: DetectRequest, held: ExitStack) -> dict:
 def infer_planned_blocks(request: DetectRequest, work_plan: BlockPlan, outputs: BlockOutputs) -> list[dict]:
     """The plan's blocks still to compute, in the ``infer-blocks`` subflow on the request's Dask
     cluster; their reports."""
+    done = len(work_plan.blocks) - len(work_plan.todo)
     plan_line = (f"{len(work_plan.blocks)} blocks of {request.block_size} px, {len(work_plan.todo)} to compute "
-                 f"({len(work_plan.blocks) - len(work_plan.todo)} already done), {work_plan.windows} windows in the scene")
+                 f"({done} already done), {work_plan.windows} windows in the scene")
     if not work_plan.todo:  # a finished store needs no cluster
         print(plan_line)
         return []

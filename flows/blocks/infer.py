@@ -66,7 +66,9 @@ def stop_marker(job: BlockJob) -> Path:
     return Path(job.probabilities).parent / "blocks.stop"
 
 
-_running: Counter[str] = Counter()  # blocks running in this process, by their job's probability store
+# by their job's probability store: the blocks running in this process, and the runs that stopped theirs
+_running: Counter[str] = Counter()
+_stopped: set[str] = set()
 _running_changed = threading.Condition()
 
 
@@ -79,7 +81,13 @@ def _counted_as_running(job: BlockJob):
     finally:
         with _running_changed:
             _running[job.probabilities] -= 1
+            if _running[job.probabilities] <= 0:
+                del _running[job.probabilities]
             _running_changed.notify_all()
+
+
+def _is_stopped(job: BlockJob, marker: Path) -> bool:
+    return job.probabilities in _stopped or marker.exists()
 
 
 def stop_blocks(job: BlockJob, timeout_s: float = 120.0) -> None:
@@ -93,13 +101,20 @@ def stop_blocks(job: BlockJob, timeout_s: float = 120.0) -> None:
     until the next run of the same work starts (``clear_stop``): a block still queued that starts
     later stops before it reads anything.
     """
-    stop_marker(job).touch()
+    with _running_changed:
+        _stopped.add(job.probabilities)  # this process's blocks stop even where the marker cannot be written
+    try:
+        stop_marker(job).touch()
+    except OSError:  # a full disk, say: the run's own error says so, and must not give way to this one
+        pass
     with _running_changed:
         _running_changed.wait_for(lambda: _running[job.probabilities] <= 0, timeout_s)
 
 
 def clear_stop(job: BlockJob) -> None:
     """Before a run's blocks: a marker an earlier, failed run of the same work left would stop them."""
+    with _running_changed:
+        _stopped.discard(job.probabilities)
     stop_marker(job).unlink(missing_ok=True)
 
 
@@ -169,7 +184,7 @@ def _process_block(job: BlockJob, block: Block, run: WindowModel, device: str) -
     marker = stop_marker(job)
 
     def unless_stopped() -> None:
-        if marker.exists():
+        if _is_stopped(job, marker):
             raise BlockStopped(f"{block.name} stopped: the run failed (see its error)")
 
     unless_stopped()

@@ -212,7 +212,8 @@ def warming_up(model_path: str, model_hash: str, precision: str, device: str, th
     def warm() -> None:
         try:
             predictor = cached_predictor(model_path, model_hash, precision, device, threads)
-            if predictor.device.type == "cuda" and not ending.is_set():  # a CPU needs no warming: its cores read the scenes
+            # a CPU needs no warming (its cores read the scenes), nor a run that is ending
+            if predictor.device.type == "cuda" and not ending.is_set():
                 blank = torch.zeros(batch_size, 3, window, window, device=predictor.device)
                 with device_lock(str(predictor.device)):
                     predictor.predict_proba(blank, blank)

@@ -191,10 +191,11 @@ def test_a_block_that_fails_stops_the_load_and_the_run_says_why_at_once(prefect_
     monkeypatch.setattr(flows.detect, "cached_predictor", lambda *_, **__: OutOfMemory())
     monkeypatch.setattr(flows.workers.cluster, "local_gpu_count", lambda: 1)  # one in-process worker, as on a GPU host
     out = tmp_path / "runs"
+    model = tiny_model_file(tmp_path / "m.safetensors")
     with pytest.raises(RuntimeError, match="CUDA out of memory"):
         flows.detect.detect_changes(region=json.dumps(region_around(SPOT, 500)), before="2021-06-10",
-                                    after="2023-06-12", catalog=str(catalog), model=str(tiny_model_file(tmp_path / "m.safetensors")),
-                                    out=str(out), run_name="oom", block_size=512, workers=1, **FAST)
+                                    after="2023-06-12", catalog=str(catalog), model=str(model), out=str(out),
+                                    run_name="oom", block_size=512, workers=1, **FAST)
     assert tiles_written and max(tiles_written) < every  # the tiles after the failure were never loaded
     assert not (out / ".cache" / "oom" / "scenes.zarr").exists()  # a stopped load removes what it wrote
     assert not (out / "oom").exists()

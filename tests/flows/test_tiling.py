@@ -177,3 +177,37 @@ def test_windows_that_see_nothing_observed_are_not_run(tmp_path):
     # starting at 448 reach col 512
     assert sum(runs) == lattice.count - 8 * 7
     assert np.isnan(prob[:, :512]).all() and not np.isnan(prob[:, 512:]).any()
+
+
+def test_stopped_blocks_stop_before_their_next_batch_and_a_new_run_clears_the_stop(tmp_path):
+    """A failed run stops its blocks (flows/blocks/infer.py ``stop_blocks``): those of this process
+    even where the marker cannot be written, and a block that starts later before it reads anything."""
+    from flows.blocks.infer import BlockStopped, clear_stop, stop_blocks, stop_marker
+
+    scenes = scenes_store(tmp_path / "scenes.zarr", 256, 256)
+    block = plan_blocks(256, 256, 128)[0]
+    store = ProbabilityStore.prepare(tmp_path / "prob.zarr", scenes, (2, 2), "stop")
+    job = BlockJob(str(tmp_path / "scenes.zarr"), str(store.path), "", "", 64, 32, 2)
+    batches, stop_after = [], [2]
+
+    def run(before, after):
+        batches.append(len(before))
+        if len(batches) == stop_after[0]:  # the run failed meanwhile
+            stop_blocks(job, timeout_s=0)
+        return content_model(before, after)
+
+    with pytest.raises(BlockStopped, match="block-0-0 stopped"):
+        process_block(job, block, run)
+    assert len(batches) == 2 and stop_marker(job).exists()  # stopped before its third batch
+    assert store.summed_blocks() == set()  # and stored nothing
+
+    unwritable = BlockJob(job.scenes, str(tmp_path / "gone" / "prob.zarr"), "", "", 64, 32, 2)
+    stop_blocks(unwritable, timeout_s=0)  # the marker's folder is missing: this process's blocks still stop
+    assert not stop_marker(unwritable).exists()
+    with pytest.raises(BlockStopped):
+        process_block(unwritable, block, run)
+
+    clear_stop(job)
+    stop_after[0] = 0  # this time nothing stops the block
+    assert process_block(job, block, run).windows == 16 and not stop_marker(job).exists()
+    assert store.summed_blocks() == {(0, 0)}
