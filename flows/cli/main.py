@@ -261,9 +261,17 @@ def _predict(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     predictor = Predictor(load_model_file(locate_model(args.model, args.registry)[0]), device=args.device,
                           precision=args.precision)
-    probability = predictor.predict_windows(
-        before.pixels, after.pixels, window=args.window, stride=args.stride, batch_size=args.batch_size
-    )
+    try:
+        probability = predictor.predict_windows(
+            before.pixels, after.pixels, window=args.window, stride=args.stride, batch_size=args.batch_size
+        )
+    except Exception as err:
+        from flows.runtime.out_of_memory import is_out_of_memory, out_of_memory
+
+        if is_out_of_memory(err):
+            raise out_of_memory(err, "the pair", str(predictor.device), args.batch_size, args.window,
+                                args.precision) from None
+        raise
     changed = is_change(probability, args.threshold)
     scale = 255 if args.out.suffix.lower() == ".png" else 1
     maps = [(args.out, changed.astype(np.uint8) * scale)]

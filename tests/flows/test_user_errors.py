@@ -317,3 +317,72 @@ def test_a_flow_run_as_a_deployment_runs_it_fails_on_bad_parameters_in_one_line(
     assert state.is_failed() and state.message == f"Flow run encountered an exception: ParameterError: {problem}"
     assert f"Encountered exception during execution: ParameterError: {problem}\n" in err
     assert "Traceback" not in err and not (tmp_path / "runs").exists()
+
+
+class NetworkOutOfMemory:
+    """A network whose batch does not fit: torch's CPU allocator refuses the 9 TiB it asks for."""
+
+    device = __import__("torch").device("cpu")
+
+    def predict_proba(self, before, after):
+        import torch
+
+        return torch.empty(10**13, dtype=torch.uint8)
+
+
+def test_a_block_out_of_memory_names_the_settings_that_make_it_fit(capfd, prefect_as_for_a_user, inputs, tmp_path,
+                                                                   monkeypatch):
+    import flows.detect
+
+    monkeypatch.setattr(flows.detect, "cached_predictor", lambda *_, **__: NetworkOutOfMemory())
+    code, out, err = ran(capfd, detect_args(inputs, tmp_path / "runs"))
+    assert code == 1 and "Traceback" not in err, err[-3000:]
+    assert re.fullmatch(
+        r"dsqnet detect: error: block-\d-\d ran out of memory on cpu \(tried to allocate 9313\.23 GiB\) with a block "
+        r"of 512 px, batches of 16 windows of 128 px in fp32: lower --block-size \(parameter 'block_size', now 512\), "
+        r"lower --batch-size \(parameter 'batch_size', now 16\), or close other programs", err.splitlines()[-1]), err
+
+
+def test_out_of_memory_on_a_card_keeps_torchs_figures_and_not_its_allocator_advice():
+    import torch
+
+    from flows.runtime.out_of_memory import is_out_of_memory, out_of_memory
+
+    card = torch.OutOfMemoryError(
+        "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.25 GiB of which 1.00 GiB "
+        "is free. Including non-PyTorch memory, this process has 78.20 GiB memory in use. If reserved but unallocated "
+        "memory is large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.")
+    assert is_out_of_memory(card) and not is_out_of_memory(RuntimeError("an unrelated bug"))
+    assert str(out_of_memory(card, "block-0-1", "cuda:0", 16, 512, "fp32", 4096)) == (
+        "block-0-1 ran out of GPU memory on cuda:0 (Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.25 "
+        "GiB of which 1.00 GiB is free) with batches of 16 windows of 512 px in fp32: lower --batch-size (parameter "
+        "'batch_size', now 16), use --precision bf16 or fp16 (parameter 'precision'), or free the card of other "
+        "processes")
+    try:
+        __import__("numpy").ones(10**13, dtype="uint8")
+    except MemoryError as numpy_refused:
+        assert is_out_of_memory(numpy_refused)
+        assert str(out_of_memory(numpy_refused, "the pair", "cpu", 4, 512, "bf16")) == (
+            "the pair ran out of memory on cpu (Unable to allocate 9.09 TiB) with batches of 4 windows of 512 px in "
+            "bf16: lower --batch-size (parameter 'batch_size', now 4), or close other programs")
+    else:
+        pytest.fail("numpy allocated 9 TiB")
+
+
+def test_predict_out_of_memory_names_the_batch_size(capfd, inputs, tmp_path, monkeypatch):
+    from catalog.example_pair import write_example_pair
+    from dsqnet.predictor import Predictor
+
+    def refused(*_, **__):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                           f"you tried to allocate {3 * 2**30} bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(Predictor, "predict_proba", refused)  # each batch, as the real one would fail
+    pair = write_example_pair(tmp_path, size_px=64)
+    code, _, err = ran(capfd, ["predict", "--model", str(inputs[3]), "--before", str(pair.before), "--after",
+                               str(pair.after), "--out", str(tmp_path / "change.tif"), "--window", "64",
+                               "--stride", "32", "--batch-size", "2"])
+    assert code == 1
+    assert err == ("dsqnet predict: error: the pair ran out of memory on cpu (tried to allocate 3.00 GiB) with batches "
+                   "of 2 windows of 64 px in fp32: lower --batch-size (parameter 'batch_size', now 2), or close other "
+                   "programs\n")

@@ -1,0 +1,63 @@
+"""A batch that does not fit in memory is told in one line: what did not fit, and the settings that
+make it fit.
+
+On a card with less memory than the default batch needs, or one that other processes share, torch
+raises ``OutOfMemoryError`` with a paragraph about its allocator; on a CPU a block too large for
+the machine fails in numpy or torch with the size it could not allocate. Either is a problem the
+user fixes with a parameter, so it is a user error (flows/runtime/user_errors.py), never a traceback.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from flows.runtime.user_errors import UserError
+
+
+class OutOfMemory(UserError):
+    """A batch or block did not fit in the memory of its device; the message names the settings to lower."""
+
+
+_CPU_ALLOCATOR = re.compile(r"can't allocate memory: you tried to allocate (\d+) bytes")
+_NUMPY = re.compile(r"Unable to allocate [\d.]+ \w+")
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """A card's ``OutOfMemoryError``, numpy's ``MemoryError``, or torch's CPU allocator's RuntimeError."""
+    return (isinstance(err, (torch.OutOfMemoryError, MemoryError))
+            or (isinstance(err, RuntimeError) and _CPU_ALLOCATOR.search(str(err)) is not None))
+
+
+def _figures(err: BaseException, on_gpu: bool) -> str:
+    """What could not be allocated, in the library's words: for a card, torch's first sentences
+    (what it tried to allocate, the card's capacity and what was free), not its allocator advice."""
+    text = str(err)
+    if on_gpu:
+        return ". ".join(part for part in text.split(". ")[1:3] if part).rstrip(".")
+    if found := _CPU_ALLOCATOR.search(text):
+        return f"tried to allocate {int(found.group(1)) / 2**30:.2f} GiB"
+    found = _NUMPY.search(text)
+    return found.group(0) if found else ""
+
+
+def out_of_memory(err: BaseException, what: str, device: str, batch_size: int, window: int, precision: str,
+                  block_size: int | None = None) -> OutOfMemory:
+    """The one line for ``what`` (``block-0-1``, ``the pair``) that ran out of memory on ``device``."""
+    on_gpu = torch.device(device).type == "cuda"
+    figures = _figures(err, on_gpu)
+    said = f" ({figures})" if figures else ""
+    settings = f"batches of {batch_size} windows of {window} px in {precision}"
+    fixes = [f"lower --batch-size (parameter 'batch_size', now {batch_size})"]
+    if on_gpu:
+        if precision == "fp32":
+            fixes.append("use --precision bf16 or fp16 (parameter 'precision')")
+        fixes.append("or free the card of other processes")
+    else:
+        if block_size is not None:
+            settings = f"a block of {block_size} px, {settings}"
+            fixes.insert(0, f"lower --block-size (parameter 'block_size', now {block_size})")
+        fixes.append("or close other programs")
+    memory = "GPU memory" if on_gpu else "memory"
+    return OutOfMemory(f"{what} ran out of {memory} on {device}{said} with {settings}: {', '.join(fixes)}")
