@@ -92,37 +92,39 @@ class Trainer:
         batches = iter(loader)
         window_start, window_steps = time.perf_counter(), 0
 
-        for step in range(start, cfg.schedule.max_iters):
-            lr = self._set_lr(optimizer, step)
-            micro_batches = [next(batches) for _ in range(cfg.schedule.accumulate)]
-            step_loss = train_step(model, optimizer, scaler, criterion, normalize, micro_batches, self.precision)
-            if not math.isfinite(step_loss):
-                raise FloatingPointError(f"loss became {step_loss} at step {step}; lower optim.lr or use fp32")
-            window_steps += 1
-            done = step + 1
-            record = {"step": done, "loss": step_loss, "lr": lr}
+        try:  # a step that fails (out of memory, a bad loss) still closes the bar's line and the log
+            for step in range(start, cfg.schedule.max_iters):
+                lr = self._set_lr(optimizer, step)
+                micro_batches = [next(batches) for _ in range(cfg.schedule.accumulate)]
+                step_loss = train_step(model, optimizer, scaler, criterion, normalize, micro_batches, self.precision)
+                if not math.isfinite(step_loss):
+                    raise FloatingPointError(f"loss became {step_loss} at step {step}; lower optim.lr or use fp32")
+                window_steps += 1
+                done = step + 1
+                record = {"step": done, "loss": step_loss, "lr": lr}
 
-            if done % cfg.schedule.log_interval == 0 or done == cfg.schedule.max_iters:
-                elapsed = time.perf_counter() - window_start
-                record["it_per_s"] = window_steps / elapsed if elapsed > 0 else None
-                log.write(record)
-                window_start, window_steps = time.perf_counter(), 0
-            bar.update(record)
+                if done % cfg.schedule.log_interval == 0 or done == cfg.schedule.max_iters:
+                    elapsed = time.perf_counter() - window_start
+                    record["it_per_s"] = window_steps / elapsed if elapsed > 0 else None
+                    log.write(record)
+                    window_start, window_steps = time.perf_counter(), 0
+                bar.update(record)
 
-            if val_pairs is not None and (done % cfg.schedule.val_interval == 0 or done == cfg.schedule.max_iters):
-                scores = self._validate(model, val_pairs)
-                log.write({"step": done, "val": scores})
-                if best["miou"] is None or scores["miou"] > best["miou"]:
-                    best = {"miou": scores["miou"], "step": done}
-                    self._save_weights(model, self.work_dir / "best.safetensors", done, scores)
-                model.train()
-            if done % cfg.schedule.checkpoint_interval == 0 or done == cfg.schedule.max_iters:
-                self._checkpoint(model, optimizer, scaler, done, best)
-            if self.on_step is not None:
-                self.on_step(done, record)
-
-        bar.close()
-        log.close()
+                validate = done % cfg.schedule.val_interval == 0 or done == cfg.schedule.max_iters
+                if val_pairs is not None and validate:
+                    scores = self._validate(model, val_pairs)
+                    log.write({"step": done, "val": scores})
+                    if best["miou"] is None or scores["miou"] > best["miou"]:
+                        best = {"miou": scores["miou"], "step": done}
+                        self._save_weights(model, self.work_dir / "best.safetensors", done, scores)
+                    model.train()
+                if done % cfg.schedule.checkpoint_interval == 0 or done == cfg.schedule.max_iters:
+                    self._checkpoint(model, optimizer, scaler, done, best)
+                if self.on_step is not None:
+                    self.on_step(done, record)
+        finally:
+            bar.close()
+            log.close()
         best_path = self.work_dir / "best.safetensors"
         return TrainResult(cfg.schedule.max_iters, self.work_dir, self.work_dir / "last.safetensors",
                            best_path if best_path.exists() else None, best["miou"], resumed_from=start)

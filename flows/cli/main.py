@@ -68,10 +68,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # a user error in one line; a bug keeps its traceback
         from flows.cli.errors import user_message
 
+        from flows.runtime.terminal import progress_bar_open
+
         message = user_message(err)
         if message is None:
             raise
-        print(f"dsqnet {args.command}: error: {message}", file=sys.stderr)
+        below_the_bar = "\n" if progress_bar_open() else ""  # a failed step leaves its bar's line open
+        print(f"{below_the_bar}dsqnet {args.command}: error: {message}", file=sys.stderr)
         return 1
 
 
@@ -337,7 +340,17 @@ def _train(args: argparse.Namespace) -> None:
     }
     updates = {section: {k: v for k, v in values.items() if v is not None} for section, values in updates.items()}
     config = config.with_updates(**{section: values for section, values in updates.items() if values})
-    result = Trainer(config).run(resume=args.resume)
+    trainer = Trainer(config)
+    try:
+        result = trainer.run(resume=args.resume)
+    except Exception as err:
+        from flows.runtime.out_of_memory import is_out_of_memory, training_out_of_memory
+
+        if is_out_of_memory(err):
+            raise training_out_of_memory(err, str(trainer.device), config.schedule.batch_size,
+                                         config.schedule.accumulate, trainer.precision, "--batch-size (now {now})",
+                                         "--accumulate (now {now})") from None
+        raise
     best = f", best val mIoU {result.best_miou:.4f} in {result.best}" if result.best_miou is not None else ""
     print(f"trained {result.step} iterations: {result.last}{best}; log in {result.work_dir / 'log.jsonl'}")
 

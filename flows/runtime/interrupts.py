@@ -35,6 +35,7 @@ from typing import Any, NoReturn, TypeVar
 import psutil
 
 from flows.runtime.flow_runs import cancel_open_runs, note_closed_run, note_open_run
+from flows.runtime.terminal import progress_bar_open
 
 ResultT = TypeVar("ResultT")
 FlowBodyT = TypeVar("FlowBodyT", bound=Callable[..., Any])
@@ -168,16 +169,10 @@ def stop(command: str, signum: int) -> NoReturn:
     cancel_open_runs(said)  # before the temporary API server, one of the children, goes
     stop_children()
     line = f"dsqnet {command}: {said}\n"
-    if _progress_bar_open():
+    if progress_bar_open():
         line = "\n" + line  # below the bar, not on its line
     os.write(terminal, line.encode())
     os._exit(128 + signum)
-
-
-def _progress_bar_open() -> bool:
-    """Whether a tqdm bar is on the terminal (its line has no end yet)."""
-    tqdm = sys.modules.get("tqdm")
-    return bool(tqdm is not None and getattr(tqdm.tqdm, "_instances", None))
 
 
 def stop_children(deadline_s: float = 3.0, spare_tracker: bool = False) -> None:

@@ -44,20 +44,32 @@ def _figures(err: BaseException, on_gpu: bool) -> str:
 
 def out_of_memory(err: BaseException, what: str, device: str, batch_size: int, window: int, precision: str,
                   block_size: int | None = None) -> OutOfMemory:
-    """The one line for ``what`` (``block-0-1``, ``the pair``) that ran out of memory on ``device``."""
+    """The one line for ``what`` (``block-0-1``, ``the pair``) whose windows ran out of memory on ``device``."""
+    settings = f"batches of {batch_size} windows of {window} px in {precision}"
+    fixes = [f"lower --batch-size (parameter 'batch_size', now {batch_size})"]
+    if torch.device(device).type == "cuda" and precision == "fp32":
+        fixes.append("use --precision bf16 or fp16 (parameter 'precision')")
+    elif torch.device(device).type != "cuda" and block_size is not None:
+        settings = f"a block of {block_size} px, {settings}"
+        fixes.insert(0, f"lower --block-size (parameter 'block_size', now {block_size})")
+    return out_of_memory_line(err, what, device, settings, fixes)
+
+
+def training_out_of_memory(err: BaseException, device: str, batch_size: int, accumulate: int, precision: str,
+                           batch_option: str, accumulate_option: str) -> OutOfMemory:
+    """The one line for a training step that ran out of memory: more micro-batches keep the step's
+    crops. The options are where the user sets each value, with ``{now}`` for the value now."""
+    at_once = max(1, batch_size // accumulate)
+    fixes = [f"raise {accumulate_option.format(now=accumulate)} to pass the step's {batch_size} crops fewer at a time",
+             f"lower {batch_option.format(now=batch_size)}"]
+    return out_of_memory_line(err, "training", device, f"{at_once} crops at once in {precision}", fixes)
+
+
+def out_of_memory_line(err: BaseException, what: str, device: str, settings: str, fixes: list[str]) -> OutOfMemory:
+    """``what ran out of memory on device (figures) with settings: fix, fix, or the machine's own fix``."""
     on_gpu = torch.device(device).type == "cuda"
     figures = _figures(err, on_gpu)
     said = f" ({figures})" if figures else ""
-    settings = f"batches of {batch_size} windows of {window} px in {precision}"
-    fixes = [f"lower --batch-size (parameter 'batch_size', now {batch_size})"]
-    if on_gpu:
-        if precision == "fp32":
-            fixes.append("use --precision bf16 or fp16 (parameter 'precision')")
-        fixes.append("or free the card of other processes")
-    else:
-        if block_size is not None:
-            settings = f"a block of {block_size} px, {settings}"
-            fixes.insert(0, f"lower --block-size (parameter 'block_size', now {block_size})")
-        fixes.append("or close other programs")
+    fixes = [*fixes, "or free the card of other processes" if on_gpu else "or close other programs"]
     memory = "GPU memory" if on_gpu else "memory"
     return OutOfMemory(f"{what} ran out of {memory} on {device}{said} with {settings}: {', '.join(fixes)}")

@@ -18,3 +18,12 @@ def show_progress_bars(on: bool = True) -> None:
 def progress_bars() -> bool:
     """Whether progress bars are drawn (``show_progress_bars``)."""
     return _progress_bars
+
+
+def progress_bar_open() -> bool:
+    """Whether a tqdm bar is on the terminal (its line has no end yet): a line printed now starts
+    on a line of its own only after a newline. A run that fails leaves its bar open."""
+    import sys
+
+    tqdm = sys.modules.get("tqdm")
+    return bool(tqdm is not None and getattr(tqdm.tqdm, "_instances", None))

@@ -66,3 +66,23 @@ def test_a_vitae_model_trains_evaluates_and_predicts_by_name(tmp_path, capsys):
     assert main(["predict", "--model", str(model), "--before", str(data / "A" / "pair_00.png"),
                  "--after", str(data / "B" / "pair_00.png"), "--out", str(out), "--window", "64", "--stride", "32"]) == 0
     assert out.is_file()
+
+
+def test_training_out_of_memory_names_the_micro_batches_and_the_batch_size(tmp_path, capsys, monkeypatch):
+    import torch
+
+    from dsqnet.model import DSQNet
+
+    def too_big(self, *_, **__):  # a real refusal of torch's CPU allocator
+        return torch.empty(10**13, dtype=torch.uint8)
+
+    monkeypatch.setattr(DSQNet, "forward", too_big)
+    data = generic_dataset(tmp_path / "data", n=3, size=96)
+    assert main(["train", "--config", "cpu-small", "--data-root", str(data), "--work-dir", str(tmp_path / "run"),
+                 "--max-iters", "2", "--batch-size", "2", "--num-workers", "0", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.endswith("\n")
+    assert err.splitlines()[-1] == (  # on a line of its own, below the closed progress bar
+        "dsqnet train: error: training ran out of memory on cpu (tried to allocate 9313.23 GiB) with 2 crops at once "
+        "in fp32: raise --accumulate (now 1) to pass the step's 2 crops fewer at a time, lower --batch-size (now 2), "
+        "or close other programs")

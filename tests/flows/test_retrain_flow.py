@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dsqnet.model import DSQNet
 from dsqnet.weights.model_file import load_model_file, save
 from flows.cli.main import main
 from flows.models.resolve import DEMO_MODEL
@@ -150,3 +151,26 @@ def test_wrong_labels_make_a_candidate_that_is_registered_but_not_promoted(prefe
     again = retrain_model(**params)  # the same inputs: nothing retrained, the same weights registered once
     assert again["training"]["resumed_from_step"] == 30 and registry.versions("demo") == [1, 2]
     assert again["candidate"]["ref"] == "demo@2" and registry.aliases("demo") == {"production": 1, "candidate": 2}
+
+
+def test_retraining_out_of_memory_names_the_configs_micro_batches_and_the_batch_size(prefect_api, demo, tmp_path,
+                                                                                     monkeypatch):
+    from flows.runtime.out_of_memory import OutOfMemory
+
+    real_forward = DSQNet.forward
+
+    def forward(self, *args, **kwargs):  # training steps ask for more than torch's CPU allocator gives
+        return torch.empty(10**13, dtype=torch.uint8) if self.training else real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(DSQNet, "forward", forward)
+    registry = ModelRegistry(tmp_path / "registry")
+    registry.register(DEMO_MODEL, name="demo", aliases=("production",))
+    train, holdout = shuffled_training_set(demo.training, tmp_path)
+    with pytest.raises(OutOfMemory) as refused:
+        retrain_model(name="demo", registry=str(registry.root), data=str(train), holdout=str(holdout), max_iters=2,
+                      batch_size=2, out=str(tmp_path / "runs"), **FAST)
+    assert str(refused.value) == (
+        "training ran out of memory on cpu (tried to allocate 9313.23 GiB) with 2 crops at once in fp32: raise "
+        "schedule.accumulate in the config fine-tune (now 1) to pass the step's 2 crops fewer at a time, lower "
+        "--batch-size (parameter 'batch_size', now 2), or close other programs")
+    assert registry.versions("demo") == [1]  # nothing registered
