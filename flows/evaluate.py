@@ -34,6 +34,7 @@ from prefect.runtime import flow_run
 
 from catalog import parse_region
 from dsqnet import Predictor
+from dsqnet.predictor import resolve_device
 from dsqnet.weights.model_file import load_model_file
 from dsqnet.data import ChangeDetectionDataset, find_samples
 from dsqnet.data.dataset import label_encoding_for
@@ -61,6 +62,7 @@ from flows.params.detect import ParameterError
 from flows.models.registry import ModelRegistry
 from flows.outputs.run_folder import RunFolder, check_writable, run_lock, with_output_errors
 from flows.runtime.interrupts import cancellable
+from flows.runtime.out_of_memory import is_out_of_memory, out_of_memory
 from flows.runtime import heartbeats
 
 heartbeats.install()  # a run ends as soon as its work is done, not up to a second later
@@ -226,7 +228,14 @@ def find_pairs_task(benchmark: BenchmarkSet) -> ChangeDetectionDataset:
 def score_pairs_task(model: ModelRecord, pairs: ChangeDetectionDataset, options: Options,
                      predictions: Path | None) -> dict:
     with Progress(len(pairs), f"pairs scored of {len(pairs)}", key="evaluate-progress", unit="pair") as progress:
-        return score_pairs(model, pairs, options, predictions, on_pair=progress.advance)
+        try:
+            return score_pairs(model, pairs, options, predictions, on_pair=progress.advance)
+        except Exception as err:
+            if is_out_of_memory(err):  # the settings that make it fit, in one line
+                device = str(resolve_device(options.device))
+                raise out_of_memory(err, "the evaluation", device, options.batch_size, options.window,
+                                    options.precision) from None
+            raise
 
 
 @task(name="publish-evaluation", cache_policy=NO_CACHE)

@@ -407,8 +407,16 @@ def _evaluate(args: argparse.Namespace) -> None:
         pairs = ChangeDetectionDataset(samples, encoding)
         predictor = Predictor(load_model_file(locate_model(args.model, args.registry)[0]), device=args.device,
                               precision=args.precision)
-        scores = evaluate_model(predictor, pairs, window=args.window, stride=args.stride, batch_size=args.batch_size,
-                                save_predictions=args.save_predictions, mode=args.mode)
+        try:
+            scores = evaluate_model(predictor, pairs, window=args.window, stride=args.stride,
+                                    batch_size=args.batch_size, save_predictions=args.save_predictions, mode=args.mode)
+        except Exception as err:
+            from flows.runtime.out_of_memory import is_out_of_memory, out_of_memory
+
+            if is_out_of_memory(err):
+                raise out_of_memory(err, "the evaluation", str(predictor.device), args.batch_size, args.window,
+                                    args.precision) from None
+            raise
     print(json.dumps(scores, indent=2) if args.json else format_table(scores))
 
 

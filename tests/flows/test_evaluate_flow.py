@@ -315,3 +315,26 @@ def test_a_second_run_of_the_same_work_is_refused_naming_the_first(prefect_api, 
         rf"\(pid {os.getpid()} on {re.escape(socket.gethostname())}, started \d\d:\d\d UTC\); wait for it to finish "
         r"or choose another --run-name \(parameter 'run_name'\)\n", err), err
     assert not (out / ".cache" / "busy").exists() and not (out / "busy").exists()  # nothing of the first run's touched
+
+
+@pytest.mark.parametrize("command", ["evaluate-model", "evaluate"])
+def test_an_evaluation_out_of_memory_names_the_settings_that_make_it_fit(prefect_api, bench, tmp_path, capsys,
+                                                                         monkeypatch, command):
+    import torch
+
+    from dsqnet.predictor import Predictor as RealPredictor
+
+    def refused(*_, **__):  # a real refusal of torch's CPU allocator
+        return torch.empty(10**13, dtype=torch.uint8)
+
+    monkeypatch.setattr(RealPredictor, "predict_proba", refused)
+    _, data, model, _ = bench
+    args = ([command, "--model", str(model), "--data", str(data), "--window", "96", "--stride", "48", "--batch-size",
+             "8", "--device", "cpu"] + (["--out", str(tmp_path / "runs")] if command == "evaluate-model" else []))
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.splitlines()[-1] == (
+        f"dsqnet {command}: error: the evaluation ran out of memory on cpu (tried to allocate 9313.23 GiB) with "
+        "batches of 8 windows of 96 px in fp32: lower --batch-size (parameter 'batch_size', now 8), or close other "
+        "programs")
