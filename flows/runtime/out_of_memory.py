@@ -47,9 +47,10 @@ def out_of_memory(err: BaseException, what: str, device: str, batch_size: int, w
     """The one line for ``what`` (``block-0-1``, ``the pair``) whose windows ran out of memory on ``device``."""
     settings = f"batches of {batch_size} windows of {window} px in {precision}"
     fixes = [f"lower --batch-size (parameter 'batch_size', now {batch_size})"]
-    if torch.device(device).type == "cuda" and precision == "fp32":
-        fixes.append("use --precision bf16 or fp16 (parameter 'precision')")
-    elif torch.device(device).type != "cuda" and block_size is not None:
+    if _on_the_card(err, device):
+        if precision == "fp32":
+            fixes.append("use --precision bf16 or fp16 (parameter 'precision')")
+    elif block_size is not None:
         settings = f"a block of {block_size} px, {settings}"
         fixes.insert(0, f"lower --block-size (parameter 'block_size', now {block_size})")
     return out_of_memory_line(err, what, device, settings, fixes)
@@ -67,9 +68,16 @@ def training_out_of_memory(err: BaseException, device: str, batch_size: int, acc
 
 def out_of_memory_line(err: BaseException, what: str, device: str, settings: str, fixes: list[str]) -> OutOfMemory:
     """``what ran out of memory on device (figures) with settings: fix, fix, or the machine's own fix``."""
-    on_gpu = torch.device(device).type == "cuda"
-    figures = _figures(err, on_gpu)
+    card = _on_the_card(err, device)
+    figures = _figures(err, card)
     said = f" ({figures})" if figures else ""
-    fixes = [*fixes, "or free the card of other processes" if on_gpu else "or close other programs"]
-    memory = "GPU memory" if on_gpu else "memory"
-    return OutOfMemory(f"{what} ran out of {memory} on {device}{said} with {settings}: {', '.join(fixes)}")
+    fixes = [*fixes, "or free the card of other processes" if card else "or close other programs"]
+    on_cpu = torch.device(device).type == "cpu"
+    memory = f"GPU memory on {device}" if card else "memory on cpu" if on_cpu else "host memory"
+    return OutOfMemory(f"{what} ran out of {memory}{said} with {settings}: {', '.join(fixes)}")
+
+
+def _on_the_card(err: BaseException, device: str) -> bool:
+    """Whether the card's memory ran out, not the machine's: numpy and torch's CPU allocator fail on
+    a GPU host too (a block's pixels, its sums)."""
+    return isinstance(err, torch.OutOfMemoryError) and torch.device(device).type == "cuda"

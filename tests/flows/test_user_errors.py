@@ -365,6 +365,10 @@ def test_out_of_memory_on_a_card_keeps_torchs_figures_and_not_its_allocator_advi
         assert str(out_of_memory(numpy_refused, "the pair", "cpu", 4, 512, "bf16")) == (
             "the pair ran out of memory on cpu (Unable to allocate 9.09 TiB) with batches of 4 windows of 512 px in "
             "bf16: lower --batch-size (parameter 'batch_size', now 4), or close other programs")
+        assert str(out_of_memory(numpy_refused, "block-0-1", "cuda:0", 4, 512, "fp32", 2048)) == (  # not the card's
+            "block-0-1 ran out of host memory (Unable to allocate 9.09 TiB) with a block of 2048 px, batches of 4 "
+            "windows of 512 px in fp32: lower --block-size (parameter 'block_size', now 2048), lower --batch-size "
+            "(parameter 'batch_size', now 4), or close other programs")
     else:
         pytest.fail("numpy allocated 9 TiB")
 
