@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import tempfile
 import time
@@ -39,14 +40,13 @@ class FailingNetwork:
     batch (the other block the worker runs at once) takes that long inside torch instead."""
 
     device = torch.device("cpu")
-    calls = [0]
+    calls = itertools.count(1)  # next() is atomic: the worker's two blocks call at once
 
     def __init__(self, busy_s: float = 0.0) -> None:
         self.busy_s = busy_s
 
     def predict_proba(self, before, after) -> torch.Tensor:
-        FailingNetwork.calls[0] += 1
-        if FailingNetwork.calls[0] == 1 or not self.busy_s:
+        if next(FailingNetwork.calls) == 1 or not self.busy_s:
             moments.setdefault("first block failed", time.perf_counter())
             raise RuntimeError("CUDA out of memory (the bench's failing network)")
         product, until = torch.randn(1000, 1000), time.perf_counter() + self.busy_s

@@ -62,7 +62,7 @@ from flows.params.detect import ParameterError
 from flows.models.registry import ModelRegistry
 from flows.outputs.run_folder import RunFolder, check_writable, run_lock, with_output_errors
 from flows.runtime.interrupts import cancellable
-from flows.runtime.out_of_memory import is_out_of_memory, out_of_memory
+from flows.runtime.out_of_memory import out_of_memory, said_in_one_line
 from flows.runtime import heartbeats
 
 heartbeats.install()  # a run ends as soon as its work is done, not up to a second later
@@ -228,14 +228,9 @@ def find_pairs_task(benchmark: BenchmarkSet) -> ChangeDetectionDataset:
 def score_pairs_task(model: ModelRecord, pairs: ChangeDetectionDataset, options: Options,
                      predictions: Path | None) -> dict:
     with Progress(len(pairs), f"pairs scored of {len(pairs)}", key="evaluate-progress", unit="pair") as progress:
-        try:
+        with said_in_one_line(lambda err: out_of_memory(err, "the evaluation", str(resolve_device(options.device)),
+                                                        options.batch_size, options.window, options.precision)):
             return score_pairs(model, pairs, options, predictions, on_pair=progress.advance)
-        except Exception as err:
-            if is_out_of_memory(err):  # the settings that make it fit, in one line
-                device = str(resolve_device(options.device))
-                raise out_of_memory(err, "the evaluation", device, options.batch_size, options.window,
-                                    options.precision) from None
-            raise
 
 
 @task(name="publish-evaluation", cache_policy=NO_CACHE)

@@ -48,7 +48,7 @@ from flows.models.resolve import ModelRecord, file_sha256, resolve_model
 from flows.models.registry import ModelRegistry, RegisteredModel
 from flows.params.retrain import RetrainRequest, parse_retrain_request
 from flows.outputs.run_folder import RunFolder, check_writable, run_lock, with_output_errors
-from flows.runtime.out_of_memory import is_out_of_memory, training_out_of_memory
+from flows.runtime.out_of_memory import said_in_one_line, training_out_of_memory
 from flows.runtime.interrupts import cancellable
 from flows.runtime import heartbeats
 
@@ -163,15 +163,11 @@ def fine_tune(request: RetrainRequest, base: ModelRecord, labels: PreparedLabels
     )
     started = time.perf_counter()
     trainer = Trainer(config, progress=False)
-    try:
+    with said_in_one_line(lambda err: training_out_of_memory(
+            err, str(trainer.device), config.schedule.batch_size, config.schedule.accumulate, trainer.precision,
+            "--batch-size (parameter 'batch_size', now {now})",
+            f"schedule.accumulate in the config {request.config} (now {{now}})")):
         result = trainer.run(resume=(work / "train" / "train_state.pt").is_file())
-    except Exception as err:
-        if is_out_of_memory(err):
-            raise training_out_of_memory(err, str(trainer.device), config.schedule.batch_size,
-                                         config.schedule.accumulate, trainer.precision,
-                                         "--batch-size (parameter 'batch_size', now {now})",
-                                         f"schedule.accumulate in the config {request.config} (now {{now}})") from None
-        raise
     return {"weights": str(result.last), "steps": result.step, "resumed_from_step": result.resumed_from,
             "seconds": round(time.perf_counter() - started, 2), "config": request.config,
             "recipe": config.to_dict()}

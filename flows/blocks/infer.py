@@ -26,7 +26,7 @@ from flows.blocks.store import ProbabilityStore
 from dsqnet.inference.lattice import Lattice, in_order, reflect_index, take_runs
 from dsqnet.inference.windows import WindowModel, window_sums
 from flows.blocks.lattice import Block, Reach, block_reach, block_windows
-from flows.runtime.out_of_memory import is_out_of_memory, out_of_memory
+from flows.runtime.out_of_memory import out_of_memory, said_in_one_line
 from flows.workers.cluster import blocks_in_flight, device_lock
 
 
@@ -177,14 +177,9 @@ def process_block(job: BlockJob, block: Block, run: WindowModel, device: str = "
     ``device`` is where ``run`` computes, recorded in the report so that ``run.json`` says which
     card (or the CPU) ran each block.
     """
-    with _counted_as_running(job):
-        try:
-            return _process_block(job, block, run, device)
-        except Exception as err:
-            if is_out_of_memory(err):  # the settings that make it fit, in one line
-                raise out_of_memory(err, block.name, device, job.batch_size, job.window, job.precision,
-                                    block.shape[0]) from None
-            raise
+    with _counted_as_running(job), said_in_one_line(lambda err: out_of_memory(
+            err, block.name, device, job.batch_size, job.window, job.precision, block.shape[0])):
+        return _process_block(job, block, run, device)
 
 
 def _process_block(job: BlockJob, block: Block, run: WindowModel, device: str) -> BlockReport:

@@ -264,17 +264,13 @@ def _predict(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     predictor = Predictor(load_model_file(locate_model(args.model, args.registry)[0]), device=args.device,
                           precision=args.precision)
-    try:
+    from flows.runtime.out_of_memory import out_of_memory, said_in_one_line
+
+    with said_in_one_line(lambda err: out_of_memory(err, "the pair", str(predictor.device), args.batch_size,
+                                                    args.window, args.precision)):
         probability = predictor.predict_windows(
             before.pixels, after.pixels, window=args.window, stride=args.stride, batch_size=args.batch_size
         )
-    except Exception as err:
-        from flows.runtime.out_of_memory import is_out_of_memory, out_of_memory
-
-        if is_out_of_memory(err):
-            raise out_of_memory(err, "the pair", str(predictor.device), args.batch_size, args.window,
-                                args.precision) from None
-        raise
     changed = is_change(probability, args.threshold)
     scale = 255 if args.out.suffix.lower() == ".png" else 1
     maps = [(args.out, changed.astype(np.uint8) * scale)]
@@ -340,17 +336,13 @@ def _train(args: argparse.Namespace) -> None:
     }
     updates = {section: {k: v for k, v in values.items() if v is not None} for section, values in updates.items()}
     config = config.with_updates(**{section: values for section, values in updates.items() if values})
-    trainer = Trainer(config)
-    try:
-        result = trainer.run(resume=args.resume)
-    except Exception as err:
-        from flows.runtime.out_of_memory import is_out_of_memory, training_out_of_memory
+    from flows.runtime.out_of_memory import said_in_one_line, training_out_of_memory
 
-        if is_out_of_memory(err):
-            raise training_out_of_memory(err, str(trainer.device), config.schedule.batch_size,
-                                         config.schedule.accumulate, trainer.precision, "--batch-size (now {now})",
-                                         "--accumulate (now {now})") from None
-        raise
+    trainer = Trainer(config)
+    with said_in_one_line(lambda err: training_out_of_memory(
+            err, str(trainer.device), config.schedule.batch_size, config.schedule.accumulate, trainer.precision,
+            "--batch-size (now {now})", "--accumulate (now {now})")):
+        result = trainer.run(resume=args.resume)
     best = f", best val mIoU {result.best_miou:.4f} in {result.best}" if result.best_miou is not None else ""
     print(f"trained {result.step} iterations: {result.last}{best}; log in {result.work_dir / 'log.jsonl'}")
 
@@ -407,16 +399,12 @@ def _evaluate(args: argparse.Namespace) -> None:
         pairs = ChangeDetectionDataset(samples, encoding)
         predictor = Predictor(load_model_file(locate_model(args.model, args.registry)[0]), device=args.device,
                               precision=args.precision)
-        try:
+        from flows.runtime.out_of_memory import out_of_memory, said_in_one_line
+
+        with said_in_one_line(lambda err: out_of_memory(err, "the evaluation", str(predictor.device),
+                                                        args.batch_size, args.window, args.precision)):
             scores = evaluate_model(predictor, pairs, window=args.window, stride=args.stride,
                                     batch_size=args.batch_size, save_predictions=args.save_predictions, mode=args.mode)
-        except Exception as err:
-            from flows.runtime.out_of_memory import is_out_of_memory, out_of_memory
-
-            if is_out_of_memory(err):
-                raise out_of_memory(err, "the evaluation", str(predictor.device), args.batch_size, args.window,
-                                    args.precision) from None
-            raise
     print(json.dumps(scores, indent=2) if args.json else format_table(scores))
 
 

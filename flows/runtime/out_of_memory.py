@@ -10,6 +10,8 @@ user fixes with a parameter, so it is a user error (flows/runtime/user_errors.py
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -28,6 +30,18 @@ def is_out_of_memory(err: BaseException) -> bool:
     """A card's ``OutOfMemoryError``, numpy's ``MemoryError``, or torch's CPU allocator's RuntimeError."""
     return (isinstance(err, (torch.OutOfMemoryError, MemoryError))
             or (isinstance(err, RuntimeError) and _CPU_ALLOCATOR.search(str(err)) is not None))
+
+
+@contextmanager
+def said_in_one_line(line: Callable[[BaseException], OutOfMemory]) -> Iterator[None]:
+    """Inside, running out of memory raises ``line(err)`` instead (``out_of_memory``,
+    ``training_out_of_memory``): the settings that make it fit. Any other error passes as it is."""
+    try:
+        yield
+    except Exception as err:
+        if is_out_of_memory(err):
+            raise line(err) from None
+        raise
 
 
 def _figures(err: BaseException, on_gpu: bool) -> str:
