@@ -35,6 +35,7 @@ import dsqnet
 from catalog.store import inputs_hash
 from dsqnet.data import find_samples
 from dsqnet.data.layouts import LAYOUTS
+from dsqnet.predictor import resolve_device
 from dsqnet.training import Trainer, load_config
 
 from flows.files.atomic import written_aside
@@ -48,7 +49,7 @@ from flows.models.resolve import ModelRecord, file_sha256, resolve_model
 from flows.models.registry import ModelRegistry, RegisteredModel
 from flows.params.retrain import RetrainRequest, parse_retrain_request
 from flows.outputs.run_folder import RunFolder, check_writable, run_lock, with_output_errors
-from flows.runtime.out_of_memory import said_in_one_line, training_out_of_memory
+from flows.runtime.out_of_memory import out_of_memory, said_in_one_line, training_out_of_memory
 from flows.runtime.interrupts import cancellable
 from flows.runtime import heartbeats
 
@@ -175,11 +176,14 @@ def fine_tune(request: RetrainRequest, base: ModelRecord, labels: PreparedLabels
 
 def judge(model: str, labels: PreparedLabels, request: RetrainRequest, registry: str | None) -> dict[str, Any]:
     """The model's scores on the holdout set (and the reference set), by ``evaluate-model``'s code."""
-    options = {"window": request.window, "stride": request.stride, "precision": request.precision,
-               "device": request.device}
+    options = {"window": request.window, "stride": request.stride, "batch_size": request.eval_batch_size,
+               "precision": request.precision, "device": request.device}
     sets = {"holdout": labels.holdout, **({"reference": labels.reference} if labels.reference else {})}
-    return {name: _scores(evaluate_labeled_set(model, data, registry=registry, **options))
-            for name, data in sets.items()}
+    with said_in_one_line(lambda err: out_of_memory(err, "the evaluation", str(resolve_device(request.device)),
+                                                    request.eval_batch_size, request.window, request.precision,
+                                                    batch_option="eval_batch_size")):
+        return {name: _scores(evaluate_labeled_set(model, data, registry=registry, **options))
+                for name, data in sets.items()}
 
 
 def _scores(report: dict) -> dict[str, Any]:
@@ -336,8 +340,8 @@ def run_retrain(request: RetrainRequest) -> dict:
 
 def retrain_name(request: RetrainRequest, base: ModelRecord) -> str:
     """``retrain_<name>_<hash>``: the same inputs give the same work folder, which is what resumes."""
-    keys = {k: v for k, v in request.model_dump().items() if k not in ("out", "run_name", "margin",
-                                                                        "reference_tolerance", "alias")}
+    keys = {k: v for k, v in request.model_dump().items()
+            if k not in ("out", "run_name", "margin", "reference_tolerance", "alias", "eval_batch_size")}
     return f"retrain_{request.name}_{inputs_hash({'request': keys, 'base': base.sha256})[:10]}"
 
 

@@ -56,6 +56,7 @@ class RetrainRequest(BaseModel):
     alias: str = Field("production", description="alias the candidate gets when it is promoted")
     window: int = Field(WINDOW, ge=32, description="evaluation window, pixels (the paper: 512)")
     stride: int = Field(STRIDE, ge=1, description="evaluation stride, pixels (the paper: 256)")
+    eval_batch_size: int = Field(4, ge=1, description="windows per batch when the base and the candidate are scored")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast precision of evaluation")
     device: DeviceText = Field("auto", description="'auto' (a GPU when there is one), 'cpu' or 'cuda:N'")
     out: str = Field("runs", description="folder where the retrain folder (retrain.json) is written")

@@ -57,10 +57,12 @@ def _figures(err: BaseException, on_gpu: bool) -> str:
 
 
 def out_of_memory(err: BaseException, what: str, device: str, batch_size: int, window: int, precision: str,
-                  block_size: int | None = None) -> OutOfMemory:
-    """The one line for ``what`` (``block-0-1``, ``the pair``) whose windows ran out of memory on ``device``."""
+                  block_size: int | None = None, batch_option: str = "batch_size") -> OutOfMemory:
+    """The one line for ``what`` (``block-0-1``, ``the pair``) whose windows ran out of memory on ``device``;
+    ``batch_option`` is the parameter that sets the windows per batch (its option is the same in kebab-case)."""
     settings = f"batches of {batch_size} windows of {window} px in {precision}"
-    fixes = [f"lower --batch-size (parameter 'batch_size', now {batch_size})"]
+    flag = "--" + batch_option.replace("_", "-")
+    fixes = [f"lower {flag} (parameter '{batch_option}', now {batch_size})"]
     if _on_the_card(err, device):
         if precision == "fp32":
             fixes.append("use --precision bf16 or fp16 (parameter 'precision')")

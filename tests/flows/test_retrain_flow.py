@@ -174,3 +174,31 @@ def test_retraining_out_of_memory_names_the_configs_micro_batches_and_the_batch_
         "schedule.accumulate in the config fine-tune (now 1) to pass the step's 2 crops fewer at a time, lower "
         "--batch-size (parameter 'batch_size', now 2), or close other programs")
     assert registry.versions("demo") == [1]  # nothing registered
+
+
+def test_judging_out_of_memory_names_the_evaluation_batch_and_the_rerun_keeps_the_training(prefect_api, demo, tmp_path,
+                                                                                          monkeypatch):
+    from flows.runtime.out_of_memory import OutOfMemory
+
+    real_forward = DSQNet.forward
+
+    def forward(self, *args, **kwargs):  # scoring asks for more than torch's CPU allocator gives
+        return real_forward(self, *args, **kwargs) if self.training else torch.empty(10**13, dtype=torch.uint8)
+
+    monkeypatch.setattr(DSQNet, "forward", forward)
+    registry = ModelRegistry(tmp_path / "registry")
+    registry.register(DEMO_MODEL, name="demo", aliases=("production",))
+    train, holdout = shuffled_training_set(demo.training, tmp_path)
+    params = dict(name="demo", registry=str(registry.root), data=str(train), holdout=str(holdout), max_iters=2,
+                  batch_size=2, out=str(tmp_path / "runs"), **FAST)
+    with pytest.raises(OutOfMemory) as refused:
+        retrain_model(**params)
+    assert str(refused.value) == (
+        "the evaluation ran out of memory on cpu (tried to allocate 9313.23 GiB) with batches of 4 windows of 256 px "
+        "in fp32: lower --eval-batch-size (parameter 'eval_batch_size', now 4), or close other programs")
+    assert registry.versions("demo") == [1]
+
+    monkeypatch.setattr(DSQNet, "forward", real_forward)
+    again = retrain_model(**params, eval_batch_size=2)  # the same work folder: the training is not done twice
+    assert again["training"]["resumed_from_step"] == 2 and again["parameters"]["eval_batch_size"] == 2
+    assert registry.versions("demo") == [1, 2]
