@@ -196,3 +196,35 @@ def test_with_no_load_going_on_every_block_is_ready_at_once(tmp_path):
     for block, read in results:
         top, bottom, left, right = block_reads(LATTICE, block)
         np.testing.assert_array_equal(read, pixels[:, :, top:bottom, left:right])
+
+
+def test_a_load_task_that_ends_before_its_body_ends_the_wait_with_its_error():
+    """A task that fails before its body (its runner's error, an upstream failure) never calls
+    ``finish``: without its done callback, the run would wait for the load's grid for ever."""
+
+    def never_started():
+        raise ConnectionError("the task's run could not be created: the Prefect API went away")
+
+    def wait(progress: LoadProgress, raised: list) -> None:
+        try:
+            progress.wait_for_grid()
+        except Exception as err:  # noqa: BLE001 - what the run would raise
+            raised.append(err)
+
+    for task, expected in ((never_started, "the Prefect API went away"), (lambda: None, "ended without loading")):
+        progress, raised = LoadProgress(), []
+        waiting = threading.Thread(target=wait, args=(progress, raised), daemon=True)  # a hang fails, not blocks
+        waiting.start()
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(task).add_done_callback(progress.task_ended)
+        waiting.join(timeout=10)
+        assert not waiting.is_alive() and len(raised) == 1 and expected in str(raised[0])
+        assert progress.done
+
+
+def test_a_load_that_finished_is_not_changed_by_its_task_ending():
+    progress = LoadProgress()
+    progress.finish()
+    progress.task_ended(None)  # its result is not even asked for
+    assert progress.done and progress.error is None
+    progress.raise_failure()
