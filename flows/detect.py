@@ -72,7 +72,7 @@ from flows.blocks.streaming import (
 )
 from flows.runtime.subflows import as_subflow
 from dsqnet.inference.lattice import Lattice
-from flows.blocks.lattice import Block, plan_blocks
+from flows.blocks.lattice import Block, BlockSelection, plan_blocks
 
 from flows.workers.cluster import (
     DASK_ADDRESS_ENV,
@@ -98,6 +98,11 @@ class BlockPlan:
     blocks: list[Block]
     todo: list[Block]
     windows: int
+
+    def selection(self, block_size: int) -> BlockSelection:
+        """``todo`` in a few numbers (``BlockSelection``), for the blocks' subflow."""
+        last = self.blocks[-1]
+        return BlockSelection.of(last.bottom, last.right, block_size, self.todo)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -181,15 +186,16 @@ def infer_block(job: BlockJob, block: Block) -> dict:
 
 @flow(name="infer-blocks", validate_parameters=False)
 @cancellable("detect")
-def infer_blocks(job: BlockJob, blocks: list[Block], todo: list[Block], outputs: BlockOutputs,
-                 outputs_how: str | None, plan_line: str = "") -> list[dict]:
+def infer_blocks(job: BlockJob, todo: BlockSelection, outputs: BlockOutputs, outputs_how: str | None,
+                 plan_line: str = "") -> list[dict]:
     """The blocks ``todo`` on the Dask workers (GPU workers when there are any), each as soon as the
-    rows of the scenes it reads are loaded (flows/blocks/streaming.py); meanwhile, each of ``blocks``
-    is stitched here as soon as the blocks it needs are in, and its share of the outputs written as
-    ``outputs_how`` says (flows/workers.outputs_while_blocks_run). ``plan_line`` is printed once the
-    first block can start: a load that fails before has only its error to say."""
+    rows of the scenes it reads are loaded (flows/blocks/streaming.py); meanwhile, each block of the
+    plan is stitched here as soon as the blocks it needs are in, and its share of the outputs written
+    as ``outputs_how`` says (flows/workers.outputs_while_blocks_run). ``plan_line`` is printed once
+    the first block can start: a load that fails before has only its error to say. The blocks come
+    as a ``BlockSelection``, not lists: this subflow's parameters go to the Prefect API."""
     with load_failure_first(job.scenes):
-        return infer_streamed_blocks(job, blocks, todo, outputs, outputs_how, plan_line)
+        return infer_streamed_blocks(job, todo.plan(), todo.blocks(), outputs, outputs_how, plan_line)
 
 
 def infer_streamed_blocks(job: BlockJob, blocks: list[Block], todo: list[Block], outputs: BlockOutputs,
@@ -385,7 +391,7 @@ def infer_planned_blocks(request: DetectRequest, work_plan: BlockPlan, outputs: 
     runner = dask_task_runner(request.dask_address, request.workers)
     with quiet_local_cluster(), as_subflow():  # a local cluster starts with the subflow
         how = outputs_while_blocks_run(request.dask_address, request.workers, request.device)
-        return infer_blocks.with_options(task_runner=runner)(work_plan.job, work_plan.blocks, work_plan.todo,
+        return infer_blocks.with_options(task_runner=runner)(work_plan.job, work_plan.selection(request.block_size),
                                                              outputs, how, plan_line)
 
 

@@ -9,6 +9,7 @@ depend on how the scene was cut. The blend weight is ``dsqnet.inference.blend``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -44,6 +45,46 @@ def plan_blocks(height: int, width: int, block_size: int) -> list[Block]:
         for r, top in enumerate(range(0, height, block_size))
         for c, left in enumerate(range(0, width, block_size))
     ]
+
+
+@dataclass(frozen=True)
+class BlockSelection:
+    """Some of the blocks of ``plan_blocks(height, width, block_size)``, as runs ``[start, stop)`` of
+    their row-major indices: a few numbers however many blocks there are.
+
+    A subflow's parameters go to the Prefect API, which refuses more than 512 KB of them; as lists of
+    blocks, a region of 3,000 blocks (115 km square at 0.5 m in blocks of 4096) could not start its
+    blocks' subflow. Picked blocks come in runs (all of them, or all but those a resumed run has), so
+    the runs stay few.
+    """
+
+    height: int
+    width: int
+    block_size: int
+    runs: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def of(cls, height: int, width: int, block_size: int, picked: Iterable[Block]) -> "BlockSelection":
+        columns = -(-width // block_size)
+        runs: list[list[int]] = []
+        for index in sorted(block.row * columns + block.col for block in picked):
+            if runs and runs[-1][1] == index:
+                runs[-1][1] += 1
+            else:
+                runs.append([index, index + 1])
+        return cls(height, width, block_size, tuple((start, stop) for start, stop in runs))
+
+    def plan(self) -> list[Block]:
+        """Every block of the scene, picked or not (stitching needs its neighbours)."""
+        return plan_blocks(self.height, self.width, self.block_size)
+
+    def blocks(self) -> list[Block]:
+        """The picked blocks, row-major."""
+        plan = self.plan()
+        return [plan[index] for start, stop in self.runs for index in range(start, stop)]
+
+    def __len__(self) -> int:
+        return sum(stop - start for start, stop in self.runs)
 
 
 @dataclass(frozen=True)
