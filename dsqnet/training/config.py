@@ -8,6 +8,8 @@ validation and checkpoints every 4000 iterations.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -127,8 +129,40 @@ def from_dict(data: dict[str, Any]) -> TrainConfig:
         bad = set(values) - known
         if bad:
             raise ValueError(f"unknown key(s) {sorted(bad)} in section '{f.name}'; known: {sorted(known)}")
-        built[f.name] = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        hints = typing.get_type_hints(cls)
+        for key, value in values.items():
+            if not _has_type(value, hints[key]):
+                raise ValueError(f"{f.name}.{key} must be {_type_name(hints[key])}, got {value!r}")
+        built[f.name] = cls(**values)
     return TrainConfig(**built)
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    """Whether a YAML value fits a field's annotation: an int is a float too, a bool is no number."""
+    if hint is Any:
+        return True
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
+        else (hint,)
+    for option in options:
+        origin = typing.get_origin(option) or option
+        if option is type(None) and value is None:
+            return True
+        if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if origin is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if origin in (str, bool, dict, tuple) and isinstance(value, origin):
+            return True
+    return False
+
+
+def _type_name(hint: Any) -> str:
+    names = {int: "a whole number", float: "a number", str: "text", bool: "true or false", dict: "a mapping",
+             tuple: "a list", type(None): "null"}
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
+        else (hint,)
+    return " or ".join(names.get(typing.get_origin(o) or o, str(o)) for o in options)
 
 
 def bundled_configs() -> list[str]:

@@ -96,6 +96,26 @@ def test_config_errors_name_the_key(tmp_path):
         from_dict({"schedule": {"batch_size": 8, "accumulate": 3}})
 
 
+@pytest.mark.parametrize("section,key,value,said", [
+    ("schedule", "batch_size", "four", "schedule.batch_size must be a whole number, got 'four'"),
+    ("schedule", "max_iters", 2.5, "schedule.max_iters must be a whole number, got 2.5"),
+    ("optim", "lr", "fast", "optim.lr must be a number, got 'fast'"),
+    ("optim", "betas", 0.9, "optim.betas must be a list, got 0.9"),
+    ("runtime", "tensorboard", "yes", "runtime.tensorboard must be true or false, got 'yes'"),
+    ("data", "val_split", 3, "data.val_split must be text or null, got 3"),
+])
+def test_a_value_of_the_wrong_type_is_named_with_the_type_it_needs(section, key, value, said):
+    """Before, ``batch_size: four`` ended in a TypeError from deep inside the checks."""
+    with pytest.raises(ValueError) as refused:
+        from_dict({section: {key: value}})
+    assert str(refused.value) == said
+
+
+def test_numbers_and_nulls_that_fit_are_taken():
+    config = from_dict({"optim": {"lr": 1, "betas": [0.8, 0.9]}, "data": {"val_split": None}})
+    assert config.optim.lr == 1 and config.optim.betas == (0.8, 0.9) and config.data.val_split is None
+
+
 LEVIR_SAMPLES = SHARED / "data" / "levir-cd-samples"
 
 
