@@ -63,11 +63,21 @@ def _iso_date(value: Any) -> str | None:
         raise ValueError(f"{value!r} is not a date; write it as YYYY-MM-DD, e.g. 2023-06-21") from None
 
 
+def _run_name(value: str | None) -> str | None:
+    """A folder name inside ``--out``: a name with a separator or a leading dot would put the run
+    elsewhere (``../x``) or among the runs' caches (``.cache``)."""
+    if value and ("/" in value or "\\" in value or value.startswith(".")):
+        raise ValueError(f"{value!r} is not a plain folder name; the run folder goes inside --out, so name it "
+                         "without '/' or '\\' and not starting with '.', e.g. 'bratislava-2023'")
+    return value
+
+
 # Field types shared by the flows' parameter models.
 RegionText = Annotated[str | dict | None, BeforeValidator(_geojson_text)]  # a dict: GeoJSON given parsed
 IsoDate = Annotated[str | None, BeforeValidator(_iso_date)]
 DeviceText = Annotated[str, AfterValidator(_device)]
 CrsText = Annotated[str | None, AfterValidator(_crs)]
+RunName = Annotated[str | None, AfterValidator(_run_name)]
 CollectionList = Annotated[list[str] | None, BeforeValidator(_collection_list)]
 
 DEMO_BEFORE, DEMO_AFTER = "2021-06-14", "2023-06-21"
@@ -94,7 +104,7 @@ class DetectRequest(BaseModel):
     registry: str | None = Field(None, description="model registry folder for references in model; default "
                                  "$DSQNET_REGISTRY, else ~/.local/share/dsqnet/registry")
     out: str = Field("runs", description="folder where the run folder is written")
-    run_name: str | None = Field(None, description="name of the run folder; default region_before_after")
+    run_name: RunName = Field(None, description="name of the run folder; default region_before_after")
     tolerance_days: int = Field(15, ge=0, le=366, description="days either side of each date that still count as it")
     crs: CrsText = Field(None, description="target CRS, e.g. EPSG:32633; default the UTM zone of the region")
     resolution: float | None = Field(None, gt=0, description="target pixel size in CRS units; default the finest native")
@@ -144,15 +154,19 @@ def parse_request(**params) -> DetectRequest:
 
 
 def parse_parameters(request_model: type[RequestT], what: str, params: dict[str, Any]) -> RequestT:
-    """``request_model(**params)``, or a ``ParameterError`` that lists every problem in plain words."""
+    """``request_model(**params)``, or a ``ParameterError`` that names every problem in plain words,
+    on one line (numbered when there are several)."""
     try:
         return request_model(**params)
     except ValidationError as err:
-        lines = []
+        problems = []
         for problem in err.errors():
             where = ".".join(str(p) for p in problem["loc"]) or "parameters"
             message = problem["msg"].removeprefix("Value error, ")
             if problem["type"] == "extra_forbidden":
                 message = f"unknown parameter; known ones: {', '.join(request_model.model_fields)}"
-            lines.append(f"  {where}: {message}")
-        raise ParameterError(f"invalid {what} parameters:\n" + "\n".join(lines)) from None
+            problems.append(f"{where}: {message}")
+        if len(problems) == 1:
+            raise ParameterError(f"invalid {what} parameter {problems[0]}") from None
+        numbered = "; ".join(f"({k}) {problem}" for k, problem in enumerate(problems, 1))
+        raise ParameterError(f"invalid {what} parameters, {len(problems)} problems: {numbered}") from None

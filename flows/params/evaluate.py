@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dsqnet.inference.defaults import BATCH_SIZE, STRIDE, WINDOW
-from flows.params.detect import CrsText, DeviceText, IsoDate, RegionText, parse_parameters
+from flows.params.detect import CrsText, DeviceText, IsoDate, RegionText, RunName, parse_parameters
 
 SCENE_FIELDS = ("catalog", "region", "before", "after", "labels")
 
@@ -52,7 +52,7 @@ class EvaluateRequest(BaseModel):
     iou_threshold: float = Field(0.5, gt=0, le=1, description="IoU from which a predicted object matches a true one")
     min_object_pixels: int = Field(1, ge=1, description="objects smaller than this (pixels) are not counted")
     out: str = Field("runs", description="folder where the evaluation folder (evaluation.json) is written")
-    run_name: str | None = Field(None, description="name of the evaluation folder; default <model>_on_<data>")
+    run_name: RunName = Field(None, description="name of the evaluation folder; default <model>_on_<data>")
     save_predictions: bool = Field(False, description="also write each predicted change map as a 0/255 PNG")
     record_metrics: bool = Field(False, description="also add the scores to the registry record of the model "
                                                     "(registry models only)")

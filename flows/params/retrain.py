@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from dsqnet.inference.defaults import STRIDE, WINDOW
 from flows.params.evaluate import EvaluateRequest, check_labeled_data
-from flows.params.detect import DeviceText, IsoDate, RegionText, parse_parameters
+from flows.params.detect import DeviceText, IsoDate, RegionText, RunName, parse_parameters
 
 
 class RetrainRequest(BaseModel):
@@ -60,7 +60,7 @@ class RetrainRequest(BaseModel):
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast precision of evaluation")
     device: DeviceText = Field("auto", description="'auto' (a GPU when there is one), 'cpu' or 'cuda:N'")
     out: str = Field("runs", description="folder where the retrain folder (retrain.json) is written")
-    run_name: str | None = Field(None, description="name of the retrain folder; default retrain_<name>_<inputs hash>")
+    run_name: RunName = Field(None, description="name of the retrain folder; default retrain_<name>_<inputs hash>")
 
     @field_validator("layout")
     @classmethod

@@ -107,7 +107,7 @@ def test_an_unknown_crs_is_named_by_scenes_and_by_detect_before_any_work(inputs,
     capfd.readouterr()
     assert main(["detect", "--region", inputs["region"], *DATES, "--catalog", inputs["catalog"], "--model",
                  inputs["model"], "--out", str(tmp_path / "runs"), "--crs", "EPSG:99999"]) == 1
-    assert capfd.readouterr().err == f"dsqnet detect: error: invalid detect parameters:\n  crs: {unknown}\n"
+    assert capfd.readouterr().err == f"dsqnet detect: error: invalid detect parameter crs: {unknown}\n"
     assert not list(tmp_path.iterdir())
 
 

@@ -100,9 +100,20 @@ def test_bad_parameters_name_each_one_and_the_fix(capfd, tmp_path):
     code, out, err = ran(capfd, ["detect", "--region", "16.3,48.1,16.5,48.3", "--before", "2023-13-01", "--after",
                                  "2021-01-01", "--block-size", "600", "--catalog", "c.json", "--out", str(tmp_path)])
     assert code == 1 and out == ""
-    assert err == ("dsqnet detect: error: invalid detect parameters:\n"
-                   "  before: '2023-13-01' is not a date; write it as YYYY-MM-DD, e.g. 2023-06-21\n"
-                   "  block_size: must be a multiple of 512 (blocks write whole chunks of change_prob.zarr), e.g. 512\n")
+    assert err == ("dsqnet detect: error: invalid detect parameters, 2 problems: "
+                   "(1) before: '2023-13-01' is not a date; write it as YYYY-MM-DD, e.g. 2023-06-21; "
+                   "(2) block_size: must be a multiple of 512 (blocks write whole chunks of change_prob.zarr), e.g. 512\n")
+
+
+@pytest.mark.parametrize("name", ["../../elsewhere", "nested/run", ".cache"])
+def test_a_run_name_that_would_leave_out_or_enter_the_caches_is_refused(capfd, tmp_path, name):
+    """Before, ``--run-name ../../x`` published the run two folders above --out."""
+    code, out, err = ran(capfd, ["detect", "--run-name", name, "--out", str(tmp_path / "runs")])
+    assert code == 1 and out == ""
+    assert err == (f"dsqnet detect: error: invalid detect parameter run_name: {name!r} is not a plain folder name; "
+                   "the run folder goes inside --out, so name it without '/' or '\\' and not starting with '.', "
+                   "e.g. 'bratislava-2023'\n")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "elsewhere").exists()
 
 
 def test_a_bad_region_is_named(capfd, inputs, tmp_path):
@@ -313,7 +324,7 @@ def test_a_flow_run_as_a_deployment_runs_it_fails_on_bad_parameters_in_one_line(
     state = detect_changes(region="16.3,48.1,16.5,48.3", before="2023-13-01", after="2024-06-01", catalog="c.json",
                            out=str(tmp_path / "runs"), return_state=True)
     err = capfd.readouterr().err
-    problem = "invalid detect parameters:\n  before: '2023-13-01' is not a date; write it as YYYY-MM-DD, e.g. 2023-06-21"
+    problem = "invalid detect parameter before: '2023-13-01' is not a date; write it as YYYY-MM-DD, e.g. 2023-06-21"
     assert state.is_failed() and state.message == f"Flow run encountered an exception: ParameterError: {problem}"
     assert f"Encountered exception during execution: ParameterError: {problem}\n" in err
     assert "Traceback" not in err and not (tmp_path / "runs").exists()
