@@ -54,6 +54,7 @@ from flows.params.detect import DetectRequest, parse_request
 
 from flows.blocks.store import ProbabilityStore
 
+from flows.files.damaged_cache import said_if_damaged
 from flows.outputs.run_folder import RunFolder, check_writable, expect_output_bytes, link_tree, run_lock, with_output_errors
 from flows.runtime.allocator import release_freed_memory
 from flows.runtime.collector import freeze_loaded_objects
@@ -325,6 +326,7 @@ def run_detect(request: DetectRequest, held: ExitStack) -> dict:
     work = out_dir / ".cache" / name
     work.mkdir(parents=True, exist_ok=True)
     held.enter_context(run_lock(out_dir, name))  # as soon as its name is known
+    held.enter_context(said_if_damaged(work))  # what an earlier run left may be reused, and may be damaged
     # the load goes on beside planning and inference: blocks start on the tiles already written
     progress, load_time = track_load(work / "scenes.zarr"), FinishTimes()
     loading = load_scenes.submit(request, region_, first, second, work)

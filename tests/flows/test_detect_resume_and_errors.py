@@ -259,3 +259,49 @@ def test_a_run_whose_block_fails_beside_another_in_torch_exits_with_its_own_code
     assert (done.returncode, done.stdout.splitlines()[-1]) == (3, "raised: CUDA out of memory (the test's network)"), \
         done.stderr[-3000:]
     assert not (tmp_path / "runs" / "stuck").exists()
+
+
+def _cut_short(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def _garble(path: Path) -> None:
+    path.write_bytes(bytes(range(256)) * 12)
+
+
+def _first_chunk(array: Path) -> Path:
+    return next(p for p in sorted((array / "c").rglob("*")) if p.is_file())
+
+
+DAMAGES = {  # what a crash of the machine, a disk error or a hand may leave in the cache
+    "a scenes chunk cut short": lambda work: _cut_short(_first_chunk(work / "scenes.zarr" / "image")),
+    "a probabilities chunk garbled": lambda work: _garble(_first_chunk(work / "change_prob.zarr" / "probability")),
+    "a scenes array removed": lambda work: __import__("shutil").rmtree(work / "scenes.zarr" / "image"),
+    "an array's metadata garbled": lambda work: (work / "scenes.zarr" / "image" / "zarr.json").write_text("{bad"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_damaged_cache_is_named_in_one_line_with_the_folder_to_remove(prefect_api, inputs, tmp_path, capsys,
+                                                                       damage):
+    """Before, a rerun on a damaged cache ended in a traceback from zarr or its codecs
+    (``error during blosc decompression: -1``, ``KeyError: 'image'``) or in a JSON error naming no file."""
+    out = tmp_path / "runs"
+    args = cli_args(inputs, out, **FAST)
+    assert main(["detect", *args]) == 0
+    published = out / "spot"
+    published.rename(tmp_path / "published")  # the run folder gone, its cache left: the rerun reads the cache
+    work = out / ".cache" / "spot"
+    DAMAGES[damage](work)
+    capsys.readouterr()
+
+    assert main(["detect", *args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"dsqnet detect: error: the run's cache {work} is damaged (") and err.count("\n") == 1
+    assert err.endswith("): remove that folder and run again, which computes it afresh\n")
+    assert not published.exists()  # nothing half-written where the outputs go
+
+    __import__("shutil").rmtree(work)  # the fix it names
+    assert main(["detect", *args]) == 0
+    with rasterio.open(published / "change.tif") as again, rasterio.open(tmp_path / "published" / "change.tif") as first:
+        assert np.array_equal(again.read(1), first.read(1))
