@@ -141,8 +141,12 @@ def load_regions(path: str | Path) -> dict[str, Region]:
         if not isinstance(entry, dict) or "geometry" not in entry:
             raise CatalogError(f"region {name!r} in {path} has no 'geometry' (GeoJSON in lon/lat)")
         geometry = _geometry_from_geojson(entry["geometry"], f"region {name!r} in {path}")
+        watch_zones = entry.get("watch_zones") or {}
+        if not isinstance(watch_zones, dict):
+            raise CatalogError(f"region {name!r} in {path}: watch_zones must map zone names to GeoJSON geometries "
+                               f"(watch_zones: {{harbour: {{type: Polygon, coordinates: ...}}}}), got {watch_zones!r}")
         zones = {z: _geometry_from_geojson(g, f"watch zone {z!r} of {name!r} in {path}")
-                 for z, g in (entry.get("watch_zones") or {}).items()}
+                 for z, g in watch_zones.items()}
         regions[str(name)] = Region(str(name), geometry, zones, _collections(entry.get("collection"), name, path))
     return regions
 

@@ -113,6 +113,10 @@ def test_regions_come_from_bboxes_files_and_regions_files(tmp_path):
         parse_region("town", regions_file=named)
     with pytest.raises(CatalogError, match="not in .*regions.yaml; it names: town"):
         parse_region("city", regions_file=regions)
+    named.write_text(json.dumps({"town": {"geometry": region_around(SPOT, 100), "watch_zones": [1, 2]}}))
+    with pytest.raises(CatalogError, match=r"region 'town' in .*: watch_zones must map zone names to GeoJSON "
+                                           r"geometries .*got \[1, 2\]"):  # before: an AttributeError
+        parse_region("town", regions_file=named)
 
 
 @pytest.mark.parametrize("before, after, message", [
