@@ -76,7 +76,8 @@ def locate_model(spec: str | Path | None,
         return entry.path, entry
     names = store.names()
     known = f"models registered in {store.root}: {', '.join(names)}" if names else f"the registry {store.root} is empty"
-    raise ModelError(f"model file {path} does not exist; give the path of a .safetensors model (dsqnet train or "
+    problem = "is a folder, not a model file" if path.is_dir() else "does not exist"
+    raise ModelError(f"model file {path} {problem}; give the path of a .safetensors model (dsqnet train or "
                      f"dsqnet convert-opencd make one) or a registry reference name@VERSION / name@ALIAS ({known})")
 
 

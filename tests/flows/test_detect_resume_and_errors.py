@@ -79,6 +79,7 @@ def test_a_killed_run_resumes_with_only_the_missing_blocks_and_the_same_outputs(
 
 @pytest.mark.parametrize("case, expected", [
     ("missing", "does not exist"),
+    ("folder", "is a folder, not a model file"),
     ("text", "not a usable DSQNet model"),
     ("foreign", "not a DSQNet checkpoint"),
     ("bands", "trained on bands ['nir', 'red', 'green']"),
@@ -91,6 +92,8 @@ def test_a_bad_model_file_is_refused_before_any_work(prefect_api, inputs, tmp_pa
         save_file({"weight": torch.zeros(2)}, str(model))
     elif case == "bands":
         tiny_model_file(model, band_order=["nir", "red", "green"])
+    elif case == "folder":
+        model.mkdir()
     assert main(["detect", *cli_args(inputs, tmp_path / "runs", model=model)]) == 1
     assert expected in capsys.readouterr().err
     assert not (tmp_path / "runs" / ".cache" / "spot").exists()  # refused before any scene was read
