@@ -75,6 +75,8 @@ def console(verbose: bool, uses_prefect: bool) -> Iterator[None]:
 
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             warnings.filterwarnings("ignore", module=r"distributed\.")  # "Port 8787 is already in use", ...
+            # a reader listing scenes.zarr while a failed load removes it: the load's own error follows
+            warnings.filterwarnings("ignore", message=r"Object at .* is not recognized as a component of a Zarr")
             # Dask's worker processes log on their own terminal handler: errors only, unless --verbose
             stack.enter_context(_environment(DASK_LOGGING__DISTRIBUTED="error"))
             if uses_prefect:
