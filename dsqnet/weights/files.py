@@ -82,6 +82,7 @@ def _strip_prefix(key: str, prefix: str) -> str:
 def load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
     """``load_state_dict(strict=True)`` with an error that lists what differs, shapes included."""
     check_matches(module.state_dict(), state, source)
+    check_finite(state, source)
     module.load_state_dict(state, strict=True)
 
 
@@ -92,8 +93,18 @@ def check_matches(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Ten
     mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
                   for k in own if k in state and state[k].shape != own[k].shape]
     if missing or unexpected or mismatched:
-        lines = [f"{source} does not match the model it describes:"]
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
-            if items:
-                lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:8]) + (" ..." if len(items) > 8 else ""))
-        raise CheckpointError("\n".join(lines))
+        parts = [f"{title} ({len(items)}): " + ", ".join(items[:8]) + (" ..." if len(items) > 8 else "")
+                 for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
+                 if items]
+        raise CheckpointError(f"{source} does not match the model it describes ({'; '.join(parts)}); it is damaged, "
+                              "or not made for this network: use a file that dsqnet train or dsqnet convert-opencd made")
+
+
+def check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise ``CheckpointError`` if a floating-point weight holds NaN or infinity: such a network
+    maps every pixel to NaN, which a run would report as nothing observed, and no error."""
+    bad = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        raise CheckpointError(f"{source} holds weights that are not finite numbers (NaN or infinity in {len(bad)} of "
+                              f"{len(state)} tensors, first {bad[0]}): the file is damaged or its training diverged; "
+                              "use another model file")

@@ -99,6 +99,32 @@ def test_head_width_must_equal_pyramid_width():
         load_opencd(state)
 
 
+def test_weights_that_are_not_finite_are_refused_in_one_line(tmp_path):
+    """Before, a model whose weights were NaN ran, and a detect run published "0 km2 observed" and exit 0."""
+    model = build_model("dsqnet_swin_mini", head_width=32)
+    with torch.no_grad():
+        model.decode_head.conv_seg.weight[0, 0] = float("nan")
+    path = save(model, tmp_path / "diverged.safetensors")
+    with pytest.raises(CheckpointError) as refused:
+        load_model_file(path)
+    total = len(model.state_dict())
+    assert str(refused.value) == (f"{path} holds weights that are not finite numbers (NaN or infinity in 1 of {total} "
+                                  "tensors, first decode_head.conv_seg.weight): the file is damaged or its training "
+                                  "diverged; use another model file")
+
+
+def test_a_file_that_does_not_match_its_network_is_said_in_one_line(tmp_path):
+    model = build_model("dsqnet_swin_mini", head_width=32)
+    path = save(model, tmp_path / "m.safetensors")
+    state = {k: v for k, v in load(path).state_dict().items() if k != "decode_head.conv_seg.bias"}
+    save_file(state, str(tmp_path / "cut.safetensors"), metadata=dict(safe_open(str(path), "pt").metadata()))
+    with pytest.raises(CheckpointError) as refused:
+        load_model_file(tmp_path / "cut.safetensors")
+    assert "\n" not in str(refused.value)
+    assert "does not match the model it describes (missing (1): decode_head.conv_seg.bias); it is damaged" in str(
+        refused.value)
+
+
 def test_august_2024_checkpoints_are_recognised_and_rejected():
     g = golden_file(GOLDEN_D64)
     state = {**g["state_dict"], "decode_head.reference_area1.weight": torch.zeros(128, 4)}
