@@ -68,6 +68,11 @@ def choose_pair(region: Region, before: DateWindow, after: DateWindow, source: S
     """The scenes of both dates, each chosen from its own window, from one collection: the one named
     in ``collections``, or the one ``pick_collection`` finds best (its reason kept in both choices)."""
     found = [source.search(region, w.start, w.end, collections) for w in (before, after)]
+    if not (found[0] and found[1]) and not source.has_any(region, collections):
+        named = f" of collection(s) {', '.join(collections)}" if collections else ""
+        raise CatalogError(f"no scene{named} in {source.description} overlaps region {region.name} "
+                           f"({', '.join(f'{v:.4f}' for v in region.bbox)}) at any date; check the region "
+                           "(a bbox is W,S,E,N in degrees: longitude first) or name a catalog that covers it")
     named = bool(collections)  # collections the user named may be mixed, if they share one scale
     first, second, picked = pick_collection(*found) if found[0] and found[1] and not named else (*found, None)
     return tuple(  # type: ignore[return-value]

@@ -31,6 +31,10 @@ class SceneSource(Protocol):
     def search(self, region: Region, start: dt.datetime, end: dt.datetime,
                collections: list[str] | None = None) -> list[pystac.Item]: ...
 
+    def has_any(self, region: Region, collections: list[str] | None = None) -> bool:
+        """Whether any scene, of any date, overlaps ``region``: what an empty search blames."""
+        ...
+
 
 ITEM_SEARCH = "/item-search"
 
@@ -97,6 +101,10 @@ class StaticCatalog:
             found.append(item)
         return found
 
+    def has_any(self, region: Region, collections: list[str] | None = None) -> bool:
+        return any(item.geometry is not None and (not collections or item.collection_id in collections)
+                   and shape(item.geometry).intersects(region.geometry) for item in self.items())
+
 
 class StacApi:
     """A STAC API (``/search``) through pystac-client, with a timeout so a dead server fails fast."""
@@ -106,7 +114,7 @@ class StacApi:
         self.description = f"STAC API {url}"
 
     def search(self, region: Region, start: dt.datetime, end: dt.datetime,
-               collections: list[str] | None = None) -> list[pystac.Item]:
+               collections: list[str] | None = None, max_items: int | None = None) -> list[pystac.Item]:
         import pystac_client
         import requests
         from pystac_client.stac_api_io import StacApiIO
@@ -116,8 +124,8 @@ class StacApi:
         try:
             io = StacApiIO(timeout=self.timeout, max_retries=self.retries)
             client = pystac_client.Client.open(self.url, stac_io=io, timeout=self.timeout)
-            search = client.search(intersects=region.to_geojson(), datetime=[start, end], collections=collections,
-                                   max_items=self.max_items)
+            search = client.search(intersects=region.to_geojson(), datetime=[start, end] if start else None,
+                                   collections=collections, max_items=max_items or self.max_items)
             return [item_from_dict(found, f"an Item of STAC API {self.url}") for found in search.items_as_dicts()]
         except (requests.Timeout, requests.ConnectionError):
             raise CatalogError(unreachable) from None
@@ -125,6 +133,9 @@ class StacApi:
             if "timed out" in str(err) or "Max retries" in str(err):
                 raise CatalogError(unreachable) from None
             raise CatalogError(f"STAC API {self.url} refused the search: {err}") from None
+
+    def has_any(self, region: Region, collections: list[str] | None = None) -> bool:
+        return bool(self.search(region, None, None, collections, max_items=1))  # type: ignore[arg-type]
 
 
 def open_source(spec: str | Path, timeout: float = 30.0) -> SceneSource:

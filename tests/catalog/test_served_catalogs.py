@@ -69,6 +69,22 @@ def test_without_a_collection_the_api_search_picks_one_and_says_why(earth_search
     assert _red_median(result) == (expected_byte(FIELD[0]),) * 2
 
 
+def test_an_api_with_no_scene_over_the_region_at_any_date_blames_the_region(earth_search_like, tmp_path):
+    folder, items = earth_search_like
+    there = region_of(EARTH_SEARCH)
+    swapped = parse_region({**there, "coordinates": [[[lat, lon] for lon, lat in ring] for ring in there["coordinates"]]})
+    before, after = date_pair("2021-06-15", "2022-06-15")
+    with rustac_api(items, folder) as url:
+        source = open_source(url)
+        assert source.has_any(parse_region(there), ["landsat-c2-l2"])  # lat/lon given the wrong way round: none
+        assert not source.has_any(swapped)
+        with pytest.raises(CatalogError, match=r"no scene in STAC API .* at any date; check the region"):
+            prepare_scenes(swapped, before, after, source, tmp_path / "s.zarr", chunk=64)
+        with pytest.raises(CatalogError, match=r"between 2019-05-31 and 2019-06-30 .*widen the tolerance"):
+            prepare_scenes(parse_region(there), *date_pair("2019-06-15", "2022-06-15"), source,
+                           tmp_path / "s.zarr", chunk=64)  # scenes there, at other dates: the dates are to blame
+
+
 @pytest.mark.parametrize("collection, case, resolution, rule", [
     ("sentinel-2-l2a", "earth-search sentinel-2-l2a", 10, "earthsearch:boa_offset_applied: true"),
     ("sentinel-2-l1c", "earth-search sentinel-2-l1c", 10, "L1C has no scene classification"),

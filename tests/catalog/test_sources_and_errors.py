@@ -139,12 +139,15 @@ def test_no_scene_in_the_window_says_what_was_searched(scenes, tmp_path):
     assert not (tmp_path / "s.zarr").exists()
 
 
-def test_a_region_outside_every_footprint(scenes, tmp_path):
+def test_a_region_outside_every_footprint_is_blamed_not_the_dates(scenes, tmp_path):
+    """Before, a region that no scene of any date covers (lon/lat swapped, say) was told to widen the dates."""
     _, catalog_path, _ = scenes
     before, after = date_pair("2021-06-15", "2022-06-15")
     far = parse_region(region_around((SPOT[0] + 5000, SPOT[1]), 100))
-    with pytest.raises(CatalogError, match="no scene .* overlaps region"):
+    with pytest.raises(CatalogError, match=r"no scene in static catalog .* overlaps region .* at any date; check the "
+                                           r"region \(a bbox is W,S,E,N in degrees: longitude first\)"):
         prepare_scenes(far, before, after, StaticCatalog(catalog_path), tmp_path / "s.zarr")
+    assert StaticCatalog(catalog_path).has_any(parse_region(region_around(SPOT, 100)))
 
 
 def test_missing_catalog_and_missing_band(scenes, tmp_path):
