@@ -181,8 +181,9 @@ def monitor_region(**params) -> dict:
     print(summary["text"])
     failed = [r for r in reports if r.status == "failed"]
     if failed:
-        raise MonitorError("monitoring failed for " + "; ".join(f"{r.region}: {r.message}" for r in failed)
-                           + "\n" + summary["text"])
+        others = f" ({len(reports) - len(failed)} other region(s) done: see the summary above)" \
+            if len(failed) < len(reports) else ""
+        raise MonitorError("monitoring failed for " + "; ".join(f"{r.region}: {r.message}" for r in failed) + others)
     return summary
 
 

@@ -79,10 +79,13 @@ def find_samples(root: str | Path, layout: str = "generic", split: str | None = 
     problems = [f"{before[s]} has no partner in {base / after_dir}/" for s in stems if s not in after]
     if not list_path:
         problems += [f"{after[s]} has no partner in {base / before_dir}/" for s in sorted(set(after) - set(before))]
+    if require_labels and not (base / label_dir).is_dir():
+        raise DatasetError(f"{base} has no {label_dir}/ folder: the labels go there, one per image of {before_dir}/ "
+                           f"with the same name (layout {layout!r})")
     if require_labels:
         problems += [f"{before[s]} has no label in {base / label_dir}/" for s in stems if s not in labels]
     if problems:
-        raise DatasetError(f"{len(problems)} problem(s) in {base}:\n  " + "\n  ".join(problems[:20]))
+        raise DatasetError(f"{len(problems)} problem(s) in {base}: {_some(problems)}")
     if not stems:
         raise DatasetError(f"no images in {base / before_dir}/ (suffixes {', '.join(IMAGE_SUFFIXES)})")
     samples = [Sample(s, before[s], after[s], labels.get(s)) for s in stems]
@@ -106,7 +109,13 @@ def check_sizes(samples: list[Sample]) -> None:
         if len(set(sizes.values())) > 1:
             problems.append(f"{sample.name}: sizes differ: " + ", ".join(f"{p} is {w}x{h}" for p, (w, h) in sizes.items()))
     if problems:
-        raise DatasetError(f"{len(problems)} problem(s):\n  " + "\n  ".join(problems[:20]))
+        raise DatasetError(f"{len(problems)} problem(s): {_some(problems)}")
+
+
+def _some(problems: list[str], shown: int = 5) -> str:
+    """The first few problems on one line, and how many more."""
+    more = len(problems) - shown
+    return "; ".join(problems[:shown]) + (f"; and {more} more" if more > 0 else "")
 
 
 def _images(folder: Path) -> dict[str, Path]:

@@ -59,6 +59,18 @@ def terminal_handlers() -> list[logging.Handler]:
             if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
 
 
+class NoDrainNotes(logging.Filter):
+    """Drops "Still processing items: N items remaining...": Prefect's log and event workers say it
+    while they send what is left to the API at exit, after the command's last line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Still processing items")
+
+
+# Prefect's services log under their class names, with no handler but Python's last resort
+_PREFECT_SERVICES = ("APILogWorker", "EventsWorker")
+
+
 @contextmanager
 def console(verbose: bool, uses_prefect: bool) -> Iterator[None]:
     """The terminal of one command: quiet (the default) or ``verbose``. ``uses_prefect``: the command
@@ -75,6 +87,9 @@ def console(verbose: bool, uses_prefect: bool) -> Iterator[None]:
 
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             warnings.filterwarnings("ignore", module=r"distributed\.")  # "Port 8787 is already in use", ...
+            for service in _PREFECT_SERVICES:  # kept past the command: the workers drain at exit
+                if not any(isinstance(f, NoDrainNotes) for f in logging.getLogger(service).filters):
+                    logging.getLogger(service).addFilter(NoDrainNotes())
             # a reader listing scenes.zarr while a failed load removes it: the load's own error follows
             warnings.filterwarnings("ignore", message=r"Object at .* is not recognized as a component of a Zarr")
             # Dask's worker processes log on their own terminal handler: errors only, unless --verbose

@@ -74,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if message is None:
             raise
         below_the_bar = "\n" if progress_bar_open() else ""  # a failed step leaves its bar's line open
+        sys.stdout.flush()  # what the command printed comes before its error line, also where stdout is a file
         print(f"{below_the_bar}dsqnet {args.command}: error: {message}", file=sys.stderr)
         return 1
 
@@ -215,7 +216,8 @@ def _monitor(args: argparse.Namespace) -> int:
 
     try:
         summary = interruptible("monitor", lambda: monitor_region(**params))
-    except MonitorError as err:  # some regions failed; the others were processed and are in the message
+    except MonitorError as err:  # some regions failed; the others were processed and are in the summary
+        sys.stdout.flush()  # the summary first, the error line last, also where stdout is a file
         print(f"dsqnet monitor: error: {err}", file=sys.stderr)
         return 1
     print(summary["text"])

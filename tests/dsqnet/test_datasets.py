@@ -77,6 +77,24 @@ def test_missing_label_is_named(tmp_path):
         find_samples(tmp_path, "generic")
 
 
+def test_a_missing_label_folder_is_named_once_and_many_problems_fit_one_line(tmp_path):
+    """Before, a set without label/ listed one line per image, and said nothing of the folder."""
+    write_split(tmp_path, [f"p{k}" for k in range(8)])
+    for k in range(7):
+        (tmp_path / "label" / f"p{k}.png").unlink()
+    with pytest.raises(DatasetError) as problems:
+        find_samples(tmp_path, "generic")
+    said = str(problems.value)
+    assert "\n" not in said and said.startswith(f"7 problem(s) in {tmp_path}: {tmp_path / 'A' / 'p0.png'} has no label")
+    assert said.endswith("; and 2 more")
+    __import__("shutil").rmtree(tmp_path / "label")
+    with pytest.raises(DatasetError) as missing:
+        find_samples(tmp_path, "generic")
+    assert str(missing.value) == (f"{tmp_path} has no label/ folder: the labels go there, one per image of A/ with "
+                                  "the same name (layout 'generic')")
+    assert [s.label for s in find_samples(tmp_path, "generic", require_labels=False)] == [None] * 8
+
+
 def test_label_of_another_size_is_named(tmp_path):
     write_split(tmp_path, ["a"])
     Image.fromarray(np.zeros((50, 60), np.uint8)).save(tmp_path / "label" / "a.png")

@@ -384,6 +384,25 @@ def test_a_damaged_state_file_fails_its_region_clearly_and_is_kept(prefect_api, 
     assert not (folder / "history.parquet").exists()
 
 
+def test_the_command_says_a_region_failure_once_and_last(prefect_api, world, tmp_path):
+    """Before, with its output in a file, ``dsqnet monitor`` wrote the failure three times: its summary,
+    the error line (which held the summary again), then the summary, flushed at exit."""
+    folder = tmp_path / "state" / "town"
+    folder.mkdir(parents=True)
+    (folder / "state.json").write_text("{bad")
+    log = tmp_path / "monitor.log"
+    args = ["monitor", "--regions", str(world.regions), "--catalog", str(world.catalog), "--model", str(world.model),
+            "--state", str(tmp_path / "state"), "--out", str(tmp_path / "runs"), "--workers", "1"]
+    with log.open("w") as out:
+        done = subprocess.run([DSQNET, *args], env={**cli_env(prefect_api), "PREFECT_LOGGING_LEVEL": "INFO"},
+                              stdout=out, stderr=subprocess.STDOUT, timeout=300)  # a user's level: prints shown
+    lines = log.read_text().splitlines()
+    assert done.returncode == 1, lines[-20:]
+    assert lines[-1].startswith("dsqnet monitor: error: monitoring failed for town: StateError: state file ")
+    assert lines[-1].endswith("history.parquet keeps each pair once)")
+    assert sum("is not valid JSON" in line for line in lines) == 2, lines  # the summary's line, then the error line
+
+
 def test_a_region_whose_geometry_changed_is_not_mixed_into_its_old_history(first, world, tmp_path):
     moved = yaml.safe_load(world.regions.read_text())
     ring = moved["town"]["geometry"]["coordinates"][0]

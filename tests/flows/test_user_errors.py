@@ -412,3 +412,19 @@ def test_predict_out_of_memory_names_the_batch_size(capfd, inputs, tmp_path, mon
     assert err == ("dsqnet predict: error: the pair ran out of memory on cpu (tried to allocate 3.00 GiB) with batches "
                    "of 2 windows of 64 px in fp32: lower --batch-size (parameter 'batch_size', now 2), or close other "
                    "programs\n")
+
+
+def test_prefects_note_about_draining_its_log_queue_does_not_follow_the_error_line(caplog):
+    """At exit, Prefect's log worker said "Still processing items: 6 items remaining..." after the
+    command's error line, through Python's last-resort handler."""
+    import logging
+
+    from flows.cli.console import console
+
+    with console(False, uses_prefect=True):
+        pass
+    worker = logging.getLogger("APILogWorker")  # as Prefect's service names its logger
+    with caplog.at_level(logging.WARNING):
+        worker.warning("Still processing items: 6 items remaining...")
+        worker.warning("a warning of its own")
+    assert [r.getMessage() for r in caplog.records if r.name == "APILogWorker"] == ["a warning of its own"]
