@@ -11,6 +11,7 @@ import re
 import sys
 import textwrap
 import time
+from typing import NoReturn
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -94,8 +95,16 @@ def attach_negative_values(argv: list[str]) -> list[str]:
     return joined
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, except that a bad option ends in one line that points to ``--help``, not after the
+    usage block; the subcommands' parsers are of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="dsqnet", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)

@@ -83,8 +83,8 @@ def test_counts_below_one_are_refused_by_the_option_itself(inputs, tmp_path, cap
     with pytest.raises(SystemExit) as exited:
         main(predict(inputs, tmp_path / "c.tif", "--batch-size", "0"))
     assert exited.value.code == 2
-    assert capfd.readouterr().err.splitlines()[-1] == \
-        "dsqnet predict: error: argument --batch-size: must be at least 1, got 0"
+    assert capfd.readouterr().err == ("dsqnet predict: error: argument --batch-size: must be at least 1, got 0 "
+                                      "(dsqnet predict --help lists the options)\n")  # one line: no usage block
 
 
 def test_broken_yaml_is_said_in_one_line_with_where_it_breaks(inputs, tmp_path, capfd):
