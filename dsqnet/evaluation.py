@@ -21,12 +21,19 @@ from .inference.scene import LATTICE_MODE, predict_scene
 from .inference.threshold import DEFAULT_THRESHOLD, is_change
 
 
+def check_predictions_folder(folder: Path) -> None:
+    """A folder for the predictions, or a ``ValueError`` that says what it is instead."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--save-predictions {folder} is a file; name a folder (it gets one 0/255 PNG per pair)")
+
+
 def evaluate_model(predictor: Predictor, pairs: ChangeDetectionDataset, window: int = 512, stride: int = 256,
                    batch_size: int = 4, save_predictions: str | Path | None = None, mode: str = LATTICE_MODE,
                    threshold: float = DEFAULT_THRESHOLD) -> dict:
     """Scores of ``predictor``'s model on every labelled pair; optionally writes 0/255 PNG maps."""
     out_dir = Path(save_predictions) if save_predictions else None
     if out_dir is not None:
+        check_predictions_folder(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
     matrix = ConfusionMatrix()
     for item in pairs:

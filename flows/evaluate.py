@@ -38,7 +38,7 @@ from dsqnet.predictor import resolve_device
 from dsqnet.weights.model_file import load_model_file
 from dsqnet.data import ChangeDetectionDataset, find_samples
 from dsqnet.data.dataset import label_encoding_for
-from dsqnet.evaluation import predict_change
+from dsqnet.evaluation import check_predictions_folder, predict_change
 from dsqnet.metrics import ConfusionMatrix
 
 from flows.params.signature import takes_parameters_of
@@ -133,10 +133,11 @@ def score_pairs(model: ModelRecord, pairs: ChangeDetectionDataset, options: Opti
                 predictions: Path | None = None, on_pair: Callable[[], None] | None = None) -> dict[str, Any]:
     """Pixel scores over all pairs (one confusion matrix), object scores (counts summed over pairs),
     and each pair's own figures."""
+    if predictions is not None:
+        check_predictions_folder(predictions)
+        predictions.mkdir(parents=True, exist_ok=True)
     predictor = Predictor(load_model_file(model.path), device=None if options.device == "auto" else options.device,
                           precision=options.precision)
-    if predictions is not None:
-        predictions.mkdir(parents=True, exist_ok=True)
     total, objects, per_pair = ConfusionMatrix(), ObjectCounts(), []
     for item in pairs:
         prediction = predict_change(predictor, item["before"], item["after"], options.window, options.stride,

@@ -57,7 +57,8 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     if header.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is a safetensors file but not a DSQNet checkpoint (format {header.get('format')!r}, "
-            f"expected {FORMAT!r}). For authors' .pth checkpoints use dsqnet.weights.opencd.load_opencd."
+            f"expected {FORMAT!r}); make one with dsqnet train, or from the authors' open-cd .pth checkpoint with "
+            "dsqnet convert-opencd"
         )
     return {k: json.loads(v) for k, v in header.items() if k != "format"}
 

@@ -405,6 +405,10 @@ def _evaluate(args: argparse.Namespace) -> None:
         from flows.scoring.labeled_data import folder_label_encoding
         from flows.models.resolve import locate_model
 
+        if args.save_predictions:  # before the model loads
+            from dsqnet.evaluation import check_predictions_folder
+
+            check_predictions_folder(Path(args.save_predictions))
         samples = find_samples(args.data, args.layout, args.split)
         encoding = folder_label_encoding(args.data) or label_encoding_for(args.layout, samples)
         pairs = ChangeDetectionDataset(samples, encoding)

@@ -30,6 +30,18 @@ def test_train_then_evaluate_then_score_the_predictions(tmp_path, capsys):
     assert "change F1" in table and "kappa" in table
 
 
+def test_predictions_saved_to_a_file_are_refused_before_any_work(tmp_path, capsys):
+    """Before: "[Errno 17] File exists", after the model had loaded."""
+    data = generic_dataset(tmp_path / "data", n=1, size=64)
+    taken = tmp_path / "pred.txt"
+    taken.write_text("mine")
+    assert main(["evaluate", "--model", "no-such-model.safetensors", "--data", str(data),
+                 "--save-predictions", str(taken)]) == 1
+    assert capsys.readouterr().err == (f"dsqnet evaluate: error: --save-predictions {taken} is a file; name a folder "
+                                       "(it gets one 0/255 PNG per pair)\n")
+    assert taken.read_text() == "mine"
+
+
 def test_evaluate_without_a_model_or_predictions_explains_both_ways(capsys):
     assert main(["evaluate", "--data", "somewhere"]) == 1
     err = capsys.readouterr().err
