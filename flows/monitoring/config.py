@@ -61,7 +61,7 @@ def _iso_day(value: object) -> str | None:
 class Thresholds(BaseModel):
     """When a watch zone's change in one pair is worth an alert (either threshold reached)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # nan, inf: "a finite number"
 
     alert_area_m2: float | None = Field(None, gt=0, description="changed area inside a watch zone, m², from which to alert")
     alert_polygons: int | None = Field(None, ge=1, description="change polygons inside a watch zone from which to alert")

@@ -90,7 +90,7 @@ class ParameterError(UserError, ValueError):
 class DetectRequest(BaseModel):
     """What a detect run is asked to do. ``region``, ``before`` and ``after`` all unset means the demo."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # nan, inf: "a finite number"
 
     region: RegionText = Field(None, description="lon/lat bbox 'W,S,E,N', GeoJSON (inline or file), or a name in the regions file")
     before: IsoDate = Field(None, description="the earlier date, YYYY-MM-DD")

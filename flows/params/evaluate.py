@@ -23,7 +23,7 @@ SCENE_FIELDS = ("catalog", "region", "before", "after", "labels")
 class EvaluateRequest(BaseModel):
     """What an evaluate-model run is asked to do."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # nan, inf: "a finite number"
 
     model: str | None = Field(None, description="a model file or a registry reference name@VERSION / name@ALIAS / "
                                                 "name; default: the demo model")

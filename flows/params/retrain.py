@@ -19,7 +19,7 @@ from flows.params.detect import DeviceText, IsoDate, RegionText, RunName, parse_
 class RetrainRequest(BaseModel):
     """What a retrain-model run is asked to do."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # nan, inf: "a finite number"
 
     name: str = Field(..., description="registered model to retrain: the candidate is registered under this name")
     base: str | None = Field(None, description="model to fine-tune and to beat; default NAME@production")

@@ -428,3 +428,11 @@ def test_prefects_note_about_draining_its_log_queue_does_not_follow_the_error_li
         worker.warning("Still processing items: 6 items remaining...")
         worker.warning("a warning of its own")
     assert [r.getMessage() for r in caplog.records if r.name == "APILogWorker"] == ["a warning of its own"]
+
+
+@pytest.mark.parametrize("option, value", [("--threshold", "nan"), ("--min-area-m2", "inf")])
+def test_a_number_that_is_not_finite_is_called_so(capfd, tmp_path, option, value):
+    """Before, nan was told to be "less than 1", and an infinite minimum area was taken (no polygon at all)."""
+    code, _, err = ran(capfd, ["detect", option, value, "--out", str(tmp_path / "runs")])
+    name = option.removeprefix("--").replace("-", "_")
+    assert code == 1 and err == f"dsqnet detect: error: invalid detect parameter {name}: Input should be a finite number\n"
