@@ -53,7 +53,7 @@ class BlockSelection:
     their row-major indices: a few numbers however many blocks there are.
 
     A subflow's parameters go to the Prefect API, which refuses more than 512 KB of them; as lists of
-    blocks, a region of 3,000 blocks (115 km square at 0.5 m in blocks of 4096) could not start its
+    blocks, a region of 3,000 blocks (about 110 km square at 0.5 m, blocks of 4096) could not start its
     blocks' subflow. Picked blocks come in runs (all of them, or all but those a resumed run has), so
     the runs stay few.
     """

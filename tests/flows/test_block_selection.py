@@ -1,6 +1,6 @@
 """The blocks' subflow of a very large region: its parameters must fit the Prefect API's limit.
 
-A stop-gap found by running `dsqnet detect` on a 2 x 1 degree region at 0.5 m (4,350 blocks): the
+Found by running `dsqnet detect` on a 2 x 1 degree region at 0.5 m (4,350 blocks): the
 subflow's parameters, the plan's blocks as lists, came to 664 KB and the API refused the run
 (422, "Flow run parameters must be less than 524,288 bytes"), with a traceback.
 """
