@@ -54,7 +54,7 @@ from flows.params.detect import DetectRequest, parse_request
 
 from flows.blocks.store import ProbabilityStore
 
-from flows.files.damaged_cache import said_if_damaged
+from flows.runtime.damaged_cache import said_if_damaged
 from flows.outputs.run_folder import RunFolder, check_writable, expect_output_bytes, link_tree, run_lock, with_output_errors
 from flows.runtime.allocator import release_freed_memory
 from flows.runtime.collector import freeze_loaded_objects

@@ -32,7 +32,7 @@ class ModelSection:
 class DataSection:
     root: str = "data/LEVIR-CD"
     layout: str = "levir-cd"
-    train_split: str = "train"
+    train_split: str | None = "train"  # None: the whole root, no split folder
     val_split: str | None = "val"
     num_workers: int = 4
     # "zero-one" or "threshold" overrides the layout's rule; needed for 0/1/255 labels that happen to

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import zarr
 
-from flows.files.damaged_cache import DamagedCache, is_damaged_store, said_if_damaged
+from flows.runtime.damaged_cache import DamagedCache, is_damaged_store, said_if_damaged
 
 
 def test_a_child_process_message_about_an_undecodable_chunk_is_damage():
