@@ -131,7 +131,9 @@ def from_dict(data: dict[str, Any]) -> TrainConfig:
             raise ValueError(f"unknown key(s) {sorted(bad)} in section '{f.name}'; known: {sorted(known)}")
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
         hints = typing.get_type_hints(cls)
-        for key, value in values.items():
+        for key, value in list(values.items()):
+            if value is None and hints[key] is dict:  # ``overrides:`` left empty in the YAML: none
+                values[key] = value = {}
             if not _has_type(value, hints[key]):
                 raise ValueError(f"{f.name}.{key} must be {_type_name(hints[key])}, got {value!r}")
         built[f.name] = cls(**values)

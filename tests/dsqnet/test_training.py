@@ -112,8 +112,10 @@ def test_a_value_of_the_wrong_type_is_named_with_the_type_it_needs(section, key,
 
 
 def test_numbers_and_nulls_that_fit_are_taken():
-    config = from_dict({"optim": {"lr": 1, "betas": [0.8, 0.9]}, "data": {"val_split": None}})
+    config = from_dict({"optim": {"lr": 1, "betas": [0.8, 0.9]}, "data": {"val_split": None, "train_split": None},
+                        "model": {"overrides": None}})  # ``overrides:`` left empty in YAML
     assert config.optim.lr == 1 and config.optim.betas == (0.8, 0.9) and config.data.val_split is None
+    assert config.data.train_split is None and config.model.overrides == {}
 
 
 LEVIR_SAMPLES = SHARED / "data" / "levir-cd-samples"
