@@ -144,8 +144,7 @@ def _has_type(value: Any, hint: Any) -> bool:
     """Whether a YAML value fits a field's annotation: an int is a float too, a bool is no number."""
     if hint is Any:
         return True
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
-        else (hint,)
+    options = _options(hint)
     for option in options:
         origin = typing.get_origin(option) or option
         if option is type(None) and value is None:
@@ -159,11 +158,16 @@ def _has_type(value: Any, hint: Any) -> bool:
     return False
 
 
+def _options(hint: Any) -> tuple[Any, ...]:
+    """The types a hint allows: each member of ``A | B``, or the hint alone."""
+    union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+    return typing.get_args(hint) if union else (hint,)
+
+
 def _type_name(hint: Any) -> str:
     names = {int: "a whole number", float: "a number", str: "text", bool: "true or false", dict: "a mapping",
              tuple: "a list", type(None): "null"}
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
-        else (hint,)
+    options = _options(hint)
     return " or ".join(names.get(typing.get_origin(o) or o, str(o)) for o in options)
 
 
