@@ -2,13 +2,15 @@
 
 A region is a lon/lat bbox (``"16.3,48.1,16.5,48.3"``), a GeoJSON geometry (inline or a file), or
 the name of an entry in a regions file (YAML: ``name: {geometry: <GeoJSON>, watch_zones: {...},
-collection: <STAC collection id or list>}``).
+collection: <STAC collection id or list>, monitor: {...}}``; any other key is refused, as a misspelt
+key would otherwise be ignored).
 A date is a day plus a tolerance: scenes up to ``tolerance_days`` either side count as that date.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,8 @@ from shapely.geometry.base import BaseGeometry
 from .errors import CatalogError
 
 DEFAULT_TOLERANCE_DAYS = 15
+# what a regions file's entry may hold; `monitor` is read by flows/monitoring/config.py
+REGION_KEYS = ("geometry", "watch_zones", "collection", "monitor")
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,7 @@ def load_regions(path: str | Path) -> dict[str, Region]:
     for name, entry in data.items():
         if not isinstance(entry, dict) or "geometry" not in entry:
             raise CatalogError(f"region {name!r} in {path} has no 'geometry' (GeoJSON in lon/lat)")
+        _check_keys(entry, name, path)
         geometry = _geometry_from_geojson(entry["geometry"], f"region {name!r} in {path}")
         watch_zones = entry.get("watch_zones") or {}
         if not isinstance(watch_zones, dict):
@@ -149,6 +154,17 @@ def load_regions(path: str | Path) -> dict[str, Region]:
                  for z, g in watch_zones.items()}
         regions[str(name)] = Region(str(name), geometry, zones, _collections(entry.get("collection"), name, path))
     return regions
+
+
+def _check_keys(entry: dict, name: Any, path: Path) -> None:
+    """A key no reader takes (``settings:`` for ``monitor:``, ``watchzones:``) would otherwise be
+    ignored, and the region watched with none of the settings its author wrote."""
+    unknown = [str(key) for key in entry if key not in REGION_KEYS]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], REGION_KEYS, n=1)
+        guess = f" (did you mean {close[0]!r}?)" if close else ""
+        raise CatalogError(f"region {name!r} in {path} has the unknown key {unknown[0]!r}{guess}; "
+                           f"a region takes {', '.join(REGION_KEYS)}")
 
 
 def _collections(value: Any, name: str, path: Path) -> tuple[str, ...]:

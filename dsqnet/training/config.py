@@ -97,6 +97,10 @@ class TrainConfig:
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
 
     def __post_init__(self) -> None:
+        out_of_range = [f"{key} must be {need}, got {value!r}" for key, value, fits, need in self._ranges()
+                        if not (value == value and fits(value))]  # value != value: a YAML .nan
+        if out_of_range:
+            raise ValueError("; ".join(out_of_range))
         s = self.schedule
         if s.batch_size % s.accumulate:
             raise ValueError(f"schedule.batch_size {s.batch_size} is not a multiple of schedule.accumulate {s.accumulate}")
@@ -104,8 +108,29 @@ class TrainConfig:
             raise ValueError(f"data.label_encoding must be zero-one or threshold (or left out), got {self.data.label_encoding!r}")
         if self.runtime.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"runtime.precision must be auto, fp32, bf16 or fp16, got {self.runtime.precision!r}")
-        if s.max_iters <= 0 or s.batch_size <= 0:
-            raise ValueError("schedule.max_iters and schedule.batch_size must be positive")
+
+    def _ranges(self) -> list[tuple[str, Any, Any, str]]:
+        """Each number the recipe needs in a range, with the test and its words: out of range, torch
+        or the scheduler would fail late, with a message that names no key (or train on silently)."""
+        positive, at_least_0 = (lambda v: v > 0, "positive"), (lambda v: v >= 0, "0 or more")
+        o, sc, lo, ev = self.optim, self.schedule, self.loss, self.eval
+        return [
+            ("optim.lr", o.lr, *positive), ("optim.weight_decay", o.weight_decay, *at_least_0),
+            ("optim.eps", o.eps, *positive), ("optim.warmup_iters", o.warmup_iters, *at_least_0),
+            ("optim.warmup_factor", o.warmup_factor, *positive), ("optim.poly_power", o.poly_power, *positive),
+            ("optim.min_lr", o.min_lr, *at_least_0),
+            ("optim.betas", o.betas, lambda b: len(b) == 2 and all(0 <= x < 1 for x in b), "two numbers in [0, 1)"),
+            ("schedule.max_iters", sc.max_iters, *positive), ("schedule.batch_size", sc.batch_size, *positive),
+            ("schedule.accumulate", sc.accumulate, *positive), ("schedule.val_interval", sc.val_interval, *positive),
+            ("schedule.checkpoint_interval", sc.checkpoint_interval, *positive),
+            ("schedule.keep_checkpoints", sc.keep_checkpoints, *positive),
+            ("schedule.log_interval", sc.log_interval, *positive),
+            ("loss.ohem_thresh", lo.ohem_thresh, lambda v: 0 < v <= 1, "in (0, 1]"),
+            ("loss.ohem_min_kept", lo.ohem_min_kept, *at_least_0),
+            ("eval.window", ev.window, *positive), ("eval.batch_size", ev.batch_size, *positive),
+            ("eval.stride", ev.stride, lambda v: 0 < v <= ev.window, f"positive and at most eval.window ({ev.window})"),
+            ("data.num_workers", self.data.num_workers, *at_least_0),
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -54,7 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     keep_freed_memory()  # before any thread: blocks reuse the memory the blocks before them freed
     parser = build_parser()
-    args = parser.parse_args(attach_negative_values(sys.argv[1:] if argv is None else list(argv)))
+    args, unknown = parser.parse_known_args(attach_negative_values(sys.argv[1:] if argv is None else list(argv)))
+    if unknown:  # told by the command's own parser, so that the line points to that command's --help
+        getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2
@@ -125,7 +127,7 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 def _command(commands, name: str, help: str, handler: Callable[[argparse.Namespace], int | None]) -> argparse.ArgumentParser:
     sub = commands.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
-    sub.set_defaults(handler=handler)
+    sub.set_defaults(handler=handler, command_parser=sub)
     sub.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return sub
 
@@ -451,7 +453,7 @@ def _add_models(commands) -> None:
 
     def action(name: str, help: str, handler) -> argparse.ArgumentParser:
         a = sub.add_parser(name, help=help, description=help)
-        a.set_defaults(handler=handler)
+        a.set_defaults(handler=handler, command_parser=a)
         a.add_argument("--registry", help=REGISTRY_HELP)
         return a
 

@@ -34,7 +34,7 @@ from catalog.errors import CatalogError
 from catalog.regions import Region, load_regions
 
 from flows.params.detect import CollectionList, DetectRequest, parse_parameters
-from flows.runtime.user_errors import UserError
+from flows.runtime.user_errors import UserError, numbered
 
 # detect-changes parameters the monitor sets itself for every pair
 MONITOR_SETS = ("region", "before", "after", "catalog", "collection", "regions", "model", "out", "run_name",
@@ -211,25 +211,26 @@ def watch_list(request: MonitorRequest, regions_file: str | Path) -> list[Watche
         section = raw[name].get("monitor") or {}
         try:
             if not isinstance(section, dict):
-                problems.append(f"  region {name!r}, monitor: must be a mapping of {', '.join(RegionSettings.model_fields)}")
+                problems.append(f"region {name!r}, monitor: must be a mapping of {', '.join(RegionSettings.model_fields)}")
                 continue
             own = RegionSettings(**section)
         except ValidationError as err:
-            problems += [f"  region {name!r}, monitor.{'.'.join(map(str, p['loc']))}: {_message(p)}" for p in err.errors()]
+            problems += [f"region {name!r}, monitor.{'.'.join(map(str, p['loc']))}: {_message(p)}" for p in err.errors()]
             continue
         key = slug(name)
         if key in slugs:
-            problems.append(f"  regions {slugs[key]!r} and {name!r} share the state folder name {key!r}; rename one")
+            problems.append(f"regions {slugs[key]!r} and {name!r} share the state folder name {key!r}; rename one")
         slugs[key] = name
         baseline = own.baseline or request.baseline
         since = own.since or request.since
         if baseline and since and baseline > since:
-            problems.append(f"  region {name!r}: baseline {baseline} is later than since {since}")
+            problems.append(f"region {name!r}: baseline {baseline} is later than since {since}")
         thresholds = Thresholds(alert_area_m2=_first(own.alert_area_m2, request.alert_area_m2),
                                 alert_polygons=_first(own.alert_polygons, request.alert_polygons))
         watched.append(WatchedRegion(regions[name], key, baseline, since, thresholds, own.collection or list(regions[name].collections) or request.collection))
     if problems:
-        raise MonitorConfigError(f"the monitor sections of {regions_file} need fixing:\n" + "\n".join(problems))
+        what = problems[0] if len(problems) == 1 else f"{len(problems)} problems: {numbered(problems)}"
+        raise MonitorConfigError(f"the monitor sections of {regions_file} need fixing, {what}")
     return watched
 
 

@@ -16,7 +16,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from catalog.errors import CatalogError
 from dsqnet.inference.defaults import BATCH_SIZE, DEFAULT_THRESHOLD, STRIDE, WINDOW
 from flows.blocks.store import CHUNK
-from flows.runtime.user_errors import UserError
+from flows.runtime.user_errors import UserError, numbered
 
 RequestT = TypeVar("RequestT", bound=BaseModel)
 
@@ -168,5 +168,4 @@ def parse_parameters(request_model: type[RequestT], what: str, params: dict[str,
             problems.append(f"{where}: {message}")
         if len(problems) == 1:
             raise ParameterError(f"invalid {what} parameter {problems[0]}") from None
-        numbered = "; ".join(f"({k}) {problem}" for k, problem in enumerate(problems, 1))
-        raise ParameterError(f"invalid {what} parameters, {len(problems)} problems: {numbered}") from None
+        raise ParameterError(f"invalid {what} parameters, {len(problems)} problems: {numbered(problems)}") from None

@@ -33,6 +33,12 @@ class UserError(Exception):
     """A problem the user can fix; the message names the input at fault, what is wrong, and the fix."""
 
 
+def numbered(problems: list[str]) -> str:
+    """Several problems on one line, numbered, so that a user fixes them all in one go and the
+    message stays the one last line of the output."""
+    return "; ".join(f"({k}) {problem}" for k, problem in enumerate(problems, 1))
+
+
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Every class of user error. ``catalog`` and ``dsqnet`` are imported on first use only, so that
     ``dsqnet --help`` does not wait for torch."""

@@ -117,6 +117,12 @@ def test_regions_come_from_bboxes_files_and_regions_files(tmp_path):
     with pytest.raises(CatalogError, match=r"region 'town' in .*: watch_zones must map zone names to GeoJSON "
                                            r"geometries .*got \[1, 2\]"):  # before: an AttributeError
         parse_region("town", regions_file=named)
+    # a key no reader takes was ignored, and the region watched without the settings written under it
+    for key, guess in (("settings", ""), ("watchzones", r" \(did you mean 'watch_zones'\?\)")):
+        named.write_text(json.dumps({"town": {"geometry": region_around(SPOT, 100), key: {"alert_area_m2": 5}}}))
+        with pytest.raises(CatalogError, match=rf"region 'town' in .*named.yaml has the unknown key '{key}'{guess}; "
+                                               r"a region takes geometry, watch_zones, collection, monitor$"):
+            parse_region("town", regions_file=named)
 
 
 @pytest.mark.parametrize("before, after, message", [

@@ -111,6 +111,21 @@ def test_a_value_of_the_wrong_type_is_named_with_the_type_it_needs(section, key,
     assert str(refused.value) == said
 
 
+@pytest.mark.parametrize("values,said", [
+    ({"optim": {"lr": -1}}, "optim.lr must be positive, got -1"),  # before: torch's "Invalid learning rate: -1"
+    ({"optim": {"lr": float("nan")}}, "optim.lr must be positive, got nan"),  # before: trained on, to NaN weights
+    ({"schedule": {"accumulate": 0}}, "schedule.accumulate must be positive, got 0"),  # before: ZeroDivisionError
+    ({"eval": {"window": 64, "stride": 128}}, "eval.stride must be positive and at most eval.window (64), got 128"),
+    ({"optim": {"betas": [0.9, 1.5], "weight_decay": -0.1}},
+     "optim.weight_decay must be 0 or more, got -0.1; optim.betas must be two numbers in [0, 1), got (0.9, 1.5)"),
+    ({"loss": {"ohem_thresh": 0}}, "loss.ohem_thresh must be in (0, 1], got 0"),
+])
+def test_a_number_out_of_its_range_is_named_with_the_range(values, said):
+    with pytest.raises(ValueError) as refused:
+        from_dict(values)
+    assert str(refused.value) == said
+
+
 def test_numbers_and_nulls_that_fit_are_taken():
     config = from_dict({"optim": {"lr": 1, "betas": [0.8, 0.9]}, "data": {"val_split": None, "train_split": None},
                         "model": {"overrides": None}})  # ``overrides:`` left empty in YAML

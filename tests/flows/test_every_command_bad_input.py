@@ -87,6 +87,20 @@ def test_counts_below_one_are_refused_by_the_option_itself(inputs, tmp_path, cap
                                       "(dsqnet predict --help lists the options)\n")  # one line: no usage block
 
 
+def test_an_unknown_option_points_to_its_own_commands_help(inputs, tmp_path, capfd):
+    """Before, the top-level parser told it, and pointed to `dsqnet --help`, which lists no option of the command."""
+    capfd.readouterr()
+    for argv, said in ((predict(inputs, tmp_path / "c.tif", "--bogus", "x"), "dsqnet predict: error: unrecognized "
+                        "arguments: --bogus x (dsqnet predict --help lists the options)\n"),
+                       (["models", "list", "--bogus"], "dsqnet models list: error: unrecognized arguments: --bogus "
+                        "(dsqnet models list --help lists the options)\n")):
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        assert exited.value.code == 2
+        assert capfd.readouterr().err == said
+    assert not list(tmp_path.iterdir())
+
+
 def test_broken_yaml_is_said_in_one_line_with_where_it_breaks(inputs, tmp_path, capfd):
     broken = inputs["folder"] / "broken.yaml"
     where = "line 2, column 1: expected ',' or ']', but got '<stream end>'"

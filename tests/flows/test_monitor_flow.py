@@ -354,7 +354,9 @@ def test_regions_file_mistakes_are_named_before_prefect_starts(world, tmp_path, 
     typo = write_regions(tmp_path / "typo.yaml", {"alert_area": 100, "baseline": "last june"})
     assert main([*base, "--regions", str(typo)]) == 1
     err = capsys.readouterr().err
-    assert "region 'town', monitor.alert_area: unknown key" in err and "alert_area_m2" in err
+    assert len(err.strip().splitlines()) == 1, err  # both problems, on the one line a failure ends in
+    assert "need fixing, 2 problems: (1) region 'town', monitor." in err and "; (2) region 'town', monitor." in err
+    assert "monitor.alert_area: unknown key" in err and "alert_area_m2" in err
     assert "monitor.baseline: 'last june' is not a date" in err
     assert main([*base, "--regions", str(world.regions), "--region", "downtown"]) == 1
     err = capsys.readouterr().err
