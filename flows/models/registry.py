@@ -335,10 +335,13 @@ class ModelRegistry:
             return {"aliases": {}, "history": []}
         try:
             state = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise RegistryError(f"the alias file {path} cannot be read ({err})") from None
-        return {"aliases": {k: int(v) for k, v in state.get("aliases", {}).items()},
-                "history": state.get("history", [])}
+            return {"aliases": {str(k): int(v) for k, v in state.get("aliases", {}).items()},
+                    "history": list(state.get("history", []))}
+        except (OSError, ValueError, AttributeError, TypeError) as err:  # not JSON, or not the layout's
+            raise RegistryError(
+                f"the alias file {path} cannot be read ({type(err).__name__}: {err}); restore it from a backup, or "
+                f"remove it: the versions of {name} stay, without aliases, and `dsqnet models promote {name}@VERSION "
+                f"--alias ALIAS --registry {self.root}` sets each again") from None
 
     def _set_aliases(self, name: str, changes: dict[str, int | None], when: str) -> None:
         """Apply ``{alias: version or None}``; call with the lock held."""

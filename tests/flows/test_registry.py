@@ -213,6 +213,25 @@ def test_models_command_line(tmp_path, models, capsys):
     assert "versions 1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("damage", ['{"aliases": {"production": 1', '["production"]', '{"aliases": {"production": "one"}}'])
+def test_a_damaged_alias_file_is_named_with_the_way_back(tmp_path, models, capsys, damage):
+    """Before, garbled JSON named no fix, and JSON of another shape ended in a traceback."""
+    registry = ModelRegistry(tmp_path / "reg")
+    registry.register(models[0], name="levir", aliases=["production"])
+    aliases = tmp_path / "reg" / "levir" / ALIASES_FILE
+    aliases.write_text(damage)
+    reg = ["--registry", str(tmp_path / "reg")]
+    assert main(["models", "show", "levir@1", *reg]) == 1
+    said = capsys.readouterr().err.strip()
+    assert said.startswith(f"dsqnet models: error: the alias file {aliases} cannot be read (") and "\n" not in said
+    assert said.endswith(f"remove it: the versions of levir stay, without aliases, and `dsqnet models promote "
+                         f"levir@VERSION --alias ALIAS --registry {tmp_path / 'reg'}` sets each again")
+    assert aliases.read_text() == damage  # left as it was, for the user to restore
+    aliases.unlink()  # the way back the message gives
+    assert main(["models", "promote", "levir@1", *reg]) == 0
+    assert registry.resolve("levir").version == 1 and registry.aliases("levir") == {"production": 1}
+
+
 def _writer(root: Path, model: Path, writer: str, count: int, go: Path | None = None) -> subprocess.Popen:
     args = [sys.executable, "-m", "tests.flows.registry_writer", str(root), str(model), writer, str(count)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
