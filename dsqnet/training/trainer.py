@@ -183,11 +183,17 @@ class Trainer:
         path = self.work_dir / STATE_FILE
         if not path.is_file():
             raise FileNotFoundError(f"cannot resume: {path} does not exist (no checkpoint was written in {self.work_dir})")
-        state = weight_files.safe_torch_load(path)
+        fix = "remove it to train from the first step (the checkpoints beside it are kept)"
+        try:
+            state = weight_files.safe_torch_load(path)
+            optimizer_state, scaler_state, rng = state["optimizer"], state["scaler"], state["torch_rng"]
+        except (weight_files.CheckpointError, KeyError, TypeError) as err:  # cut short, or another file's
+            said = str(err).split("; ")[0] if isinstance(err, weight_files.CheckpointError) else f"it has no {err}"
+            raise weight_files.CheckpointError(f"the training state {path} cannot be read ({said}): {fix}") from None
         weight_files.load_strict(model, state["model"], source=str(path))
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
+        optimizer.load_state_dict(optimizer_state)
+        scaler.load_state_dict(scaler_state)
+        torch.set_rng_state(rng)
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         return int(state["step"]), {"miou": state["best_miou"], "step": state["best_step"]}

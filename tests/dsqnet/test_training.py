@@ -13,6 +13,7 @@ from dsqnet.data import ChangeDetectionDataset, find_samples
 from dsqnet.evaluation import evaluate_model
 from dsqnet.training import Trainer, load_config
 from dsqnet.training.config import bundled_configs, from_dict
+from dsqnet.weights.files import CheckpointError
 from tests.dsqnet.datasets_helpers import generic_dataset
 from tests.helpers import SHARED
 
@@ -51,6 +52,22 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
     steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 4, 5, 6]  # step 4 ran twice: once lost, once after the resume
+
+
+def test_a_damaged_training_state_is_named_with_the_way_on(tmp_path):
+    """Before, a training state cut short said "download or copy it again", which no one can."""
+    data = generic_dataset(tmp_path / "data", n=2)
+    config = tiny_config(data, tmp_path / "work", max_iters=3)
+    Trainer(config, progress=False).run()
+    state = tmp_path / "work" / "train_state.pt"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    with pytest.raises(CheckpointError) as refused:
+        Trainer(config, progress=False).run(resume=True)
+    assert str(refused.value).startswith(f"the training state {state} cannot be read ({state} cannot be read as a "
+                                         "PyTorch checkpoint (")
+    assert str(refused.value).endswith("): remove it to train from the first step (the checkpoints beside it are kept)")
+    state.unlink()  # the way on: a run without the state trains from the start
+    assert Trainer(config, progress=False).run().step == 3
 
 
 def test_resume_without_a_checkpoint_says_so(tmp_path):
