@@ -55,6 +55,7 @@ from flows.scoring.labeled_data import (
     prepare_labeled_scenes,
 )
 from flows.outputs.manifest import StepTimer
+from flows.runtime.damaged_cache import said_if_damaged
 from flows.runtime.versions import package_versions
 from flows.models.resolve import ModelRecord, resolve_model
 from flows.scoring.objects import ObjectCounts, object_counts
@@ -192,7 +193,8 @@ def evaluate_labeled_set(model: str | Path | None, labeled_set: LabeledSet, *,
     with tempfile.TemporaryDirectory(prefix="dsqnet-evaluate-") as scratch:
         if isinstance(labeled_set, (LabeledScenesSpec, LabeledScenes)):
             work = Path(work_dir) if work_dir else Path(scratch)
-            benchmark = benchmark_from_scenes(labeled_set, work / "labeled", tile_size, work)
+            with said_if_damaged(work):
+                benchmark = benchmark_from_scenes(labeled_set, work / "labeled", tile_size, work)
         else:
             benchmark = (labeled_set if isinstance(labeled_set, BenchmarkSet)
                          else BenchmarkSet(str(Path(labeled_set).resolve())))
@@ -270,8 +272,9 @@ def run_evaluation(request: EvaluateRequest) -> dict:
                              " is a plain file; name a registered model (name@VERSION) or register it first")
     lap("check model")
     name = request.run_name or evaluation_name(request, record)
-    with run_lock(out_dir, name):  # a second run of the same work is refused, naming this one
-        work = out_dir / ".cache" / name
+    work = out_dir / ".cache" / name
+    # a second run of the same work is refused, naming this one; what an earlier one left may be damaged
+    with run_lock(out_dir, name), said_if_damaged(work):
         if request.route == "scenes":
             spec = LabeledScenesSpec(catalog=request.catalog, region=request.region, before=request.before,
                                      after=request.after, labels=request.labels, regions=request.regions,

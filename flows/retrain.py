@@ -44,6 +44,7 @@ from flows.params.inputs import check_inputs
 from flows.evaluate import BenchmarkSet, evaluate_labeled_set
 from flows.files.jsonfiles import json_safe, read_json, write_json_atomic
 from flows.scoring.labeled_data import LABEL_ENCODING, LabeledScenesSpec, folder_label_encoding, labeled_scenes_to_folder
+from flows.runtime.damaged_cache import said_if_damaged
 from flows.runtime.versions import code_version, package_versions
 from flows.models.resolve import ModelRecord, file_sha256, resolve_model
 from flows.models.registry import ModelRegistry, RegisteredModel
@@ -307,8 +308,9 @@ def run_retrain(request: RetrainRequest) -> dict:
     started = time.perf_counter()
     base = check_base(request)
     name = request.run_name or retrain_name(request, base)
-    with run_lock(out_dir, name):  # a second run of the same work is refused, naming this one
-        work = out_dir / ".cache" / name
+    work = out_dir / ".cache" / name
+    # a second run of the same work is refused, naming this one; what an earlier one left may be damaged
+    with run_lock(out_dir, name), said_if_damaged(work):
         work.mkdir(parents=True, exist_ok=True)
         labels = prepare_labels_task(request, work)
         print(f"{labels.train_pairs} pairs to learn from, {labels.holdout.root} to judge on"

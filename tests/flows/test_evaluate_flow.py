@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from flows.scoring.labeled_data import (
 from flows.scoring.objects import label_components, object_counts
 from flows.params.detect import ParameterError
 from flows.models.registry import ModelRegistry
+from flows.runtime.damaged_cache import DamagedCache
 from tests.catalog.stac_helpers import SPOT, WORLD_CRS
 from tests.dsqnet.datasets_helpers import generic_dataset
 from tests.flows.flow_helpers import hole_catalog, hole_pixels_in_region, tiny_model_file
@@ -241,6 +243,27 @@ def test_evaluate_model_on_scenes_and_label_polygons(prefect_api, scenes, bench)
     assert tiled["data"]["pairs"] == 9 and tiled["data"]["source"]["tile_size"] == 256
     matrix = np.array(tiled["pixel"]["confusion_matrix"])
     assert matrix.sum() == observed and matrix[1].sum() == 400
+
+
+def test_a_damaged_scenes_cache_is_named_with_the_folder_to_remove(prefect_api, scenes, bench, tmp_path):
+    """Before, the rerun ended in the codec's ``error during blosc decompression``, naming no folder."""
+    _, spec, _ = scenes
+    run = dict(model=str(bench[2]), catalog=spec.catalog, region=spec.region, labels=spec.labels,
+               out=str(tmp_path / "evaluations"), run_name="spot", device="cpu", window=128, stride=64,
+               batch_size=16, **DATES)
+    first = evaluate_model_flow(**run)
+    work = tmp_path / "evaluations" / ".cache" / "spot"
+    image = work / "scenes.zarr" / "image"
+    chunk = next(p for p in sorted((image / "c").rglob("*")) if p.is_file())
+    chunk.write_bytes(chunk.read_bytes()[:100])  # cut short, as by a crash of the machine
+    published = strict_json(tmp_path / "evaluations" / "spot" / "evaluation.json")
+    with pytest.raises(DamagedCache) as refused:
+        evaluate_model_flow(**run)
+    assert str(refused.value).startswith(f"the run's cache {work} is damaged (")
+    assert str(refused.value).endswith("): remove that folder and run again, which computes it afresh")
+    assert strict_json(tmp_path / "evaluations" / "spot" / "evaluation.json") == published  # the outputs left alone
+    shutil.rmtree(work)  # the fix it names
+    assert evaluate_model_flow(**run)["pixel"] == first["pixel"]
 
 
 # --------------------------------------------------------------------------------------------------

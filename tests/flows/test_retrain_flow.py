@@ -176,6 +176,28 @@ def test_retraining_out_of_memory_names_the_configs_micro_batches_and_the_batch_
     assert registry.versions("demo") == [1]  # nothing registered
 
 
+def test_a_damaged_scenes_cache_is_named_with_the_folder_to_remove(prefect_api, demo, tmp_path):
+    """Before, the rerun ended in the codec's ``error during blosc decompression``, naming no folder."""
+    from flows.runtime.damaged_cache import DamagedCache
+
+    registry = ModelRegistry(tmp_path / "registry")
+    registry.register(DEMO_MODEL, name="demo", aliases=("production",))
+    before, after = demo.dates[0], demo.dates[2]
+    params = dict(name="demo", registry=str(registry.root), catalog=str(demo.catalog), region=demo.region_name,
+                  regions=str(demo.regions), before=before, after=after, labels=str(demo.truth[(before, after)][1]),
+                  max_iters=1, batch_size=2, out=str(tmp_path / "runs"), **FAST)
+    retrain_model(**params)
+    work = next(p for p in (tmp_path / "runs" / ".cache").glob("retrain_*") if p.is_dir())
+    chunk = next(p for p in sorted((work / "scenes.zarr" / "image" / "c").rglob("*")) if p.is_file())
+    chunk.write_bytes(chunk.read_bytes()[:100])  # cut short, as by a crash of the machine ...
+    __import__("shutil").rmtree(work / "labels")  # ... before the labels were cut from the scenes
+    with pytest.raises(DamagedCache) as refused:
+        retrain_model(**params)
+    assert str(refused.value).startswith(f"the run's cache {work} is damaged (")
+    assert str(refused.value).endswith("): remove that folder and run again, which computes it afresh")
+    assert registry.versions("demo") == [1, 2]  # the first run's candidate, and nothing from the second
+
+
 def test_judging_out_of_memory_names_the_evaluation_batch_and_the_rerun_keeps_the_training(prefect_api, demo, tmp_path,
                                                                                           monkeypatch):
     from flows.runtime.out_of_memory import OutOfMemory
