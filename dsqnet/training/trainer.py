@@ -186,17 +186,22 @@ class Trainer:
         fix = "remove it to train from the first step (the checkpoints beside it are kept)"
         try:
             state = weight_files.safe_torch_load(path)
-            optimizer_state, scaler_state, rng = state["optimizer"], state["scaler"], state["torch_rng"]
-        except (weight_files.CheckpointError, KeyError, TypeError) as err:  # cut short, or another file's
-            said = str(err).split("; ")[0] if isinstance(err, weight_files.CheckpointError) else f"it has no {err}"
-            raise weight_files.CheckpointError(f"the training state {path} cannot be read ({said}): {fix}") from None
-        weight_files.load_strict(model, state["model"], source=str(path))
+            weights, optimizer_state, scaler_state = state["model"], state["optimizer"], state["scaler"]
+            rng, step = state["torch_rng"], int(state["step"])
+            best = {"miou": state["best_miou"], "step": state["best_step"]}
+        except weight_files.CheckpointError as err:  # cut short
+            raise weight_files.CheckpointError(f"the training state {path} cannot be read ({str(err).split('; ')[0]}): "
+                                               f"{fix}") from None
+        except (KeyError, TypeError, ValueError) as err:  # another file under its name
+            raise weight_files.CheckpointError(f"{path} is not a training state of this trainer ({type(err).__name__}: "
+                                               f"{err}): {fix}") from None
+        weight_files.load_strict(model, weights, source=str(path))
         optimizer.load_state_dict(optimizer_state)
         scaler.load_state_dict(scaler_state)
         torch.set_rng_state(rng)
-        if state["cuda_rng"] and torch.cuda.is_available():
+        if state.get("cuda_rng") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-        return int(state["step"]), {"miou": state["best_miou"], "step": state["best_step"]}
+        return step, best
 
 
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
