@@ -153,23 +153,26 @@ def load_scenes(request: DetectRequest, region: Region, first: DateChoice, secon
 
 @task(name="plan-blocks", cache_policy=NO_CACHE)
 def plan(request: DetectRequest, scenes_path: Path, model: ModelRecord, work: Path) -> BlockPlan:
-    """The blocks of the scenes' grid and those still to compute; the store may still be loading."""
-    dataset = open_scenes(scenes_path, complete=False)
-    height, width = dataset.sizes["y"], dataset.sizes["x"]
-    blocks = plan_blocks(height, width, request.block_size)
-    grid = (blocks[-1].row + 1, blocks[-1].col + 1)
-    key = inputs_hash({"scenes": dataset.attrs[INPUTS], "model": model.sha256, "window": request.window,
-                       "stride": request.stride, "batch": request.batch_size, "precision": request.precision,
-                       "block_size": request.block_size, "code": code_version(*INFERENCE_CODE)})
-    store = ProbabilityStore.prepare(work / "change_prob.zarr", dataset, grid, key)
-    summed = store.summed_blocks()
-    remote = request.dask_address or os.environ.get(DASK_ADDRESS_ENV)
-    threads = None if remote else local_worker_threads(request.workers)  # remote workers: their own choice
-    job = BlockJob(scenes=str(scenes_path), probabilities=str(store.path), model_path=model.path,
-                   model_hash=model.sha256, window=request.window, stride=request.stride,
-                   batch_size=request.batch_size, precision=request.precision, device=request.device, threads=threads)
-    todo = [] if store.complete else [b for b in blocks if (b.row, b.col) not in summed]
-    return BlockPlan(job, blocks, todo, Lattice(height, width, request.window, request.stride).count)
+    """The blocks of the scenes' grid and those still to compute; the store may still be loading, and
+    a load that fails removes it under this task: the load's error is then this task's."""
+    with load_failure_first(scenes_path):
+        dataset = open_scenes(scenes_path, complete=False)
+        height, width = dataset.sizes["y"], dataset.sizes["x"]
+        blocks = plan_blocks(height, width, request.block_size)
+        grid = (blocks[-1].row + 1, blocks[-1].col + 1)
+        key = inputs_hash({"scenes": dataset.attrs[INPUTS], "model": model.sha256, "window": request.window,
+                           "stride": request.stride, "batch": request.batch_size, "precision": request.precision,
+                           "block_size": request.block_size, "code": code_version(*INFERENCE_CODE)})
+        store = ProbabilityStore.prepare(work / "change_prob.zarr", dataset, grid, key)
+        summed = store.summed_blocks()
+        remote = request.dask_address or os.environ.get(DASK_ADDRESS_ENV)
+        threads = None if remote else local_worker_threads(request.workers)  # remote workers: their own choice
+        job = BlockJob(scenes=str(scenes_path), probabilities=str(store.path), model_path=model.path,
+                       model_hash=model.sha256, window=request.window, stride=request.stride,
+                       batch_size=request.batch_size, precision=request.precision, device=request.device,
+                       threads=threads)
+        todo = [] if store.complete else [b for b in blocks if (b.row, b.col) not in summed]
+        return BlockPlan(job, blocks, todo, Lattice(height, width, request.window, request.stride).count)
 
 
 @task(name="infer-block", cache_policy=NO_CACHE, task_run_name="infer-block-{block.row}-{block.col}")
