@@ -1,7 +1,9 @@
-"""Helpers shared by tests: where ../shared is, and the small backbones of the golden files."""
+"""Helpers shared by tests: where ../shared is, the small backbones of the golden files, and how a
+child process hears Ctrl-C."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -47,3 +49,11 @@ class CodePayload:
 
     def __reduce__(self):
         return (Path.touch, (self.marker,))
+
+
+def hears_ctrl_c() -> None:
+    """For ``subprocess.Popen(preexec_fn=...)``: the child gets Ctrl-C as from a terminal, however
+    pytest was started. A shell starts a background job (`make test &`, a CI runner's) with SIGINT
+    ignored, and an ignored signal, unlike a caught one, survives `exec`: dsqnet then keeps ignoring
+    it, as a command should, and Prefect's worker forwards it to itself, into the ignored disposition."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -138,7 +138,10 @@ def interruptible(command: str, run: Callable[[], ResultT]) -> ResultT:
         stop(command, signum)
 
     worker = threading.Thread(target=target, name=f"dsqnet-{command}", daemon=True)
-    previous = {signum: signal.signal(signum, on_signal) for signum in SIGNALS}
+    # A signal ignored at the start stays ignored: a command started in the background of a script
+    # (`dsqnet detect ... &`) or under nohup was asked not to hear Ctrl-C, as Python itself honours.
+    previous = {signum: signal.signal(signum, on_signal) for signum in SIGNALS
+                if signal.getsignal(signum) is not signal.SIG_IGN}
     try:
         worker.start()
         while worker.is_alive():

@@ -12,8 +12,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -22,6 +20,7 @@ import rasterio
 
 from flows.runtime.allocator import KEEP_FREED
 from tests.flows.flow_helpers import FAST, hole_catalog, tiny_model_file
+from tests.helpers import hears_ctrl_c
 
 REPO = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).parent / "prefect")
@@ -88,20 +87,6 @@ def sigterm_pending(pid: int) -> bool:
     return bool(pending & (1 << (signal.SIGTERM - 1)))
 
 
-@contextmanager
-def sigint_not_ignored() -> Iterator[None]:
-    """Processes started meanwhile get Ctrl-C as from a terminal, however pytest was started.
-
-    A shell starts a background job (`make test &`, a CI runner's) with SIGINT ignored, and an
-    ignored signal, unlike a caught one, survives `exec`. Prefect's worker then cannot be stopped by
-    Ctrl-C: it forwards SIGINT to itself, into the ignored disposition, and runs on."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def stop_worker(worker: subprocess.Popen, logs: Path, timeout: float = 60) -> str | None:
     """Ctrl-C to the worker's group, as a user stops it: None once it has exited, else what was still
     running, with every thread's stack (faulthandler, which the worker's processes have on, prints
@@ -149,10 +134,11 @@ def test_deploy_run_cancel_and_rerun_the_detect_deployment(server, tmp_path):
 
     sums = out / ".cache" / "spot" / "change_prob_window_sums"
     logs = tmp_path / "worker.log"
-    with open(logs, "w") as log, sigint_not_ignored():
+    with open(logs, "w") as log:
         worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "local-process", "--type", "process"],
                                   env={**server, "PREFECT_WORKER_QUERY_SECONDS": "1", "PYTHONFAULTHANDLER": "1"},
-                                  cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                  cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                  preexec_fn=hears_ctrl_c)
     try:
         cancelled = run_deployment()
         engine = wait_for(lambda: next((p for p in psutil.Process(worker.pid).children(recursive=True)

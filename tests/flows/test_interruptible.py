@@ -16,6 +16,7 @@ import pytest
 
 from flows.files.locks import LockBusy, exclusive, read_owner
 from flows.runtime.interrupts import interruptible
+from tests.helpers import hears_ctrl_c
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,7 +56,7 @@ def children_of(pid: int, count: int, timeout: float = 60) -> list[psutil.Proces
 def test_a_signal_ends_the_command_its_thread_and_every_process_it_started(tmp_path, command, signum, line):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     run = subprocess.Popen([sys.executable, "-c", RUN, command], env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, start_new_session=True, text=True)
+                           stderr=subprocess.PIPE, start_new_session=True, text=True, preexec_fn=hears_ctrl_c)
     try:
         assert run.stdout.readline().startswith("running")
         started = children_of(run.pid, 2)
@@ -68,6 +69,30 @@ def test_a_signal_ends_the_command_its_thread_and_every_process_it_started(tmp_p
     assert stderr == line + "\n"  # the children heard nothing: no KeyboardInterrupt traceback of theirs
     _, left = psutil.wait_procs(started, timeout=2)
     assert not left
+
+
+def test_a_command_started_with_ctrl_c_ignored_goes_on_ignoring_it(tmp_path):
+    """A script's background job (``dsqnet monitor ... &``) and nohup start a command with SIGINT
+    ignored; the command's own handler used to override that, and a Ctrl-C meant for the script
+    stopped it. SIGTERM still stops it cleanly."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.Popen([sys.executable, "-c", RUN, "monitor"], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, start_new_session=True, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        assert run.stdout.readline().startswith("running")
+        children_of(run.pid, 2)
+        os.killpg(run.pid, signal.SIGINT)
+        time.sleep(1.0)
+        assert run.poll() is None, run.communicate()
+        os.killpg(run.pid, signal.SIGTERM)
+        _, stderr = run.communicate(timeout=5)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 128 + signal.SIGTERM
+    assert stderr == "dsqnet monitor: stopped by SIGTERM; rerun the same command to resume: the pairs already " \
+                     "recorded are kept\n"
 
 
 def test_without_a_signal_the_result_and_the_errors_are_the_work_s_own():
@@ -123,7 +148,8 @@ def test_ctrl_c_during_training_ends_dsqnet_train_in_one_line_that_says_how_to_r
     dsqnet = str(Path(sys.executable).parent / "dsqnet")
     run = subprocess.Popen([dsqnet, "train", "--config", "cpu-small", "--data-root", str(data), "--work-dir", str(work),
                             "--max-iters", "100000", "--device", "cpu", "--num-workers", "0"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, text=True)
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, text=True,
+                           preexec_fn=hears_ctrl_c)
     try:
         deadline = time.monotonic() + 120
         while not (work / "log.jsonl").is_file():  # the training loop is under way

@@ -26,6 +26,7 @@ import pytest
 from flows.cli.main import main
 from flows.files.locks import read_owner
 from tests.flows.flow_helpers import FAST, cli_env, hole_catalog, tiny_model_file
+from tests.helpers import hears_ctrl_c
 
 DSQNET = str(Path(sys.executable).parent / "dsqnet")
 SLOW = {**FAST, "stride": 32}  # four times the windows: a block takes seconds, so a run is caught midway
@@ -52,7 +53,8 @@ def start(args: list[str], env: dict, logs: Path) -> subprocess.Popen:
     writing to files (a pipe left unread could block it)."""
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / "stdout", "wb") as out, open(logs / "stderr", "wb") as err:
-        return subprocess.Popen([DSQNET, *args], env=env, stdout=out, stderr=err, start_new_session=True)
+        return subprocess.Popen([DSQNET, *args], env=env, stdout=out, stderr=err, start_new_session=True,
+                                preexec_fn=hears_ctrl_c)
 
 
 def finished(run: subprocess.Popen, logs: Path, timeout: float = 600) -> tuple[int, str, str]:
