@@ -21,6 +21,7 @@ from pyproj import CRS
 from pyproj.exceptions import CRSError
 
 from .errors import CatalogError, error_chain
+from .remote import is_remote, remote_failure, remote_reads, shown
 
 PROJ_FIELDS = ("proj:code", "proj:epsg", "proj:wkt2", "proj:projjson")
 _TRUNCATED = re.compile(r"got \d+ bytes, expected \d+|read error|truncat|unexpected end|short read", re.IGNORECASE)
@@ -29,13 +30,15 @@ _LIBRARIES = ("rasterio", "odc", "pyproj", "osgeo")
 
 def used_assets(item: pystac.Item, bands: Iterable[str]) -> list[tuple[str, pystac.Asset]]:
     """The assets of ``item`` that a load of ``bands`` reads: named as odc-stac loads them (``key``, or
-    ``key.N`` for band N of a multi-band asset), or by an ``eo:bands`` name."""
+    ``key.N`` for band N of a multi-band asset), or by an ``eo:bands`` name that is no asset's key
+    (Sentinel-2's ``red`` is the asset ``red``, not the ``visual`` asset that also holds a red band)."""
     wanted = set(bands)
+    by_band_name = wanted - set(item.assets)  # a name that is an asset's key means that asset alone
     found = []
     for key, asset in item.assets.items():
         listed = asset.extra_fields.get("eo:bands") or asset.extra_fields.get("bands") or []
         names = {b.get(k) for b in listed if isinstance(b, dict) for k in ("name", "common_name")}
-        if key in wanted or names & wanted or any(name.startswith(f"{key}.") for name in wanted):
+        if key in wanted or names & by_band_name or any(name.startswith(f"{key}.") for name in wanted):
             found.append((key, asset))
     return found
 
@@ -79,14 +82,18 @@ def explain_load_failure(err: BaseException, items: Iterable[pystac.Item], bands
     named = _named_in(texts, assets)
     if named:
         item, key, asset = named
+        href = _href(asset)
+        served = remote_failure(texts, href) if is_remote(href) else None
+        if served:  # the server, not the file
+            return CatalogError(f"asset {key!r} of Item {item.id!r} ({shown(href)}) cannot be read: {served}. {nothing}")
         problem = "is truncated (the file ends before its data does)" if _TRUNCATED.search(" ".join(texts)) \
             else "is missing, corrupt or not a raster"
-        return CatalogError(f"asset {key!r} of Item {item.id!r} ({asset.href}) cannot be read: {_one_line(deepest)}; "
+        return CatalogError(f"asset {key!r} of Item {item.id!r} ({shown(href)}) cannot be read: {_one_line(deepest)}; "
                             f"it {problem}. Replace the file, or remove the Item from the catalog. {nothing}")
     for item, key, asset in assets:
         problem = _file_problem(asset)
         if problem:
-            return CatalogError(f"asset {key!r} of Item {item.id!r} ({asset.href}) {problem}. {nothing}")
+            return CatalogError(f"asset {key!r} of Item {item.id!r} ({shown(_href(asset))}) {problem}. {nothing}")
     if not any(type(e).__module__.startswith(_LIBRARIES) for e in error_chain(err)):
         return None
     ids = ", ".join(sorted({item.id for item, _, _ in assets})) or "the chosen Items"
@@ -116,12 +123,16 @@ def _file_problem(asset: pystac.Asset) -> str | None:
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
+    href = _href(asset)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(asset.get_absolute_href() or asset.href) as src:
+            with remote_reads(), rasterio.open(href) as src:
                 crs = src.crs
     except (RasterioError, OSError) as err:
+        served = remote_failure([str(err)], href) if is_remote(href) else None
+        if served:
+            return f"cannot be read: {served}"
         return f"cannot be opened ({_one_line(str(err))}); it is missing, corrupt or not a raster"
     if crs is None and not any(asset.extra_fields.get(f) for f in PROJ_FIELDS) \
             and not any(asset.owner and asset.owner.properties.get(f) for f in PROJ_FIELDS):
@@ -133,12 +144,17 @@ def _file_problem(asset: pystac.Asset) -> str | None:
     return None
 
 
+def _href(asset: pystac.Asset) -> str:
+    """Where the asset is read from: its href resolved against its Item's own location."""
+    return asset.get_absolute_href() or asset.href
+
+
 def _named_in(texts: list[str], assets: list[tuple]) -> tuple | None:
     """The asset whose path appears in the error: its full href, else a file name no other asset shares."""
     joined = "\n".join(texts)
     for entry in assets:
-        href = entry[2].get_absolute_href() or entry[2].href
-        if href in joined or entry[2].href in joined:
+        href = _href(entry[2])
+        if href in joined or shown(href) in joined or entry[2].href in joined:
             return entry
     names = [Path(entry[2].href).name for entry in assets]
     for entry, name in zip(assets, names):

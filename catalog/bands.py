@@ -85,7 +85,8 @@ def rgb_sources(item: pystac.Item) -> tuple[BandSource, BandSource, BandSource]:
             raise CatalogError(
                 f"item {item.id} ({item.collection_id}) has no asset that says it holds {colour} "
                 f"(eo:bands common_name); its image assets are {', '.join(offered) or 'none'}. "
-                "Add eo:bands to the items, or pass a BandSpec naming the three bands")
+                "Add eo:bands with common_name red, green and blue to its assets (from Python, a catalog.BandSpec "
+                "can name the three bands instead)")
         asset_key, index, count = min(candidates, key=lambda c: _preference(item.assets[c[0]], c[2], c[0]))
         found.append(BandSource(asset_key, index, count))
     return tuple(found)  # type: ignore[return-value]

@@ -25,6 +25,7 @@ import pystac
 
 from .bands import BandSource, BandSpec, raster_bands, rgb_sources
 from .errors import CatalogError
+from .remote import is_remote, remote_failure, remote_reads
 from .signing import signed_href
 
 SURFACE = "surface reflectance"
@@ -126,7 +127,8 @@ def _sentinel2(item: pystac.Item, sources) -> Radiometry:
         raise CatalogError(
             f"Sentinel-2 item {item.id} states neither s2:processing_baseline nor a raster:bands offset, so "
             "whether its pixels carry the +1000 offset of baseline 04.00 cannot be told; use a catalog that "
-            "publishes them (Earth Search, Planetary Computer) or pass a BandSpec")
+            "publishes them (Earth Search, Planetary Computer), or add one of the two to the items (from Python, "
+            "a catalog.BandSpec can state the scale and offset instead)")
     scl = _asset_key(item, "scl")
     mask = Mask(scl, "classes", SCL_NOT_OBSERVED) if scl else None
     if mask is None and not l1c:
@@ -168,7 +170,7 @@ def _stated_or_8bit(item: pystac.Item, sources) -> Radiometry:
         raise CatalogError(
             f"item {item.id} ({item.collection_id}): band {sources[0].name} is {data_type} without a raster:bands "
             "scale, so its values cannot be put on the model's scale; add raster:bands scale/offset "
-            "(reflectance) to the items, or pass a BandSpec")
+            "(reflectance) to the items (from Python, a catalog.BandSpec can state them instead)")
     return Radiometry(EIGHT_BIT, EIGHT_BIT, _names(sources), 1.0, 0.0, (0.0, 255.0),
                       "8-bit values are already the model's 0-255 scale", item.collection_id,
                       provider=_provider(item))
@@ -220,10 +222,12 @@ def _read_data_type(item: pystac.Item, source: BandSource) -> str:
 
     href = item.assets[source.asset].get_absolute_href() or item.assets[source.asset].href
     try:
-        with rasterio.open(signed_href(href)) as dataset:
+        with remote_reads(), rasterio.open(signed_href(href)) as dataset:
             return dataset.dtypes[source.index - 1]
     except (rasterio.errors.RasterioIOError, IndexError) as err:
-        raise CatalogError(f"asset {source.asset} of item {item.id} ({href}) cannot be read: {err}") from None
+        problem = remote_failure([str(err)], href) if is_remote(href) else None
+        raise CatalogError(f"asset {source.asset!r} of Item {item.id!r} ({href}) cannot be read: "
+                           f"{problem or err}") from None
 
 
 def _asset_key(item: pystac.Item, key: str) -> str | None:

@@ -18,6 +18,7 @@ from odc.geo.geobox import GeoBox
 from .bands import RGB, band_metadata, raster_bands
 from .errors import CatalogError
 from .radiometry import Radiometry
+from .remote import configure_remote_loads, is_remote
 from .selection import DateChoice
 
 
@@ -56,8 +57,8 @@ def _load_group(items: list, rule: Radiometry, grid: GeoBox, chunk: int) -> tupl
     mask = rule.mask
     shared = shared_asset(items, rule.bands)
     names = ([shared.key] if shared else list(rule.bands)) + ([mask.band] if mask else [])
-    if any(str(a.href).startswith(("http://", "https://")) for i in items for a in i.assets.values()):
-        odc.stac.configure_rio(cloud_defaults=True)  # GDAL reads remote COGs by range requests, no directory listing
+    if any(is_remote(a.href) for i in items for a in i.assets.values()):
+        configure_remote_loads()  # range requests, a few retries, and no waiting for ever on a silent server
     try:
         data = odc.stac.load(
             [_with_band_counts(item) for item in items], bands=names, geobox=grid, chunks={"x": chunk, "y": chunk},

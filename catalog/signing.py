@@ -8,12 +8,14 @@ after the scenes store's key is computed, so a new token never makes a finished 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
 import pystac
 
 from .errors import CatalogError
+from .remote import Unanswered, fetch_text
 
 SAS_API = "https://planetarycomputer.microsoft.com/api/sas/v1/token"
 SAS_API_ENV = "DSQNET_PLANETARY_COMPUTER_SAS_API"  # another token service (a mirror, or a test's)
@@ -57,13 +59,12 @@ def _token(account: str, container: str, timeout: float) -> str:
 
 
 def _fetch_token(service: str, account: str, container: str, timeout: float) -> str:
-    import requests
-
     url = f"{service}/{account}/{container}"
     try:
-        response = requests.get(url, timeout=timeout)
-        response.raise_for_status()
-        return str(response.json()["token"])
-    except (requests.RequestException, KeyError, ValueError) as err:
-        raise CatalogError(f"cannot get a read token for Azure storage {account}/{container} from {url} ({err}); "
-                           "Planetary Computer assets need one. Check the network, or use another catalog") from None
+        return str(json.loads(fetch_text(url, timeout))["token"])
+    except Unanswered as err:
+        problem = err.problem
+    except (KeyError, TypeError, ValueError):
+        problem = "its answer holds no token"
+    raise CatalogError(f"cannot get a read token for Azure storage {account}/{container} from {url}: {problem}. "
+                       "Planetary Computer assets need one; check the network, or use another catalog")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -22,6 +23,7 @@ import pystac
 from shapely.geometry import shape
 
 from .errors import CatalogError
+from .remote import Unanswered, connection_problem, fetch_text
 from .regions import Region
 
 
@@ -69,37 +71,22 @@ class StaticCatalog:
 
     def _read(self) -> list[pystac.Item]:
         io = _TimedStacIO(self.timeout)
-        try:
-            document = json.loads(io.read_text(str(self.path)))
-            if isinstance(document, dict) and document.get("type") == "FeatureCollection":
-                return [item_from_dict(feature, f"feature {k} of {self.path}")
-                        for k, feature in enumerate(document.get("features", []))]
-            obj = pystac.read_file(str(self.path), stac_io=io)
-            if isinstance(obj, pystac.Catalog):
-                return list(obj.get_items(recursive=True))
-        except CatalogError:
-            raise
-        except Exception as err:  # json, urllib and pystac raise several error types for unreadable STAC
-            raise CatalogError(f"cannot read {self.path} as STAC: {stac_problem(err)}") from None
-        if isinstance(obj, pystac.ItemCollection):
-            return list(obj.items)
-        if isinstance(obj, pystac.Item):
-            return [obj]
-        raise CatalogError(f"{self.path} is STAC but neither a catalog, a collection nor an item collection")
+        root = str(self.path) if _is_url(self.path) else pystac.utils.make_absolute_href(str(self.path))
+        document = _read_json(io, root, f"the catalog {root}")
+        kind = document.get("type") if isinstance(document, dict) else None
+        if kind == "FeatureCollection":
+            return [item_from_dict(feature, f"feature {k} of {root}", root)
+                    for k, feature in enumerate(document.get("features") or [])]
+        if kind == "Feature":
+            return [item_from_dict(document, root, root)]
+        if kind in ("Catalog", "Collection") or (isinstance(document, dict) and "links" in document):
+            return _walk(io, root, document)
+        raise CatalogError(f"{root} is JSON but not STAC: neither a catalog, a collection, an item nor an item "
+                           "collection; give the path or URL of catalog.json")
 
     def search(self, region: Region, start: dt.datetime, end: dt.datetime,
                collections: list[str] | None = None) -> list[pystac.Item]:
-        found = []
-        for item in self.items():
-            if collections and item.collection_id not in collections:
-                continue
-            when = item_datetime(item)
-            if when is None or not start <= when <= end:
-                continue
-            if item.geometry is None or not shape(item.geometry).intersects(region.geometry):
-                continue
-            found.append(item)
-        return found
+        return [item for item in self.items() if _matches(item, region, start, end, collections)]
 
     def has_any(self, region: Region, collections: list[str] | None = None) -> bool:
         return any(item.geometry is not None and (not collections or item.collection_id in collections)
@@ -115,24 +102,50 @@ class StacApi:
 
     def search(self, region: Region, start: dt.datetime, end: dt.datetime,
                collections: list[str] | None = None, max_items: int | None = None) -> list[pystac.Item]:
+        """The Items the API finds, each once, checked against the search: an API that ignores a filter
+        or repeats its pages would otherwise hand over scenes of other dates or places, many times."""
         import pystac_client
         import requests
         from pystac_client.stac_api_io import StacApiIO
 
         unreachable = (f"STAC API {self.url} did not answer within {self.timeout:g} s ({self.retries} retries); "
                        "check the URL and the network, or use a static catalog")
+        limit = max_items or self.max_items
         try:
             io = StacApiIO(timeout=self.timeout, max_retries=self.retries)
             client = pystac_client.Client.open(self.url, stac_io=io, timeout=self.timeout)
+            if client.get_single_link("search") is not None:
+                client.add_conforms_to("ITEM_SEARCH")  # a search link is enough; some APIs omit the class
             search = client.search(intersects=region.to_geojson(), datetime=[start, end] if start else None,
-                                   collections=collections, max_items=max_items or self.max_items)
-            return [item_from_dict(found, f"an Item of STAC API {self.url}") for found in search.items_as_dicts()]
-        except (requests.Timeout, requests.ConnectionError):
+                                   collections=collections, max_items=limit)
+            found = _unique_pages(search.pages_as_dicts())
+        except requests.Timeout:
             raise CatalogError(unreachable) from None
+        except requests.ConnectionError as err:
+            raise CatalogError(f"STAC API {self.url} cannot be searched: "
+                               f"{connection_problem(str(err), self.url)}") from None
         except pystac_client.exceptions.APIError as err:
-            if "timed out" in str(err) or "Max retries" in str(err):
-                raise CatalogError(unreachable) from None
-            raise CatalogError(f"STAC API {self.url} refused the search: {err}") from None
+            if getattr(err, "status_code", None) is None:  # no answer: the connection failed
+                if "timed out" in str(err):
+                    raise CatalogError(unreachable) from None
+                raise CatalogError(f"STAC API {self.url} cannot be searched: "
+                                   f"{connection_problem(str(err), self.url)}") from None
+            raise CatalogError(_refused(self.url, err)) from None
+        except pystac_client.warnings.DoesNotConformTo:
+            raise CatalogError(f"{self.url} is not a searchable STAC API (its landing page declares no item search "
+                               "and links no search); give the URL of the API root, or of the catalog.json") from None
+        except ValueError as err:  # the answer is not JSON, or JSON cut short
+            raise CatalogError(f"STAC API {self.url} answered the search with a document that is not whole JSON "
+                               f"({err}); the server failed in the middle of its answer: try again, or tell the "
+                               "API's operators") from None
+        items = [item_from_dict(data, f"an Item of STAC API {self.url}") for data in found]
+        kept = [item for item in items if _matches(item, region, start, end, collections)]
+        if len(kept) < len(items) and len(found) >= limit:
+            raise CatalogError(f"STAC API {self.url} ignores part of the search: {len(items) - len(kept)} of the "
+                               f"{len(items)} Items it gave lie outside the region, the dates or the collections "
+                               "asked for, and the search stopped at its limit before the ones asked for could "
+                               "be found; use another API or a static catalog of the area")
+        return kept
 
     def has_any(self, region: Region, collections: list[str] | None = None) -> bool:
         return bool(self.search(region, None, None, collections, max_items=1))  # type: ignore[arg-type]
@@ -141,6 +154,10 @@ class StacApi:
 def open_source(spec: str | Path, timeout: float = 30.0) -> SceneSource:
     """A STAC API when the URL's landing page conforms to item search; a static catalog otherwise."""
     text = str(spec)
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", text)
+    if scheme and not _is_url(text):
+        raise CatalogError(f"catalog {text}: {scheme[1]}:// is not a scheme this reader knows; give an http:// or "
+                           "https:// URL (a bucket's catalog by its https address), or a path on disk")
     if not _is_url(text):
         return StaticCatalog(text)
     document = _landing_page(text, timeout)
@@ -155,23 +172,112 @@ def open_source(spec: str | Path, timeout: float = 30.0) -> SceneSource:
                        "collection or item collection; give the URL of the API root or of catalog.json")
 
 
-def _landing_page(url: str, timeout: float) -> dict:
-    import requests
+def _matches(item: pystac.Item, region: Region, start: dt.datetime | None, end: dt.datetime | None,
+             collections: list[str] | None) -> bool:
+    """Whether ``item`` answers the search: in the collections, the date window (when one is given)
+    and over the region."""
+    if collections and item.collection_id not in collections:
+        return False
+    if start is not None:
+        when = item_datetime(item)
+        if when is None or not start <= when <= end:
+            return False
+    return item.geometry is not None and shape(item.geometry).intersects(region.geometry)
 
+
+def _unique_pages(pages: Iterator[dict]) -> list[dict]:
+    """The Items of the search's pages, each once; paging stops at a page that brings nothing new
+    (an API whose ``next`` link leads back to a page already read would be followed for ever)."""
+    seen: dict[tuple, dict] = {}
+    for page in pages:
+        fresh = [f for f in page.get("features") or [] if (f.get("collection"), f.get("id")) not in seen]
+        if not fresh:
+            break
+        seen.update(((f.get("collection"), f.get("id")), f) for f in fresh)
+    return list(seen.values())
+
+
+def _refused(url: str, err: Exception) -> str:
+    """The API's refusal in one line: its status, and its own words without the HTML around them."""
+    status = getattr(err, "status_code", None)
+    said = _server_words(str(err))
+    if status is not None and status >= 500:
+        return (f"STAC API {url} failed the search ({status}{': ' + said if said else ''}); the server is failing: "
+                "try again later, or use another catalog")
+    return f"STAC API {url} refused the search ({status or 'error'}{': ' + said if said else ''})"
+
+
+def _server_words(text: str, limit: int = 200) -> str:
+    """What a server said in an error answer: a JSON description, or its page's text without tags."""
     try:
-        response = requests.get(url, timeout=timeout, headers={"Accept": "application/json"})
-        response.raise_for_status()
-        document = response.json()
-    except requests.Timeout:
-        raise CatalogError(f"{url} did not answer within {timeout:g} s; check the URL and the network, "
-                           "or use a catalog on disk") from None
-    except requests.ConnectionError:
-        raise CatalogError(f"{url} cannot be reached (no server answers there); check the URL and the network, "
-                           "or use a catalog on disk") from None
-    except requests.HTTPError as err:
-        raise CatalogError(f"{url} answered {err.response.status_code} {err.response.reason}; "
-                           "give the URL of a STAC API root or of a catalog.json") from None
+        document = json.loads(text)
     except ValueError:
+        document = None
+    if isinstance(document, dict):
+        text = str(next((document[k] for k in ("description", "detail", "message", "error") if document.get(k)),
+                        text))
+    text = " ".join(re.sub(r"<[^>]+>", " ", text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _read_json(io: pystac.StacIO, href: str, what: str) -> object:
+    """The JSON document at ``href``, or a ``CatalogError`` naming it (as ``what``) and what is wrong."""
+    try:
+        text = io.read_text(href)
+    except Unanswered as err:
+        broken = "; the link is broken (or the file was moved)" if err.status in (404, 410) else ""
+        raise CatalogError(f"{what} cannot be read: {err.problem}{broken}") from None
+    except OSError as err:
+        raise CatalogError(f"{what} cannot be read ({err.strerror or err}); the link is broken, or the file "
+                           "was moved") from None
+    try:
+        return json.loads(text)
+    except ValueError as err:
+        raise CatalogError(f"{what} is not whole JSON ({err}); the file is damaged or was cut short: "
+                           "copy or publish it again") from None
+
+
+_FOLLOWED = ("child", "item")
+
+
+def _walk(io: pystac.StacIO, root: str, document: dict) -> list[pystac.Item]:
+    """Every Item below the catalog at ``root``, following ``child`` and ``item`` links, each document
+    read once: a link that leads back to a document already read (a loop, which a catalog should
+    not have, but published ones do) is not followed again."""
+    items: list[pystac.Item] = []
+    read = {root}
+    pending = [(root, document)]
+    while pending:
+        href, document = pending.pop()
+        for link in document.get("links") or []:
+            if not isinstance(link, dict) or link.get("rel") not in _FOLLOWED or not link.get("href"):
+                continue
+            target = pystac.utils.make_absolute_href(str(link["href"]), href)
+            if target in read:
+                continue
+            read.add(target)
+            linked = _read_json(io, target, f"the {link['rel']} {target}, linked from {href},")
+            if not isinstance(linked, dict):
+                raise CatalogError(f"{target} (linked from {href}) is JSON but not a STAC document")
+            if link["rel"] == "item" or linked.get("type") == "Feature":
+                items.append(item_from_dict(linked, target, target))
+            else:
+                pending.append((target, linked))
+    return sorted(items, key=lambda item: item.get_self_href() or item.id)
+
+
+def _landing_page(url: str, timeout: float) -> dict:
+    try:
+        text = fetch_text(url, timeout)
+    except Unanswered as err:
+        fix = "; give the URL of a STAC API root or of a catalog.json" if err.status in (404, 410) else ""
+        raise CatalogError(f"{url} cannot be read: {err.problem}{fix}") from None
+    try:
+        document = json.loads(text)
+    except ValueError as err:
+        if text.lstrip().startswith(("{", "[")):
+            raise CatalogError(f"{url} serves JSON that is cut short or broken ({err}); the server failed in the "
+                               "middle of its answer or the file is damaged: try again, or tell its publisher") from None
         raise CatalogError(f"{url} does not serve JSON; give the URL of a STAC API root or of a catalog.json") from None
     if not isinstance(document, dict):
         raise CatalogError(f"{url} serves JSON that is not a STAC document")
@@ -183,7 +289,8 @@ def _is_url(spec: str | Path) -> bool:
 
 
 class _TimedStacIO(pystac.stac_io.DefaultStacIO):
-    """pystac's reader, with a timeout on HTTP so a dead static catalog fails fast."""
+    """pystac's reader, with a timeout on HTTP so a dead static catalog fails fast, and failures said
+    in a user's words (``Unanswered``)."""
 
     def __init__(self, timeout: float) -> None:
         super().__init__()
@@ -192,41 +299,21 @@ class _TimedStacIO(pystac.stac_io.DefaultStacIO):
     def read_text_from_href(self, href: str) -> str:
         if not _is_url(href):
             return super().read_text_from_href(href)
-        import requests
-
-        try:
-            response = requests.get(href, timeout=self.timeout)
-            response.raise_for_status()
-        except (requests.Timeout, requests.ConnectionError):
-            raise CatalogError(f"{href} did not answer within {self.timeout:g} s") from None
-        except requests.HTTPError as err:
-            raise CatalogError(f"{href} answered {err.response.status_code} {err.response.reason}; "
-                               "a link of the static catalog is broken") from None
-        return response.text
+        return fetch_text(href, self.timeout)
 
 
 NO_DATETIME_FIX = ("give it a datetime (e.g. \"datetime\": \"2023-06-21T10:30:00Z\"), or a start_datetime and an "
                    "end_datetime")
-_HREF = re.compile(r"HREF: '([^']+)'")
 
 
-def item_from_dict(data: dict, where: str) -> pystac.Item:
-    """An Item from its JSON, or a ``CatalogError`` that names it (by id) and says what is wrong."""
+def item_from_dict(data: dict, where: str, href: str | None = None) -> pystac.Item:
+    """An Item from its JSON (read from ``href``, against which its assets' relative hrefs resolve), or
+    a ``CatalogError`` that names it (by id) and says what is wrong."""
     try:
-        return pystac.Item.from_dict(data)
+        return pystac.Item.from_dict(data, href=href)
     except Exception as err:  # pystac raises several error types for an invalid Item
         name = f"Item {data.get('id')!r} ({where})" if isinstance(data, dict) and data.get("id") else where
         raise CatalogError(f"{name} {item_problem(err)}") from None
-
-
-def stac_problem(err: BaseException) -> str:
-    """pystac's complaint in full: it nests the reason (an Item without a datetime, say) in the error it
-    raised from, and names the file only in the outer one."""
-    said = _said(err)
-    href = next((m[1] for text in said if (m := _HREF.search(text))), None)
-    if href and _no_datetime(said):
-        return f"Item {_item_id(href)!r} ({href}) {item_problem(err)}"
-    return ": ".join(said) or type(err).__name__
 
 
 def item_problem(err: BaseException) -> str:
@@ -249,13 +336,6 @@ def _said(err: BaseException | None) -> list[str]:
 
 def _no_datetime(said: list[str]) -> bool:
     return any("datetime is None" in text or "start_datetime and end_datetime must" in text for text in said)
-
-
-def _item_id(href: str) -> str:
-    try:
-        return str(json.loads(Path(href).read_text()).get("id"))
-    except (OSError, ValueError, AttributeError):
-        return Path(href).stem
 
 
 def item_datetime(item: pystac.Item) -> dt.datetime | None:

@@ -1,5 +1,6 @@
 """``dsqnet detect`` as a new user runs it on a real catalog: a STAC API on 127.0.0.1 (rustac serve)
-with provider Items as published, a western-hemisphere bbox typed as it is, no collection named."""
+with provider Items as published, a western-hemisphere bbox typed as it is, no collection named; and
+a static catalog whose asset server fails."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import dataclasses
 import json
 
 import geopandas as gpd
+import pystac
 import pytest
 from shapely.geometry import box
 
 from catalog.grid import reproject
 from flows.cli.main import main
 from tests.catalog.provider_scenes import CHANGE_PIXELS, PROVIDER_CASES, region_of, scene_pair, truth_in_window
+from tests.catalog.fault_servers import faulty_http
 from tests.catalog.stac_servers import rustac_api
 
 NAIP = dataclasses.replace(PROVIDER_CASES["planetary-computer naip"], half=128)  # 77 m of Puerto Rico at 0.3 m
@@ -54,3 +57,32 @@ def test_detect_on_a_stac_api_with_a_western_bbox(prefect_api, api_items, tmp_pa
     found = polygons.union_all()
     print(found.area, truth.area, found.intersection(truth).area)
     assert found.intersection(truth).area / found.union(truth).area >= 0.5
+
+
+def test_detect_on_a_static_catalog_whose_asset_server_fails_says_so_in_one_line(prefect_api, tmp_path, capfd,
+                                                                                monkeypatch):
+    """A published catalog whose asset server answers 503: the command ends in one line naming the
+    asset, its URL and the answer, after a few retries, not minutes of them; no run folder appears."""
+    monkeypatch.setenv("GDAL_HTTP_RETRY_DELAY", "0.1")
+    sentinel2 = PROVIDER_CASES["earth-search sentinel-2-l2a"]
+    site = tmp_path / "site"
+    (site / "pixels").mkdir(parents=True)
+    items = scene_pair(sentinel2, site / "pixels", href=lambda p: f"../../pixels/{p.name}")
+    catalog = pystac.Catalog("s2", "Sentinel-2 scenes, published as files")
+    for item in items:
+        catalog.add_item(item)
+    catalog.normalize_hrefs(str(site / "stac"))
+    catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+    with faulty_http([("-after_red.tif", "status", 503)], root=site) as (url, _):
+        capfd.readouterr()
+        code = main(["detect", "--region", json.dumps(region_of(sentinel2)), "--before", "2021-06-15",
+                     "--after", "2022-06-15", "--catalog", f"{url}/stac/catalog.json", "--out", str(tmp_path / "runs"),
+                     "--run-name", "s2", "--window", "64", "--stride", "32"])
+    out, err = capfd.readouterr()
+    assert code == 1 and "Traceback" not in err, err
+    assert err.splitlines()[-1] == (
+        f"dsqnet detect: error: asset 'red' of Item '{sentinel2.item()['id']}-after' ({url}/pixels/"
+        f"{sentinel2.item()['id']}-after_red.tif) cannot be read: the server answered 503 Service Unavailable (after 3 "
+        "retries): the server is failing or overloaded; try again later, or raise GDAL_HTTP_MAX_RETRY. Nothing was "
+        f"written to {tmp_path / 'runs' / '.cache' / 's2' / 'scenes.zarr'}.")
+    assert not (tmp_path / "runs" / "s2").exists()
