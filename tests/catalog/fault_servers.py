@@ -23,13 +23,11 @@ Every request is logged (method, path) to a file the test can read: how often a 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from tests.catalog.stac_servers import _wait_for, free_port
+from tests.catalog.stac_servers import free_port, python_server
 
 Fault = tuple  # (path_regex, kind, arg[, healthy[, times]])
 
@@ -153,16 +151,9 @@ def faulty_http(faults: list[Fault], root: Path | None = None, upstream: str | N
     port = free_port()
     log = log or Path(root or ".").parent / f"requests-{port}.txt"
     log.write_text("")
-    server = subprocess.Popen([sys.executable, "-c", _FAULT_SERVER, str(root or ""), upstream or "", str(port),
-                               str(log), json.dumps([list(f) for f in faults])],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for(url + "/__ready__", server, ok_statuses=(200, 404))
+    with python_server([_FAULT_SERVER, str(root or ""), upstream or "", str(port), str(log),
+                        json.dumps([list(f) for f in faults])], port) as url:
         yield url, log
-    finally:
-        server.kill()
-        server.wait(timeout=10)
 
 
 def requests_for(log: Path, path_part: str) -> int:

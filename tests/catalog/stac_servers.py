@@ -68,14 +68,22 @@ def static_http(root: Path) -> Iterator[tuple[str, Path]]:
     port = free_port()
     log = root.parent / f"ranges-{port}.txt"
     log.write_text("")
-    server = subprocess.Popen([sys.executable, "-c", _STATIC_SERVER, str(root), str(port), str(log)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with python_server([_STATIC_SERVER, str(root), str(port), str(log)], port) as url:
+        yield url, log
+
+
+@contextmanager
+def python_server(script_and_args: list[str], port: int) -> Iterator[str]:
+    """``python -c SCRIPT ARGS...``, a server on ``port`` in its own process (GDAL reads while holding
+    the GIL; a server thread in the test process would wait for it); yields its base URL once it answers."""
+    server = subprocess.Popen([sys.executable, "-c", *script_and_args], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_for(url + "/", server, ok_statuses=(200, 404))
-        yield url, log
+        yield url
     finally:
-        server.terminate()
+        server.kill()  # at once: a request it holds open (a fault that hangs) would delay a graceful stop
         server.wait(timeout=10)
 
 

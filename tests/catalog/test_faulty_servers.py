@@ -147,7 +147,8 @@ def test_a_catalog_whose_links_loop_is_read_once_through(site, tmp_path):
                                      "catalog.json, cannot be read: the server answered 500 Internal Server Error: "
                                      "the server is failing or overloaded; try again later"),
     ("-after.json", ("short", 100), "the item {url}/stac/sub/{after}/{after}.json, linked from {url}/stac/sub/"
-                                    "catalog.json, is not whole JSON ({json}); the file is damaged or was cut short: copy or publish it again"),
+                                    "catalog.json, is not whole JSON ({json}); the file is damaged or was cut "
+                                    "short: copy or publish it again"),
     ("-after.json", ("cut", 100), "the item {url}/stac/sub/{after}/{after}.json, linked from {url}/stac/sub/"
                                   "catalog.json, cannot be read: {host} closed the connection in the middle of its "
                                   "answer; try again later"),
@@ -157,9 +158,8 @@ def test_a_catalog_whose_links_loop_is_read_once_through(site, tmp_path):
     ("^/stac/catalog.json", ("status", 503), "{url}/stac/catalog.json cannot be read: the server answered 503 Service "
                                              "Unavailable: the server is failing or overloaded; try again later"),
     ("^/stac/catalog.json", ("short", 40), "{url}/stac/catalog.json serves JSON that is cut short or broken "
-                                           "({json}); the server "
-                                           "failed in the middle of its answer or the file is damaged: try again, or "
-                                           "tell its publisher"),
+                                           "({json}); the server failed in the middle of its answer or the file is "
+                                           "damaged: try again, or tell its publisher"),
 ], ids=["item-500", "item-cut-short", "item-hung-up", "child-404", "root-503", "root-cut-short"])
 def test_a_static_catalog_fault_names_the_document_and_who_links_it(site, tmp_path, path, fault, said):
     after = f"{SENTINEL2.item()['id']}-after"
