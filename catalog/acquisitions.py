@@ -18,7 +18,7 @@ from .collections import pick_collection
 from .errors import CatalogError
 from .regions import DateWindow, Region
 from .selection import choose_scenes
-from .sources import SceneSource, item_datetime
+from .sources import SceneSource, check_collections, item_datetime
 
 DEFAULT_MIN_COVERAGE = 0.99
 
@@ -63,6 +63,8 @@ def find_acquisitions(region: Region, source: SceneSource, start: dt.date, end: 
     first = DateWindow(start, 0).start
     last = DateWindow(end, 0).end
     found = source.search(region, first, last, collections)
+    if not found:
+        check_collections(source, collections)
     reason = ""
     if not collections and found:  # one collection, as a detect run would use (catalog.collections)
         found, _, picked = pick_collection(found, found)

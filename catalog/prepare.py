@@ -24,7 +24,7 @@ from .regions import DateWindow, Region
 from .scenes import load_pair
 from .signing import sign_items
 from .selection import FULL_COVERAGE, DateChoice, choose_scenes
-from .sources import SceneSource
+from .sources import SceneSource, check_collections
 from .store import Rect, WrittenTiles, inputs_hash, is_complete, write_scenes
 
 DEFAULT_CHUNK = 2048
@@ -69,6 +69,7 @@ def choose_pair(region: Region, before: DateWindow, after: DateWindow, source: S
     in ``collections``, or the one ``pick_collection`` finds best (its reason kept in both choices)."""
     found = [source.search(region, w.start, w.end, collections) for w in (before, after)]
     if not (found[0] and found[1]) and not source.has_any(region, collections):
+        check_collections(source, collections)
         named = f" of collection(s) {', '.join(collections)}" if collections else ""
         raise CatalogError(f"no scene{named} in {source.description} overlaps region {region.name} "
                            f"({', '.join(f'{v:.4f}' for v in region.bbox)}) at any date; check the region "

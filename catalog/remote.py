@@ -34,6 +34,31 @@ REMOTE_READS = {
 }
 
 
+def http_retries():
+    """The retries of a STAC request (a catalog document, a search): those of an asset, on 429 and 5xx
+    answers, with GDAL's variables for how many and the first delay, so that one setting governs all
+    of a run's HTTP; a connection refused is tried once more, a silent or dropped answer not again
+    (it has had its timeout)."""
+    from urllib3.util.retry import Retry
+
+    retries = int(remote_setting("GDAL_HTTP_MAX_RETRY"))
+    return Retry(total=retries, connect=1, read=0, status=retries, other=0, allowed_methods=None,
+                 status_forcelist=(429, 500, 502, 503, 504), raise_on_status=False,
+                 backoff_factor=float(remote_setting("GDAL_HTTP_RETRY_DELAY")), respect_retry_after_header=False)
+
+
+def http_session():
+    """A requests session that retries as ``http_retries`` says."""
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    session = requests.Session()
+    adapter = HTTPAdapter(max_retries=http_retries())
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
 def remote_options() -> dict[str, str]:
     """GDAL's options for remote reads: ``REMOTE_READS``, less what the environment sets itself."""
     return {key: value for key, value in REMOTE_READS.items() if key not in os.environ}
@@ -180,7 +205,8 @@ def fetch_text(url: str, timeout: float) -> str:
 
     host = urlsplit(url).netloc or url
     try:
-        response = requests.get(url, timeout=timeout, headers={"Accept": "application/json"})
+        with http_session() as session:
+            response = session.get(url, timeout=timeout, headers={"Accept": "application/json"})
     except requests.Timeout:
         raise Unanswered(f"{host} did not answer within {timeout:g} s; check the URL and the network, or try "
                          "again later") from None
@@ -194,6 +220,7 @@ def fetch_text(url: str, timeout: float) -> str:
         if status in (401, 403):
             raise Unanswered(f"{said}: it wants credentials, which a STAC reader does not send", status)
         if status == 429 or status >= 500:
-            raise Unanswered(f"{said}: the server is failing or overloaded; try again later", status)
+            raise Unanswered(f"{said} (after {remote_setting('GDAL_HTTP_MAX_RETRY')} retries): the server is failing "
+                             "or overloaded; try again later", status)
         raise Unanswered(said, status)
     return response.text

@@ -13,6 +13,7 @@ are then read through GDAL's HTTP range requests.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import json
 import re
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ import pystac
 from shapely.geometry import shape
 
 from .errors import CatalogError
-from .remote import Unanswered, connection_problem, fetch_text
+from .remote import Unanswered, connection_problem, fetch_text, http_retries
 from .regions import Region
 
 
@@ -35,6 +36,10 @@ class SceneSource(Protocol):
 
     def has_any(self, region: Region, collections: list[str] | None = None) -> bool:
         """Whether any scene, of any date, overlaps ``region``: what an empty search blames."""
+        ...
+
+    def collection_ids(self) -> list[str] | None:
+        """The collections it holds, or None where it cannot tell: what a named collection is checked against."""
         ...
 
 
@@ -88,6 +93,9 @@ class StaticCatalog:
                collections: list[str] | None = None) -> list[pystac.Item]:
         return [item for item in self.items() if _matches(item, region, start, end, collections)]
 
+    def collection_ids(self) -> list[str] | None:
+        return sorted({item.collection_id for item in self.items() if item.collection_id})
+
     def has_any(self, region: Region, collections: list[str] | None = None) -> bool:
         return any(item.geometry is not None and (not collections or item.collection_id in collections)
                    and shape(item.geometry).intersects(region.geometry) for item in self.items())
@@ -96,8 +104,8 @@ class StaticCatalog:
 class StacApi:
     """A STAC API (``/search``) through pystac-client, with a timeout so a dead server fails fast."""
 
-    def __init__(self, url: str, timeout: float = 30.0, max_items: int = 500, retries: int = 2) -> None:
-        self.url, self.timeout, self.max_items, self.retries = url, timeout, max_items, retries
+    def __init__(self, url: str, timeout: float = 30.0, max_items: int = 500) -> None:
+        self.url, self.timeout, self.max_items = url, timeout, max_items
         self.description = f"STAC API {url}"
 
     def search(self, region: Region, start: dt.datetime, end: dt.datetime,
@@ -108,11 +116,11 @@ class StacApi:
         import requests
         from pystac_client.stac_api_io import StacApiIO
 
-        unreachable = (f"STAC API {self.url} did not answer within {self.timeout:g} s ({self.retries} retries); "
-                       "check the URL and the network, or use a static catalog")
+        unreachable = (f"STAC API {self.url} did not answer within {self.timeout:g} s; check the URL and the "
+                       "network, or use a static catalog")
         limit = max_items or self.max_items
         try:
-            io = StacApiIO(timeout=self.timeout, max_retries=self.retries)
+            io = StacApiIO(timeout=self.timeout, max_retries=http_retries())
             client = pystac_client.Client.open(self.url, stac_io=io, timeout=self.timeout)
             if client.get_single_link("search") is not None:
                 client.add_conforms_to("ITEM_SEARCH")  # a search link is enough; some APIs omit the class
@@ -149,6 +157,35 @@ class StacApi:
 
     def has_any(self, region: Region, collections: list[str] | None = None) -> bool:
         return bool(self.search(region, None, None, collections, max_items=1))  # type: ignore[arg-type]
+
+    def collection_ids(self) -> list[str] | None:
+        import pystac_client
+        from pystac_client.stac_api_io import StacApiIO
+
+        try:
+            io = StacApiIO(timeout=self.timeout, max_retries=http_retries())
+            client = pystac_client.Client.open(self.url, stac_io=io, timeout=self.timeout)
+            return sorted(collection.id for collection in client.get_collections())
+        except Exception:  # noqa: BLE001 - an API without /collections: a named collection goes unchecked
+            return None
+
+
+def check_collections(source: SceneSource, collections: list[str] | None) -> None:
+    """Refuse collections the source does not hold, naming those it does: a misspelt ``--collection``
+    would otherwise read as a region that no scene covers."""
+    if not collections:
+        return
+    held = source.collection_ids()
+    missing = [c for c in collections if held is not None and c not in held]
+    if not missing:
+        return
+    if not held:
+        raise CatalogError(f"{source.description} holds no collection (its Items name none), so collection(s) "
+                           f"{', '.join(missing)} cannot be searched; leave --collection out")
+    guesses = [g for c in missing for g in difflib.get_close_matches(c, held, n=1)]
+    hint = f" (did you mean {', '.join(repr(g) for g in guesses)}?)" if guesses else ""
+    raise CatalogError(f"collection(s) {', '.join(repr(c) for c in missing)} not in {source.description}{hint}; it "
+                       f"holds {', '.join(held)}")
 
 
 def open_source(spec: str | Path, timeout: float = 30.0) -> SceneSource:
@@ -202,8 +239,8 @@ def _refused(url: str, err: Exception) -> str:
     status = getattr(err, "status_code", None)
     said = _server_words(str(err))
     if status is not None and status >= 500:
-        return (f"STAC API {url} failed the search ({status}{': ' + said if said else ''}); the server is failing: "
-                "try again later, or use another catalog")
+        return (f"STAC API {url} failed the search ({status}{': ' + said if said else ''}) after "
+                f"{http_retries().total} retries; the server is failing: try again later, or use another catalog")
     return f"STAC API {url} refused the search ({status or 'error'}{': ' + said if said else ''})"
 
 

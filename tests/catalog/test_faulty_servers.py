@@ -144,8 +144,8 @@ def test_a_catalog_whose_links_loop_is_read_once_through(site, tmp_path):
 
 @pytest.mark.parametrize("path, fault, said", [
     ("-after.json", ("status", 500), "the item {url}/stac/sub/{after}/{after}.json, linked from {url}/stac/sub/"
-                                     "catalog.json, cannot be read: the server answered 500 Internal Server Error: "
-                                     "the server is failing or overloaded; try again later"),
+                                     "catalog.json, cannot be read: the server answered 500 Internal Server Error "
+                                     "(after 3 retries): the server is failing or overloaded; try again later"),
     ("-after.json", ("short", 100), "the item {url}/stac/sub/{after}/{after}.json, linked from {url}/stac/sub/"
                                     "catalog.json, is not whole JSON ({json}); the file is damaged or was cut "
                                     "short: copy or publish it again"),
@@ -156,12 +156,13 @@ def test_a_catalog_whose_links_loop_is_read_once_through(site, tmp_path):
                                           " cannot be read: the server answered 404 Not Found: nothing is at that "
                                           "URL; the link is broken (or the file was moved)"),
     ("^/stac/catalog.json", ("status", 503), "{url}/stac/catalog.json cannot be read: the server answered 503 Service "
-                                             "Unavailable: the server is failing or overloaded; try again later"),
+                                             "Unavailable (after 3 retries): the server is failing or overloaded; try "
+                                             "again later"),
     ("^/stac/catalog.json", ("short", 40), "{url}/stac/catalog.json serves JSON that is cut short or broken "
                                            "({json}); the server failed in the middle of its answer or the file is "
                                            "damaged: try again, or tell its publisher"),
 ], ids=["item-500", "item-cut-short", "item-hung-up", "child-404", "root-503", "root-cut-short"])
-def test_a_static_catalog_fault_names_the_document_and_who_links_it(site, tmp_path, path, fault, said):
+def test_a_static_catalog_fault_names_the_document_and_who_links_it(site, tmp_path, patience, path, fault, said):
     after = f"{SENTINEL2.item()['id']}-after"
     with faulty_http([(path, *fault)], root=site) as (url, _):
         with pytest.raises(CatalogError) as refused:
@@ -171,6 +172,15 @@ def test_a_static_catalog_fault_names_the_document_and_who_links_it(site, tmp_pa
     assert message.startswith(head) and message.endswith(tail), message
     if "{json}" in said:  # the JSON parser's own words, between
         assert "Unterminated string" in message[len(head):len(message) - len(tail)]
+
+
+def test_a_catalog_server_that_stumbles_is_asked_again(site, tmp_path, patience):
+    """A 503 on one document of many failed the whole read; documents now get the assets' retries."""
+    with faulty_http([("-after.json", "status", 503, 0, 2), ("^/stac/catalog.json", "status", 502, 0, 1)],
+                     root=site) as (url, log):
+        result = _prepare(f"{url}/stac/catalog.json", tmp_path / "s.zarr")
+        assert requests_for(log, "-after.json") == 3 and requests_for(log, "/stac/catalog.json") >= 2
+    assert result.after.ids == (f"{SENTINEL2.item()['id']}-after",)
 
 
 def test_a_catalog_address_with_a_mistyped_scheme_or_an_unknown_host_is_named():
@@ -227,16 +237,22 @@ def test_an_api_that_ignores_the_dates_gives_no_scene_of_another_date(api, tmp_p
         _searched(api, ("/search", "query", "datetime"), max_items=1, window=parse_date("2019-06-15"))
 
 
+def test_an_api_that_stumbles_is_asked_again(api, patience):
+    _, found, log = _searched(api, ("/search", "status", 503, 0, 2))
+    assert [item.id for item in found] == [f"{SENTINEL2.item()['id']}-before"]
+    assert requests_for(log, "/search") == 3
+
+
 @pytest.mark.parametrize("fault, said", [
     (("short", 100), "STAC API {url} answered the search with a document that is not whole JSON (unexpected end of "
                      "data: line 1 column 101 (char 100)); the server failed in the middle of its answer: try again, "
                      "or tell the API's operators"),
     (("cut", 100), "STAC API {url} cannot be searched: {host} closed the connection in the middle of its answer; "
                    "try again later"),
-    (("status", 500), "STAC API {url} failed the search (500: 500 Error The server could not answer.); the server "
-                      "is failing: try again later, or use another catalog"),
+    (("status", 500), "STAC API {url} failed the search (500: 500 Error The server could not answer.) after 3 "
+                      "retries; the server is failing: try again later, or use another catalog"),
 ], ids=["cut-short", "hung-up", "error-page"])
-def test_a_failed_search_is_said_in_one_line(api, fault, said):
+def test_a_failed_search_is_said_in_one_line(api, patience, fault, said):
     with pytest.raises(CatalogError) as refused:
         _searched(api, ("/search", *fault))
     url = str(refused.value).split()[2]

@@ -85,6 +85,24 @@ def test_an_api_with_no_scene_over_the_region_at_any_date_blames_the_region(eart
                            tmp_path / "s.zarr", chunk=64)  # scenes there, at other dates: the dates are to blame
 
 
+def test_a_misspelt_collection_is_named_with_those_the_catalog_holds(earth_search_like, tmp_path):
+    """``--collection sentinel-2-l2`` found no scene and blamed the region; the API and a static
+    catalog of the same Items say which collections they hold instead, and the one meant."""
+    folder, items = earth_search_like
+    region = parse_region(region_of(EARTH_SEARCH))
+    before, after = date_pair("2021-06-15", "2022-06-15")
+    held = "landsat-c2-l2, sentinel-2-c1-l2a, sentinel-2-l1c, sentinel-2-l2a"
+    pystac.ItemCollection(items).save_object(dest_href=str(folder / "items.json"))
+    with rustac_api(items, folder) as url:
+        for source in (open_source(url), open_source(folder / "items.json")):
+            with pytest.raises(CatalogError) as refused:
+                prepare_scenes(region, before, after, source, tmp_path / "s.zarr", collections=["sentinel-2-l2"])
+            assert str(refused.value) == (f"collection(s) 'sentinel-2-l2' not in {source.description} (did you mean "
+                                          f"'sentinel-2-l2a'?); it holds {held}")
+            with pytest.raises(CatalogError, match=r"^collection\(s\) 'sentinel-2-l2' not in .*; it holds landsat"):
+                find_acquisitions(region, source, dt.date(2021, 1, 1), dt.date(2022, 12, 31), collections=["sentinel-2-l2"])
+
+
 @pytest.mark.parametrize("collection, case, resolution, rule", [
     ("sentinel-2-l2a", "earth-search sentinel-2-l2a", 10, "earthsearch:boa_offset_applied: true"),
     ("sentinel-2-l1c", "earth-search sentinel-2-l1c", 10, "L1C has no scene classification"),
