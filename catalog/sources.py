@@ -102,9 +102,11 @@ class StaticCatalog:
 
 
 class StacApi:
-    """A STAC API (``/search``) through pystac-client, with a timeout so a dead server fails fast."""
+    """A STAC API (``/search``) through pystac-client, with a timeout so a dead server fails fast. A
+    search reads every page up to ``max_items``, and is refused beyond: cut short, it would leave out
+    scenes (a monitoring window's later acquisitions) without a word."""
 
-    def __init__(self, url: str, timeout: float = 30.0, max_items: int = 500) -> None:
+    def __init__(self, url: str, timeout: float = 30.0, max_items: int = 10_000) -> None:
         self.url, self.timeout, self.max_items = url, timeout, max_items
         self.description = f"STAC API {url}"
 
@@ -153,6 +155,9 @@ class StacApi:
                                f"{len(items)} Items it gave lie outside the region, the dates or the collections "
                                "asked for, and the search stopped at its limit before the ones asked for could "
                                "be found; use another API or a static catalog of the area")
+        if max_items is None and len(found) >= limit:  # the rest would be left out unsaid
+            raise CatalogError(f"STAC API {self.url} has more than {limit} Items for this search; narrow the dates "
+                               "(--tolerance-days, or a shorter monitoring window), the region, or name a collection")
         return kept
 
     def has_any(self, region: Region, collections: list[str] | None = None) -> bool:

@@ -243,6 +243,18 @@ def test_an_api_that_stumbles_is_asked_again(api, patience):
     assert requests_for(log, "/search") == 3
 
 
+def test_a_search_with_more_items_than_the_limit_is_refused_not_cut_short(api):
+    """A search used to stop at 500 Items without a word: a long monitoring window lost its later
+    acquisitions. The limit is now 10,000, and reaching it is said (here the limit is 1)."""
+    upstream, _ = api
+    source = StacApi(upstream, max_items=1)
+    wide = parse_date("2022-01-01", tolerance_days=365)  # both dates' scenes
+    with pytest.raises(CatalogError, match=rf"^STAC API {upstream} has more than 1 Items for this search; narrow the "
+                                           r"dates \(--tolerance-days, or a shorter monitoring window\)"):
+        source.search(REGION, wide.start, wide.end)
+    assert len(StacApi(upstream, max_items=3).search(REGION, wide.start, wide.end)) == 2
+
+
 @pytest.mark.parametrize("fault, said", [
     (("short", 100), "STAC API {url} answered the search with a document that is not whole JSON (unexpected end of "
                      "data: line 1 column 101 (char 100)); the server failed in the middle of its answer: try again, "
