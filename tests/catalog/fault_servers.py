@@ -8,6 +8,7 @@ pixels not), to ``times`` requests (all, by default; then the server is healthy 
 
 - ``("status", 503)``: answer with that status (and an HTML page, as web servers do);
 - ``("hang", None)``: accept the request and never answer;
+- ``("slow", ms)``: answer after ``ms`` milliseconds, as a server far away does;
 - ``("stall", None)``: send the headers and a few bytes of the body, then nothing;
 - ``("cut", n)``: send the first ``n`` bytes of the body, then close the connection;
 - ``("short", n)``: send the first ``n`` bytes of the body as if they were all of it;
@@ -116,6 +117,8 @@ async def app(scope, receive, send):
     if kind == "hang":
         await asyncio.sleep(3600)
         return
+    if kind == "slow":
+        await asyncio.sleep(arg / 1000)
     status, headers, body, asked = await answer_of(scope, receive, arg if kind == "query" else None)
     if kind == "short":
         body = body[:arg]
