@@ -92,6 +92,9 @@ class StaticCatalog:
 
     def search(self, region: Region, start: dt.datetime, end: dt.datetime,
                collections: list[str] | None = None) -> list[pystac.Item]:
+        if not self.items():  # no region or date could be to blame
+            raise CatalogError(f"{self.description} holds no Items (none of its links leads to one); give the "
+                               "catalog that holds the scenes")
         return [item for item in self.items() if _matches(item, region, start, end, collections)]
 
     def collection_ids(self) -> list[str] | None:

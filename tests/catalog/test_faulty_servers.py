@@ -183,6 +183,18 @@ def test_a_catalog_server_that_stumbles_is_asked_again(site, tmp_path, patience)
     assert result.after.ids == (f"{SENTINEL2.item()['id']}-after",)
 
 
+def test_a_catalog_without_items_is_said_to_be_empty(site, tmp_path):
+    """It used to be told that no scene overlaps the region, at any date: the region was blamed."""
+    empty = pystac.Catalog("empty", "a catalog published before its scenes")
+    empty.normalize_hrefs(str(site / "empty"))
+    empty.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+    with faulty_http([], root=site) as (url, _):
+        with pytest.raises(CatalogError) as refused:
+            _prepare(f"{url}/empty/catalog.json", tmp_path / "s.zarr")
+    assert str(refused.value) == (f"static catalog {url}/empty/catalog.json holds no Items (none of its links leads "
+                                  "to one); give the catalog that holds the scenes")
+
+
 def test_a_catalog_address_with_a_mistyped_scheme_or_an_unknown_host_is_named():
     with pytest.raises(CatalogError, match=r"^catalog htp://example.com/catalog.json: htp:// is not a scheme this "
                                            r"reader knows; give an http:// or https:// URL"):
