@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import os
 import re
-from http import HTTPStatus
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from http import HTTPStatus
 from urllib.parse import urlsplit
 
 REMOTE_READS = {
@@ -94,6 +94,8 @@ _UNKNOWN_HOST = re.compile(r"Could not resolve host|Couldn't resolve host|Name o
 _DROPPED = re.compile(r"transfer closed with|Recv failure|Connection reset|Connection was reset|Connection broken|"
                       r"IncompleteRead|Failure when receiving data|end of response with \d+ bytes missing|"
                       r"RemoteDisconnected|closed connection without response", re.IGNORECASE)
+
+
 def _reason(status: int) -> str:
     try:
         return HTTPStatus(status).phrase
@@ -165,7 +167,6 @@ def probe(url: str) -> str | None:
 
 def remote_failure(texts: Iterable[str], url: str) -> str | None:
     """``http_problem`` of what the libraries said, else of what a ``probe`` of ``url`` meets."""
-    texts = list(texts)
     return http_problem(texts, url) or probe(url)
 
 

@@ -120,14 +120,12 @@ class StacApi:
         or repeats its pages would otherwise hand over scenes of other dates or places, many times."""
         import pystac_client
         import requests
-        from pystac_client.stac_api_io import StacApiIO
 
         unreachable = (f"STAC API {self.url} did not answer within {self.timeout:g} s; check the URL and the "
                        "network, or use a static catalog")
         limit = max_items or self.max_items
         try:
-            io = StacApiIO(timeout=self.timeout, max_retries=http_retries())
-            client = pystac_client.Client.open(self.url, stac_io=io, timeout=self.timeout)
+            client = self._client()
             if client.get_single_link("search") is not None:
                 client.add_conforms_to("ITEM_SEARCH")  # a search link is enough; some APIs omit the class
             search = client.search(intersects=region.to_geojson(), datetime=[start, end] if start else None,
@@ -168,15 +166,18 @@ class StacApi:
         return bool(self.search(region, None, None, collections, max_items=1))  # type: ignore[arg-type]
 
     def collection_ids(self) -> list[str] | None:
+        try:
+            return sorted(collection.id for collection in self._client().get_collections())
+        except Exception:  # noqa: BLE001 - an API without /collections: a named collection goes unchecked
+            return None
+
+    def _client(self):
+        """pystac-client's client of the API, with the timeout and the retries of every STAC request."""
         import pystac_client
         from pystac_client.stac_api_io import StacApiIO
 
-        try:
-            io = StacApiIO(timeout=self.timeout, max_retries=http_retries())
-            client = pystac_client.Client.open(self.url, stac_io=io, timeout=self.timeout)
-            return sorted(collection.id for collection in client.get_collections())
-        except Exception:  # noqa: BLE001 - an API without /collections: a named collection goes unchecked
-            return None
+        io = StacApiIO(timeout=self.timeout, max_retries=http_retries())
+        return pystac_client.Client.open(self.url, stac_io=io, timeout=self.timeout)
 
 
 def check_collections(source: SceneSource, collections: list[str] | None) -> None:
