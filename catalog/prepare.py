@@ -17,6 +17,7 @@ from odc.geo.geobox import GeoBox
 from .assets import check_projections, explain_load_failure, read_failures_unlogged
 from .bands import BandSpec
 from .collections import pick_collection
+from .empty_searches import why_nothing_found
 from .errors import CatalogError
 from .grid import target_grid
 from .radiometry import Radiometry, check_one_scale, radiometry_of
@@ -68,12 +69,10 @@ def choose_pair(region: Region, before: DateWindow, after: DateWindow, source: S
     """The scenes of both dates, each chosen from its own window, from one collection: the one named
     in ``collections``, or the one ``pick_collection`` finds best (its reason kept in both choices)."""
     found = [source.search(region, w.start, w.end, collections) for w in (before, after)]
-    if not (found[0] and found[1]) and not source.has_any(region, collections):
+    if not (found[0] and found[1]):
         check_collections(source, collections)
-        named = f" of collection(s) {', '.join(collections)}" if collections else ""
-        raise CatalogError(f"no scene{named} in {source.description} overlaps region {region.name} "
-                           f"({', '.join(f'{v:.4f}' for v in region.bbox)}) at any date; check the region "
-                           "(a bbox is W,S,E,N in degrees: longitude first) or name a catalog that covers it")
+        empty = [w for w, items in zip((before, after), found) if not items]
+        raise CatalogError(why_nothing_found(source, region, empty, collections))
     named = bool(collections)  # collections the user named may be mixed, if they share one scale
     first, second, picked = pick_collection(*found) if found[0] and found[1] and not named else (*found, None)
     return tuple(  # type: ignore[return-value]

@@ -41,6 +41,11 @@ class Region:
     def bbox(self) -> tuple[float, float, float, float]:
         return tuple(self.geometry.bounds)  # type: ignore[return-value]
 
+    @property
+    def described(self) -> str:
+        """The region as messages name it: its name and bbox (W, S, E, N), so a swapped bbox shows."""
+        return f"{self.name} (" + ", ".join(f"{v:.4f}" for v in self.bbox) + ")"
+
     def to_geojson(self) -> dict[str, Any]:
         return mapping(self.geometry)
 

@@ -56,7 +56,7 @@ class DateChoice:
 def choose_scenes(items: list[pystac.Item], region: Region, window: DateWindow, source: str = "the catalog",
                   min_coverage: float = FULL_COVERAGE, collection_reason: str = "") -> DateChoice:
     if not items:
-        raise CatalogError(f"no scene in {source} overlaps region {region.name} {_bbox(region)} "
+        raise CatalogError(f"no scene in {source} overlaps region {region.described} "
                            f"between {window.start:%Y-%m-%d} and {window.end:%Y-%m-%d} ({window}); "
                            "widen the tolerance or pick another date")
     centroid = region.geometry.centroid
@@ -72,7 +72,7 @@ def choose_scenes(items: list[pystac.Item], region: Region, window: DateWindow, 
 
     ranked = sorted(items, key=rank)
     if coverage[ranked[0].id] <= 0:
-        raise CatalogError(f"region {region.name} {_bbox(region)} lies outside every footprint of the {len(items)} "
+        raise CatalogError(f"region {region.described} lies outside every footprint of the {len(items)} "
                            f"scene(s) found for {window}")
     chosen = [ranked[0]]
     reasons = [_why(ranked[0], coverage, window, "best scene")]
@@ -101,7 +101,3 @@ def _why(item: pystac.Item, coverage: dict, window: DateWindow, role: str) -> Sc
     reason = f"{role}: covers {coverage[item.id]:.1%} of the region, {cloud_text}, {days:.1f} days from {window.day}"
     return SceneRecord(item.id, item.collection_id, when.isoformat(), cloud, round(coverage[item.id], 4),
                        round(days, 2), reason)
-
-
-def _bbox(region: Region) -> str:
-    return "(" + ", ".join(f"{v:.4f}" for v in region.bbox) + ")"

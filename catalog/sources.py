@@ -33,10 +33,13 @@ class SceneSource(Protocol):
     description: str
 
     def search(self, region: Region, start: dt.datetime, end: dt.datetime,
-               collections: list[str] | None = None) -> list[pystac.Item]: ...
+               collections: list[str] | None = None, max_items: int | None = None) -> list[pystac.Item]:
+        """The Items over ``region`` in the window; at most ``max_items`` of them where it is given."""
+        ...
 
-    def has_any(self, region: Region, collections: list[str] | None = None) -> bool:
-        """Whether any scene, of any date, overlaps ``region``: what an empty search blames."""
+    def has_any(self, region: Region | None, collections: list[str] | None = None) -> bool:
+        """Whether any scene, of any date, overlaps ``region`` (lies anywhere, when it is None): what an
+        empty search blames."""
         ...
 
     def collection_ids(self) -> list[str] | None:
@@ -91,18 +94,17 @@ class StaticCatalog:
                            "collection; give the path or URL of catalog.json")
 
     def search(self, region: Region, start: dt.datetime, end: dt.datetime,
-               collections: list[str] | None = None) -> list[pystac.Item]:
+               collections: list[str] | None = None, max_items: int | None = None) -> list[pystac.Item]:
         if not self.items():  # no region or date could be to blame
             raise CatalogError(f"{self.description} holds no Items (none of its links leads to one); give the "
                                "catalog that holds the scenes")
-        return [item for item in self.items() if _matches(item, region, start, end, collections)]
+        return [item for item in self.items() if _matches(item, region, start, end, collections)][:max_items]
 
     def collection_ids(self) -> list[str] | None:
         return sorted({item.collection_id for item in self.items() if item.collection_id})
 
-    def has_any(self, region: Region, collections: list[str] | None = None) -> bool:
-        return any(item.geometry is not None and (not collections or item.collection_id in collections)
-                   and shape(item.geometry).intersects(region.geometry) for item in self.items())
+    def has_any(self, region: Region | None, collections: list[str] | None = None) -> bool:
+        return any(_matches(item, region, None, None, collections) for item in self.items())
 
 
 class StacApi:
@@ -114,7 +116,7 @@ class StacApi:
         self.url, self.timeout, self.max_items = url, timeout, max_items
         self.description = f"STAC API {url}"
 
-    def search(self, region: Region, start: dt.datetime, end: dt.datetime,
+    def search(self, region: Region | None, start: dt.datetime, end: dt.datetime,
                collections: list[str] | None = None, max_items: int | None = None) -> list[pystac.Item]:
         """The Items the API finds, each once, checked against the search: an API that ignores a filter
         or repeats its pages would otherwise hand over scenes of other dates or places, many times."""
@@ -128,7 +130,8 @@ class StacApi:
             client = self._client()
             if client.get_single_link("search") is not None:
                 client.add_conforms_to("ITEM_SEARCH")  # a search link is enough; some APIs omit the class
-            search = client.search(intersects=region.to_geojson(), datetime=[start, end] if start else None,
+            search = client.search(intersects=region.to_geojson() if region else None,
+                                   datetime=[start, end] if start else None,
                                    collections=collections, max_items=limit)
             found = _unique_pages(search.pages_as_dicts())
         except requests.Timeout:
@@ -162,7 +165,7 @@ class StacApi:
                                "(--tolerance-days, or a shorter monitoring window), the region, or name a collection")
         return kept
 
-    def has_any(self, region: Region, collections: list[str] | None = None) -> bool:
+    def has_any(self, region: Region | None, collections: list[str] | None = None) -> bool:
         return bool(self.search(region, None, None, collections, max_items=1))  # type: ignore[arg-type]
 
     def collection_ids(self) -> list[str] | None:
@@ -219,16 +222,18 @@ def open_source(spec: str | Path, timeout: float = 30.0) -> SceneSource:
                        "collection or item collection; give the URL of the API root or of catalog.json")
 
 
-def _matches(item: pystac.Item, region: Region, start: dt.datetime | None, end: dt.datetime | None,
+def _matches(item: pystac.Item, region: Region | None, start: dt.datetime | None, end: dt.datetime | None,
              collections: list[str] | None) -> bool:
     """Whether ``item`` answers the search: in the collections, the date window (when one is given)
-    and over the region."""
+    and over the region (when one is given)."""
     if collections and item.collection_id not in collections:
         return False
     if start is not None:
         when = item_datetime(item)
         if when is None or not start <= when <= end:
             return False
+    if region is None:
+        return True
     return item.geometry is not None and shape(item.geometry).intersects(region.geometry)
 
 

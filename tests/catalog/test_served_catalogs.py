@@ -80,9 +80,62 @@ def test_an_api_with_no_scene_over_the_region_at_any_date_blames_the_region(eart
         assert not source.has_any(swapped)
         with pytest.raises(CatalogError, match=r"no scene in STAC API .* at any date; check the region"):
             prepare_scenes(swapped, before, after, source, tmp_path / "s.zarr", chunk=64)
-        with pytest.raises(CatalogError, match=r"between 2019-05-31 and 2019-06-30 .*widen the tolerance"):
+        with pytest.raises(CatalogError, match=r"between 2019-05-31 and 2019-06-30 .*; the nearest date with scenes "
+                                               r"there is 2021-06-15 \(731 days after\): pick dates nearer those"):
             prepare_scenes(parse_region(there), *date_pair("2019-06-15", "2022-06-15"), source,
                            tmp_path / "s.zarr", chunk=64)  # scenes there, at other dates: the dates are to blame
+
+
+def test_an_empty_date_names_the_nearest_dates_and_the_tolerance_that_reaches_them(earth_search_like, tmp_path):
+    """It used to say "widen the tolerance", and the user had to guess by how much, one run at a time.
+    The advice given is then taken: with it, the same dates find their scenes."""
+    folder, items = earth_search_like
+    region = parse_region(region_of(EARTH_SEARCH))
+    pystac.ItemCollection(items).save_object(dest_href=str(folder / "items.json"))
+    with rustac_api(items, folder) as url:
+        for k, source in enumerate((open_source(url), open_source(folder / "items.json"))):
+            store = tmp_path / f"s{k}.zarr"
+            with pytest.raises(CatalogError) as refused:
+                prepare_scenes(region, *date_pair("2021-07-10", "2022-06-15"), source, store,
+                               collections=["sentinel-2-l2a"])
+            assert str(refused.value) == (
+                f"no scene of collection(s) sentinel-2-l2a in {source.description} overlaps region "
+                f"{region.described} between 2021-06-25 and 2021-07-25 (2021-07-10 +-15 d); the nearest date with "
+                "scenes there is 2021-06-15 (25 days before): a tolerance of 25 days (--tolerance-days 25) reaches "
+                "the nearest, or pick dates nearer them")
+            assert not store.exists()
+            taken = prepare_scenes(region, *date_pair("2021-07-10", "2022-06-15", tolerance_days=25), source,
+                                   store, collections=["sentinel-2-l2a"], chunk=64)
+            assert [i.datetime.date().isoformat() for i in (*taken.before.items, *taken.after.items)] == [
+                "2021-06-15", "2022-06-15"]
+
+
+def test_both_dates_empty_are_each_said_with_their_nearest_dates(earth_search_like, tmp_path):
+    folder, items = earth_search_like
+    region = parse_region(region_of(EARTH_SEARCH))
+    with rustac_api(items, folder) as url:
+        source = open_source(url)
+        with pytest.raises(CatalogError) as refused:
+            prepare_scenes(region, *date_pair("2021-12-15", "2022-08-01", tolerance_days=10), source,
+                           tmp_path / "s.zarr", collections=["landsat-c2-l2"])
+    assert str(refused.value).endswith(
+        "between 2021-12-05 and 2021-12-25 (2021-12-15 +-10 d); the nearest dates with scenes there are 2021-06-15 "
+        "(183 days before) and 2022-06-15 (182 days after); no scene of collection(s) landsat-c2-l2 in "
+        f"{source.description} overlaps region {region.described} between 2022-07-22 and 2022-08-11 (2022-08-01 "
+        "+-10 d); the nearest date with scenes there is 2022-06-15 (47 days before): pick dates nearer those the "
+        "catalog holds")
+
+
+def test_an_api_that_holds_no_items_says_so_and_does_not_blame_the_region(earth_search_like, tmp_path):
+    """An empty API had its empty search blamed on the region ("check the region (a bbox is W,S,E,N ...")."""
+    folder, _ = earth_search_like
+    region = parse_region(region_of(EARTH_SEARCH))
+    with rustac_api([], folder) as url:
+        source = open_source(url)
+        with pytest.raises(CatalogError) as refused:
+            prepare_scenes(region, *date_pair("2021-06-15", "2022-06-15"), source, tmp_path / "s.zarr")
+    assert str(refused.value) == (f"STAC API {url} holds no Items at all, so no region or date can be searched; give "
+                                  "the catalog that holds the scenes")
 
 
 def test_a_misspelt_collection_is_named_with_those_the_catalog_holds(earth_search_like, tmp_path):

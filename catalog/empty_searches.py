@@ -1,0 +1,79 @@
+"""Why a date's search found no scene: the catalog is empty, the region is wrong, or the dates are.
+
+An empty window is the first failure most users meet, and "widen the tolerance" alone leaves them
+guessing by how much, one slow run at a time. So the source is asked again, only on this failure
+path: first whether it holds anything at all, then whether anything lies over the region at any
+date, and last for the dates nearest the window that do have scenes there, so the message can name
+them and the tolerance that reaches them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from .regions import DateWindow, Region
+from .sources import SceneSource, item_datetime
+
+NEARBY_DAYS = (60, 730)  # how far beyond the window the nearest dates are looked for, in turn
+NEARBY_CAP = 2_000  # Items read per look; more means the nearest dates may be among those not read
+SEASON_DAYS = 90  # a tolerance beyond this would compare seasons, not dates: advise other dates instead
+
+
+def why_nothing_found(source: SceneSource, region: Region, empty: list[DateWindow],
+                      collections: list[str] | None = None) -> str:
+    """The message for date windows (``empty``) whose search found no scene over ``region``."""
+    named = f" of collection(s) {', '.join(collections)}" if collections else ""
+    if not source.has_any(region, collections):
+        if not source.has_any(None, collections):
+            return (f"{source.description} holds no Items{named} at all, so no region or date can be searched; "
+                    "give the catalog that holds the scenes")
+        return (f"no scene{named} in {source.description} overlaps region {region.described} at any "
+                "date; check the region (a bbox is W,S,E,N in degrees: longitude first) or name a catalog that "
+                "covers it")
+    reaches = []
+    sentences = []
+    for window in empty:
+        nearby, complete = nearest_dates(source, region, window, collections)
+        sentence = (f"no scene{named} in {source.description} overlaps region {region.described} "
+                    f"between {window.start:%Y-%m-%d} and {window.end:%Y-%m-%d} ({window})")
+        if not nearby:
+            sentences.append(f"{sentence}, nor within {NEARBY_DAYS[-1]} days of that window (it has scenes there "
+                             "at other dates)")
+            continue
+        if not complete:
+            which = "scenes there are on, among other dates,"
+        elif len(nearby) > 1:
+            which = "the nearest dates with scenes there are"
+        else:
+            which = "the nearest date with scenes there is"
+        sentences.append(f"{sentence}; {which} {' and '.join(_away(day, window.day) for day in nearby)}")
+        reaches.append(min(abs((day - window.day).days) for day in nearby))
+    if len(reaches) < len(empty) or max(reaches) > SEASON_DAYS:
+        return "; ".join(sentences) + ": pick dates nearer those the catalog holds"
+    days = max(reaches)
+    return "; ".join(sentences) + (f": a tolerance of {days} days (--tolerance-days {days}) reaches the nearest, or "
+                                   "pick dates nearer them")
+
+
+def nearest_dates(source: SceneSource, region: Region, window: DateWindow,
+                  collections: list[str] | None = None) -> tuple[list[dt.date], bool]:
+    """The last date before ``window`` and the first after it with a scene over ``region`` (either may
+    be missing), looked for ever further out; and whether the look read every scene it found (if
+    not, nearer dates may exist among those left unread)."""
+    for extra in NEARBY_DAYS:
+        start = window.start - dt.timedelta(days=extra)
+        end = window.end + dt.timedelta(days=extra)
+        found = source.search(region, start, end, collections, max_items=NEARBY_CAP)
+        days = sorted({when.astimezone(dt.timezone.utc).date() for item in found
+                       if (when := item_datetime(item)) is not None})
+        before = [day for day in days if day < window.day]
+        after = [day for day in days if day > window.day]
+        nearby = before[-1:] + after[:1]
+        if nearby:
+            return nearby, len(found) < NEARBY_CAP
+    return [], True
+
+
+def _away(day: dt.date, target: dt.date) -> str:
+    gap = (day - target).days
+    return f"{day.isoformat()} ({abs(gap)} days {'after' if gap > 0 else 'before'})"
