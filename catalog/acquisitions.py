@@ -15,6 +15,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from .collections import pick_collection
+from .empty_searches import why_never_found
 from .errors import CatalogError
 from .regions import DateWindow, Region
 from .selection import choose_scenes
@@ -63,8 +64,10 @@ def find_acquisitions(region: Region, source: SceneSource, start: dt.date, end: 
     first = DateWindow(start, 0).start
     last = DateWindow(end, 0).end
     found = source.search(region, first, last, collections)
-    if not found:
+    if not found:  # normal between passes, but a region no pass ever covers is a mistake to say
         check_collections(source, collections)
+        if (nowhere := why_never_found(source, region, collections)) is not None:
+            raise CatalogError(nowhere)
     reason = ""
     if not collections and found:  # one collection, as a detect run would use (catalog.collections)
         found, _, picked = pick_collection(found, found)

@@ -23,13 +23,8 @@ def why_nothing_found(source: SceneSource, region: Region, empty: list[DateWindo
                       collections: list[str] | None = None) -> str:
     """The message for date windows (``empty``) whose search found no scene over ``region``."""
     named = f" of collection(s) {', '.join(collections)}" if collections else ""
-    if not source.has_any(region, collections):
-        if not source.has_any(None, collections):
-            return (f"{source.description} holds no Items{named} at all, so no region or date can be searched; "
-                    "give the catalog that holds the scenes")
-        return (f"no scene{named} in {source.description} overlaps region {region.described} at any "
-                "date; check the region (a bbox is W,S,E,N in degrees: longitude first) or name a catalog that "
-                "covers it")
+    if (nowhere := why_never_found(source, region, collections)) is not None:
+        return nowhere
     reaches = []
     sentences = []
     for window in empty:
@@ -53,6 +48,19 @@ def why_nothing_found(source: SceneSource, region: Region, empty: list[DateWindo
     days = max(reaches)
     return "; ".join(sentences) + (f": a tolerance of {days} days (--tolerance-days {days}) reaches the nearest, or "
                                    "pick dates nearer them")
+
+
+def why_never_found(source: SceneSource, region: Region, collections: list[str] | None = None) -> str | None:
+    """Why no date could ever find a scene over ``region`` (an empty catalog, or a region outside all
+    it holds), or None when some date would: what a later date or a wider window cannot mend."""
+    if source.has_any(region, collections):
+        return None
+    named = f" of collection(s) {', '.join(collections)}" if collections else ""
+    if not source.has_any(None, collections):
+        return (f"{source.description} holds no Items{named} at all, so no region or date can be searched; "
+                "give the catalog that holds the scenes")
+    return (f"no scene{named} in {source.description} overlaps region {region.described} at any date; check "
+            "the region (a bbox is W,S,E,N in degrees: longitude first) or name a catalog that covers it")
 
 
 def nearest_dates(source: SceneSource, region: Region, window: DateWindow,

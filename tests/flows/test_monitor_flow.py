@@ -386,6 +386,20 @@ def test_a_damaged_state_file_fails_its_region_clearly_and_is_kept(prefect_api, 
     assert not (folder / "history.parquet").exists()
 
 
+def test_a_region_that_no_scene_ever_covers_fails_instead_of_waiting_for_ever(prefect_api, world, tmp_path):
+    """A watched region the catalog holds nothing over (its lon/lat swapped) was reported as "no
+    acquisition covers the region yet", run after run; a region it does cover, with nothing new, is not
+    an error (the test above)."""
+    ring = yaml.safe_load(world.regions.read_text())["town"]["geometry"]["coordinates"][0]
+    swapped = tmp_path / "regions.yaml"
+    swapped.write_text(yaml.safe_dump({"town": {"geometry": {"type": "Polygon",
+                                                             "coordinates": [[[y, x] for x, y in ring]]}}}))
+    with pytest.raises(MonitorError, match=r"^monitoring failed for town: .*no scene in static catalog .* overlaps "
+                                           r"region town \(.*\) at any date; check the region"):
+        monitor(world, regions=str(swapped), state=str(tmp_path / "state"))
+    assert not (tmp_path / "state" / "town" / "state.json").exists()
+
+
 def test_the_command_says_a_region_failure_once_and_last(prefect_api, world, tmp_path):
     """Before, with its output in a file, ``dsqnet monitor`` wrote the failure three times: its summary,
     the error line (which held the summary again), then the summary, flushed at exit."""
