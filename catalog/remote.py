@@ -47,6 +47,44 @@ def http_retries():
                  backoff_factor=float(remote_setting("GDAL_HTTP_RETRY_DELAY")), respect_retry_after_header=False)
 
 
+def http_timeout() -> tuple[float, float]:
+    """How long a STAC request (a catalog document, a search) waits: for the connection, then for each
+    part of the answer, in seconds. An asset's two waits, from the same GDAL variables, so that a user
+    who lengthens one lengthens both."""
+    return float(remote_setting("GDAL_HTTP_CONNECTTIMEOUT")), float(remote_setting("GDAL_HTTP_LOW_SPEED_TIME"))
+
+
+def silence_problem(host: str, timeout: float | tuple[float, float], connecting: bool = False) -> str:
+    """What a request that timed out met, and the variable that waits longer."""
+    connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
+    if connecting:
+        return (f"no connection to {host} opened within {connect:g} s; check the URL and the network, try again "
+                "later, or wait longer with GDAL_HTTP_CONNECTTIMEOUT=<seconds>")
+    return (f"{host} did not answer within {read:g} s; check the URL and the network, try again later, or wait "
+            "longer with GDAL_HTTP_LOW_SPEED_TIME=<seconds>")
+
+
+def timed_out(err: Exception) -> str | None:
+    """"connect" or "read" when the requests error ``err`` is a timeout, else None. A read timeout that
+    used up urllib3's retries reaches requests as a ConnectionError, and pystac-client's as its own
+    error with only the words left, so those are read too."""
+    import requests
+    from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
+
+    if isinstance(err, requests.ConnectTimeout):
+        return "connect"
+    if isinstance(err, requests.Timeout):
+        return "read"
+    reason = getattr(err.args[0], "reason", None) if err.args else None
+    if isinstance(reason, NewConnectionError):  # a ConnectTimeoutError to urllib3: refused, or no such host
+        return None
+    if isinstance(reason, ConnectTimeoutError) or _NO_CONNECTION.search(str(err)):
+        return "connect"
+    if isinstance(reason, ReadTimeoutError) or re.search(r"Read timed out", str(err)):
+        return "read"
+    return None
+
+
 def http_session():
     """A requests session that retries as ``http_retries`` says."""
     import requests
@@ -147,9 +185,8 @@ def probe(url: str) -> str | None:
     when it comes back whole (the file itself, then, is what is wrong)."""
     import requests
 
-    timeout = (float(remote_setting("GDAL_HTTP_CONNECTTIMEOUT")), float(remote_setting("GDAL_HTTP_LOW_SPEED_TIME")))
     try:
-        with requests.get(url, headers={"Range": "bytes=0-16383"}, timeout=timeout, stream=True) as answer:
+        with requests.get(url, headers={"Range": "bytes=0-16383"}, timeout=http_timeout(), stream=True) as answer:
             if answer.status_code >= 400:
                 return http_problem([f"HTTP response code: {answer.status_code}"], url)
             for _ in answer.iter_content(chunk_size=4096):
@@ -200,18 +237,19 @@ class Unanswered(OSError):
         self.problem, self.status = problem, status
 
 
-def fetch_text(url: str, timeout: float) -> str:
-    """The text at ``url`` (a STAC document), or ``Unanswered`` saying why not, in a user's words."""
+def fetch_text(url: str, timeout: float | tuple[float, float] | None = None) -> str:
+    """The text at ``url`` (a STAC document), or ``Unanswered`` saying why not, in a user's words;
+    ``timeout`` as requests takes it, ``http_timeout()`` when None."""
     import requests
 
     host = urlsplit(url).netloc or url
+    timeout = timeout or http_timeout()
     try:
         with http_session() as session:
             response = session.get(url, timeout=timeout, headers={"Accept": "application/json"})
-    except requests.Timeout:
-        raise Unanswered(f"{host} did not answer within {timeout:g} s; check the URL and the network, or try "
-                         "again later") from None
     except requests.RequestException as err:
+        if (waited := timed_out(err)) is not None:
+            raise Unanswered(silence_problem(host, timeout, connecting=waited == "connect")) from None
         raise Unanswered(connection_problem(str(err), url)) from None
     status = response.status_code
     if status >= 400:

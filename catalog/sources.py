@@ -20,12 +20,13 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import pystac
 from shapely.geometry import shape
 
 from .errors import CatalogError
-from .remote import Unanswered, connection_problem, fetch_text, http_retries
+from .remote import Unanswered, connection_problem, fetch_text, http_retries, http_timeout, silence_problem, timed_out
 from .regions import Region
 
 
@@ -53,7 +54,7 @@ ITEM_SEARCH = "/item-search"
 class StaticCatalog:
     """A ``catalog.json``/``collection.json`` tree or an ItemCollection GeoJSON file, on disk or at a URL."""
 
-    def __init__(self, path: str | Path, timeout: float = 30.0) -> None:
+    def __init__(self, path: str | Path, timeout: float | None = None) -> None:
         self.timeout = timeout
         self._items: list[pystac.Item] | None = None
         if _is_url(path):
@@ -108,12 +109,13 @@ class StaticCatalog:
 
 
 class StacApi:
-    """A STAC API (``/search``) through pystac-client, with a timeout so a dead server fails fast. A
+    """A STAC API (``/search``) through pystac-client, with a timeout so a dead server fails fast
+    (``timeout`` in seconds, or ``http_timeout()``'s, from GDAL's variables, when None). A
     search reads every page up to ``max_items``, and is refused beyond: cut short, it would leave out
     scenes (a monitoring window's later acquisitions) without a word."""
 
-    def __init__(self, url: str, timeout: float = 30.0, max_items: int = 10_000) -> None:
-        self.url, self.timeout, self.max_items = url, timeout, max_items
+    def __init__(self, url: str, timeout: float | None = None, max_items: int = 10_000) -> None:
+        self.url, self.timeout, self.max_items = url, timeout or http_timeout(), max_items
         self.description = f"STAC API {url}"
 
     def search(self, region: Region | None, start: dt.datetime, end: dt.datetime,
@@ -123,8 +125,7 @@ class StacApi:
         import pystac_client
         import requests
 
-        unreachable = (f"STAC API {self.url} did not answer within {self.timeout:g} s; check the URL and the "
-                       "network, or use a static catalog")
+        host = urlsplit(self.url).netloc
         limit = max_items or self.max_items
         try:
             client = self._client()
@@ -134,18 +135,14 @@ class StacApi:
                                    datetime=[start, end] if start else None,
                                    collections=collections, max_items=limit)
             found = _unique_pages(search.pages_as_dicts())
-        except requests.Timeout:
-            raise CatalogError(unreachable) from None
-        except requests.ConnectionError as err:
-            raise CatalogError(f"STAC API {self.url} cannot be searched: "
-                               f"{connection_problem(str(err), self.url)}") from None
-        except pystac_client.exceptions.APIError as err:
-            if getattr(err, "status_code", None) is None:  # no answer: the connection failed
-                if "timed out" in str(err):
-                    raise CatalogError(unreachable) from None
-                raise CatalogError(f"STAC API {self.url} cannot be searched: "
-                                   f"{connection_problem(str(err), self.url)}") from None
-            raise CatalogError(_refused(self.url, err)) from None
+        except (requests.ConnectionError, requests.Timeout, pystac_client.exceptions.APIError) as err:
+            if getattr(err, "status_code", None) is not None:  # an answer, refusing
+                raise CatalogError(_refused(self.url, err)) from None
+            if (waited := timed_out(err)) is not None:
+                problem = silence_problem(host, self.timeout, connecting=waited == "connect")
+            else:
+                problem = connection_problem(str(err), self.url)
+            raise CatalogError(f"STAC API {self.url} cannot be searched: {problem}") from None
         except pystac_client.warnings.DoesNotConformTo:
             raise CatalogError(f"{self.url} is not a searchable STAC API (its landing page declares no item search "
                                "and links no search); give the URL of the API root, or of the catalog.json") from None
@@ -201,7 +198,7 @@ def check_collections(source: SceneSource, collections: list[str] | None) -> Non
                        f"holds {', '.join(held)}")
 
 
-def open_source(spec: str | Path, timeout: float = 30.0) -> SceneSource:
+def open_source(spec: str | Path, timeout: float | None = None) -> SceneSource:
     """A STAC API when the URL's landing page conforms to item search; a static catalog otherwise."""
     text = str(spec)
     scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", text)
@@ -328,7 +325,7 @@ def _walk(io: pystac.StacIO, root: str, document: dict) -> list[pystac.Item]:
     return sorted(items, key=lambda item: item.get_self_href() or item.id)
 
 
-def _landing_page(url: str, timeout: float) -> dict:
+def _landing_page(url: str, timeout: float | None) -> dict:
     try:
         text = fetch_text(url, timeout)
     except Unanswered as err:
@@ -354,7 +351,7 @@ class _TimedStacIO(pystac.stac_io.DefaultStacIO):
     """pystac's reader, with a timeout on HTTP so a dead static catalog fails fast, and failures said
     in a user's words (``Unanswered``)."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float | None) -> None:
         super().__init__()
         self.timeout = timeout
 

@@ -174,6 +174,18 @@ def test_a_static_catalog_fault_names_the_document_and_who_links_it(site, tmp_pa
         assert "Unterminated string" in message[len(head):len(message) - len(tail)]
 
 
+def test_a_silent_catalog_document_waits_as_long_as_gdals_variable_says(site, tmp_path, patience):
+    """STAC documents waited 30 s, with no setting; they now wait as an asset does (2 s here)."""
+    after = f"{SENTINEL2.item()['id']}-after"
+    with faulty_http([("-after.json", "hang", None)], root=site) as (url, _):
+        with pytest.raises(CatalogError) as refused:
+            _prepare(f"{url}/stac/catalog.json", tmp_path / "s.zarr")
+    assert str(refused.value) == (f"the item {url}/stac/sub/{after}/{after}.json, linked from {url}/stac/sub/"
+                                  f"catalog.json, cannot be read: {url.split('/')[2]} did not answer within 2 s; check "
+                                  "the URL and the network, try again later, or wait longer with "
+                                  "GDAL_HTTP_LOW_SPEED_TIME=<seconds>")
+
+
 def test_a_catalog_server_that_stumbles_is_asked_again(site, tmp_path, patience):
     """A 503 on one document of many failed the whole read; documents now get the assets' retries."""
     with faulty_http([("-after.json", "status", 503, 0, 2), ("^/stac/catalog.json", "status", 502, 0, 1)],
@@ -230,6 +242,15 @@ def test_an_api_that_links_its_search_but_omits_the_conformance_class_is_searche
     """pystac-client refused it with a DoesNotConformTo traceback; the search link is enough."""
     _, found, _ = _searched(api, ("^/$", "json", "no-item-search"))
     assert [item.id for item in found] == [f"{SENTINEL2.item()['id']}-before"]
+
+
+def test_a_silent_search_waits_as_long_as_gdals_variable_says(api, patience):
+    with pytest.raises(CatalogError) as refused:
+        _searched(api, ("/search", "hang", None))
+    url = str(refused.value).split()[2]
+    assert str(refused.value) == (f"STAC API {url} cannot be searched: {url.split('/')[2]} did not answer within 2 s; "
+                                  "check the URL and the network, try again later, or wait longer with "
+                                  "GDAL_HTTP_LOW_SPEED_TIME=<seconds>")
 
 
 def test_an_api_whose_next_link_leads_back_is_read_once(api):
