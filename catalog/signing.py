@@ -39,7 +39,7 @@ def sign_items(items: list[pystac.Item], assets: list[set[str]] | None = None) -
     return signed
 
 
-def signed_href(href: str, timeout: float = 30.0) -> str:
+def signed_href(href: str, timeout: float | None = None) -> str:
     """``href`` with a read token when it is an unsigned Azure Blob URL; otherwise unchanged."""
     match = _BLOB.match(href)
     if not match:
@@ -50,7 +50,7 @@ def signed_href(href: str, timeout: float = 30.0) -> str:
 _TOKENS: dict[tuple[str, str, str], str] = {}
 
 
-def _token(account: str, container: str, timeout: float) -> str:
+def _token(account: str, container: str, timeout: float | None) -> str:
     """A token per storage container, fetched once per process (they last about an hour)."""
     service = os.environ.get(SAS_API_ENV, SAS_API).rstrip("/")
     if (service, account, container) not in _TOKENS:
@@ -58,7 +58,7 @@ def _token(account: str, container: str, timeout: float) -> str:
     return _TOKENS[service, account, container]
 
 
-def _fetch_token(service: str, account: str, container: str, timeout: float) -> str:
+def _fetch_token(service: str, account: str, container: str, timeout: float | None) -> str:
     url = f"{service}/{account}/{container}"
     try:
         return str(json.loads(fetch_text(url, timeout))["token"])
