@@ -7,6 +7,7 @@ for foreign ``.pth`` files. A pickle that carries code is refused, never execute
 from __future__ import annotations
 
 import argparse
+import json
 import pickle
 from pathlib import Path
 from typing import Any, Mapping
@@ -57,9 +58,39 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     """All tensors of a ``.safetensors`` file, or the state dict inside a ``.pth``/``.pt`` file."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error types for damaged files
+            raise CheckpointError(safetensors_problem(path, err)) from None
     return unwrap_state_dict(safe_torch_load(path), source=str(path))
+
+
+def safetensors_problem(path: Path, err: Exception) -> str:
+    """Why safetensors could not open ``path``. Its words for a file cut short ("incomplete metadata,
+    file not fully covered") do not say that an interrupted download or copy is the likely cause, so
+    the header is read here to tell that case apart."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            start = f.read(1)
+            header = json.loads(start + f.read(length - 1)) if 8 + length <= size else None
+    except (OSError, ValueError):
+        return f"{path} is not a safetensors file ({err}); DSQNet checkpoints are .safetensors"
+    interrupted = "the download or copy was interrupted: fetch it again"
+    if header is None:
+        if start != b"{" or length > MAX_HEADER:
+            return f"{path} is not a safetensors file ({err}); DSQNet checkpoints are .safetensors"
+        return f"{path} is cut short: it ends inside its header, at byte {size:,} of {8 + length:,}; {interrupted}"
+    expected = 8 + length + max((v["data_offsets"][1] for v in header.values() if isinstance(v, dict)
+                                 and len(v.get("data_offsets") or ()) == 2), default=0)
+    if size < expected:
+        return f"{path} is cut short: it has {size:,} bytes of the {expected:,} its header describes; {interrupted}"
+    return f"{path} is a damaged safetensors file ({err}); fetch it again"
+
+
+MAX_HEADER = 100_000_000  # safetensors' own bound on a header's length
 
 
 def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:

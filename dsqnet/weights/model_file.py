@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from dsqnet.model import DSQNet, DSQNetConfig
-from dsqnet.weights.files import CheckpointError, check_matches, load_strict, safe_torch_load
+from dsqnet.weights.files import CheckpointError, check_matches, load_strict, safe_torch_load, safetensors_problem
 from dsqnet.weights.imagenet import IMAGENET_NORMALIZATION
 from dsqnet.weights.opencd import load_opencd
 
@@ -53,7 +53,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
     except Exception as err:  # safetensors raises its own error types for non-safetensors files
-        raise CheckpointError(f"{path} is not a safetensors file ({err}); DSQNet checkpoints are .safetensors") from None
+        raise CheckpointError(safetensors_problem(path, err)) from None
     if header.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is a safetensors file but not a DSQNet checkpoint (format {header.get('format')!r}, "

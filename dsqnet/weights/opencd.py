@@ -89,6 +89,12 @@ def _reject_foreign_layouts(state: Mapping[str, torch.Tensor]) -> str:
             "'backbone.patch_embed.proj.weight' (Swin) or 'backbone.layers.0.RC.PRM.convs.0.0.weight' "
             "(ViTAEv2); keys must start with 'backbone.' and 'decode_head.'"
         )
+    if "decode_head.CFP.mlpCov.weight" not in state:  # the deep-semantic pyramid, DSQNet's own head part
+        raise CheckpointError(
+            "an open-cd checkpoint, but not of DSQNet: its decode_head has no deep-semantic pyramid "
+            "('decode_head.CFP.*'), so it is another open-cd model on the same backbone; give the authors' "
+            "DSQNet checkpoint (DSQNet_*.pth)"
+        )
     return found[0]
 
 

@@ -181,3 +181,28 @@ def test_foreign_safetensors_is_not_taken_for_a_dsqnet_checkpoint(tmp_path):
         load(path)
     with pytest.raises(CheckpointError, match="does not exist"):
         load(tmp_path / "missing.safetensors")
+
+
+def test_an_open_cd_checkpoint_of_another_model_is_named_as_such():
+    """Another open-cd model on a Swin backbone (its head without DSQNet's pyramid) ended in a
+    ``KeyError: 'decode_head.CFP.mlpCov.weight'`` traceback."""
+    g = golden_file(GOLDEN_D64)
+    state = {k: v for k, v in g["state_dict"].items() if k.startswith("backbone.") or k.startswith("decode_head.conv_seg")}
+    with pytest.raises(CheckpointError, match=r"^an open-cd checkpoint, but not of DSQNet: its decode_head has no "
+                                              r"deep-semantic pyramid \('decode_head.CFP.\*'\)"):
+        load_opencd(state)
+
+
+def test_a_model_file_cut_short_is_said_to_be_cut_short(tmp_path):
+    """An interrupted download was "not a safetensors file (... incomplete metadata, file not fully covered)"."""
+    path = save(build_model("dsqnet_swin_mini", head_width=32), tmp_path / "m.safetensors")
+    whole = path.read_bytes()
+    header_end = 8 + int.from_bytes(whole[:8], "little")
+    for kept, said in ((len(whole) // 2, f"it has {len(whole) // 2:,} bytes of the {len(whole):,} its header describes"),
+                       (100, f"it ends inside its header, at byte 100 of {header_end:,}")):
+        cut = tmp_path / f"cut{kept}.safetensors"
+        cut.write_bytes(whole[:kept])
+        for read in (load_model_file, read_metadata):
+            with pytest.raises(CheckpointError) as refused:
+                read(cut)
+            assert str(refused.value) == f"{cut} is cut short: {said}; the download or copy was interrupted: fetch it again"
