@@ -55,8 +55,9 @@ def predict_change(predictor: Predictor, before: np.ndarray, after: np.ndarray, 
     return is_change(probability, threshold).astype(np.uint8)
 
 
-def evaluate_folders(predictions: str | Path, labels: str | Path) -> dict:
-    """Scores of prediction images (0/255 or 0/1) against label images, matched by file stem."""
+def evaluate_folders(predictions: str | Path, labels: str | Path, label_encoding: str | None = None) -> dict:
+    """Scores of prediction images (0/255 or 0/1) against label images, matched by file stem; the
+    labels' encoding read from them unless ``label_encoding`` names it."""
     predictions, labels = Path(predictions), Path(labels)
     for folder in (predictions, labels):
         if not folder.is_dir():
@@ -70,7 +71,7 @@ def evaluate_folders(predictions: str | Path, labels: str | Path) -> dict:
         )
     if not truth:
         raise DatasetError(f"no label images in {labels}")
-    encoding = detect_label_encoding(list(truth.values()))
+    encoding = label_encoding or detect_label_encoding(list(truth.values()))
     matrix = ConfusionMatrix()
     for stem, label_path in truth.items():
         label = read_label(label_path, encoding)

@@ -164,9 +164,33 @@ def read_label(path: str | Path, encoding: str) -> np.ndarray:
 
 
 def detect_label_encoding(labels: list[Path]) -> str:
-    """``zero-one`` if any label holds the value 1 (then 255 means ignore), else ``threshold``."""
+    """``zero-one`` if the labels hold the value 1 (then 255 means ignore), else ``threshold``.
+
+    Labels merged from two sources can mix the two: then whichever is guessed, one source's changed
+    pixels are read as "ignored" or its ignored ones as changed, and the scores or the training are
+    silently wrong. So a set where some labels hold 1 and others hold 255 but no 1 is refused, naming
+    both kinds; the user names the encoding where the labels really are 0/1 with ignored pixels."""
+    ones, only_255 = [], []
     for path in labels:
-        with Image.open(path) as image:
-            if (np.asarray(image.convert("L")) == 1).any():
-                return "zero-one"
-    return "threshold"
+        try:
+            with Image.open(path) as image:
+                grey = np.asarray(image.convert("L"))
+        except (OSError, UnidentifiedImageError) as err:
+            raise DatasetError(f"cannot read label {path}: {err}") from None
+        if (grey == 1).any():
+            ones.append(path)
+        elif (grey == IGNORE).any():
+            only_255.append(path)
+    if ones and only_255:
+        raise DatasetError(
+            f"the labels mix two encodings: {_some(ones)} hold 1 (0/1 labels, where 255 means ignored), "
+            f"{_some(only_255)} hold 255 and no 1 (0/255 labels, where 255 means changed); convert them to one "
+            "encoding, or name it: zero-one or threshold (--label-encoding; label_encoding in a flow's parameters or in "
+            "a training config's data)")
+    return "zero-one" if ones else "threshold"
+
+
+def _some(paths: list[Path]) -> str:
+    """A count of label files and the first few, for a message."""
+    shown = ", ".join(str(p) for p in paths[:3])
+    return f"{len(paths)} ({shown}{', ...' if len(paths) > 3 else ''})"

@@ -371,6 +371,9 @@ def _add_evaluate(commands) -> None:
     p.add_argument("--split", default="test", help="split folder to score (default test; ignored if absent for generic)")
     p.add_argument("--predictions", help="folder of prediction images (0/255 or 0/1) to score instead of a model")
     p.add_argument("--labels", help="folder of label images matching --predictions by file name")
+    p.add_argument("--label-encoding", choices=("zero-one", "threshold"),
+                   help="how the labels say change: zero-one (0/1, 255 ignored) or threshold (0/255); default: "
+                        "the layout's, or read from the labels")
     p.add_argument("--window", type=positive_int, default=WINDOW, help=f"window side (default {WINDOW}, as the paper)")
     p.add_argument("--stride", type=positive_int, default=STRIDE, help=f"window stride (default {STRIDE}, as the paper)")
     p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE, help=f"windows per forward pass (default {BATCH_SIZE})")
@@ -393,7 +396,7 @@ def _evaluate(args: argparse.Namespace) -> None:
             raise ValueError("score prediction images with --predictions DIR --labels DIR (and no --model/--data)")
         from dsqnet.evaluation import evaluate_folders
 
-        scores = evaluate_folders(args.predictions, args.labels)
+        scores = evaluate_folders(args.predictions, args.labels, args.label_encoding)
     else:
         if not (args.model and args.data):
             raise ValueError("evaluate a model with --model CKPT --data DIR [--layout NAME], "
@@ -412,7 +415,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
             check_predictions_folder(Path(args.save_predictions))
         samples = find_samples(args.data, args.layout, args.split)
-        encoding = folder_label_encoding(args.data) or label_encoding_for(args.layout, samples)
+        encoding = args.label_encoding or folder_label_encoding(args.data) or label_encoding_for(args.layout, samples)
         pairs = ChangeDetectionDataset(samples, encoding)
         predictor = Predictor(load_model_file(locate_model(args.model, args.registry)[0]), device=args.device,
                               precision=args.precision)

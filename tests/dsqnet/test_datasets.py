@@ -48,6 +48,26 @@ def test_generic_layout_with_zero_one_labels_reads_255_as_ignore(tmp_path):
     assert (items[0]["label"][:5] == 255).all()
 
 
+def test_labels_that_mix_the_two_encodings_are_refused_naming_both_kinds(tmp_path):
+    """One stray 1 in a 0/255 set turned the whole set to 0/1, where 255 means ignored: every changed
+    pixel of the 0/255 labels was dropped, and evaluate scored F1 nan with exit 0."""
+    write_split(tmp_path, ["x", "y"])  # 0/255
+    label = np.array(Image.open(tmp_path / "label" / "x.png"))
+    label[0, 0] = 1  # a label from another source, 0/1
+    Image.fromarray(label).save(tmp_path / "label" / "x.png")
+    with pytest.raises(DatasetError) as refused:
+        load_all(tmp_path, "generic")
+    assert str(refused.value) == (
+        f"the labels mix two encodings: 1 ({tmp_path / 'label' / 'x.png'}) hold 1 (0/1 labels, where 255 means "
+        f"ignored), 1 ({tmp_path / 'label' / 'y.png'}) hold 255 and no 1 (0/255 labels, where 255 means changed); "
+        "convert them to one encoding, or name it: zero-one or threshold (--label-encoding; label_encoding in a "
+        "flow's parameters or in a training config's data)")
+    samples = find_samples(tmp_path, "generic")
+    named = ChangeDetectionDataset(samples, "threshold")  # the way on: the encoding named
+    assert [int(named[i]["label"].sum()) for i in range(2)] == [int((np.array(Image.open(s.label)) >= 128).sum())
+                                                               for s in samples]
+
+
 def test_generic_layout_with_zero_255_labels(tmp_path):
     write_split(tmp_path, ["x"])
     _, items = load_all(tmp_path, "generic")

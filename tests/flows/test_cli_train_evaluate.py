@@ -42,6 +42,22 @@ def test_predictions_saved_to_a_file_are_refused_before_any_work(tmp_path, capsy
     assert taken.read_text() == "mine"
 
 
+def test_labels_of_mixed_encodings_are_refused_and_the_named_encoding_scores_them(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    data = generic_dataset(tmp_path / "data", n=2, size=64)
+    first = sorted((data / "label").iterdir())[0]
+    label = np.array(Image.open(first))
+    label[0, 0] = 1
+    Image.fromarray(label).save(first)
+    args = ["evaluate", "--predictions", str(data / "label"), "--labels", str(data / "label")]
+    assert main(args) == 1
+    assert capsys.readouterr().err.startswith("dsqnet evaluate: error: the labels mix two encodings: 1 (")
+    assert main([*args, "--label-encoding", "threshold", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["per_class"]["changed"]["f1"] == 1.0  # the labels against themselves
+
+
 def test_evaluate_without_a_model_or_predictions_explains_both_ways(capsys):
     assert main(["evaluate", "--data", "somewhere"]) == 1
     err = capsys.readouterr().err
