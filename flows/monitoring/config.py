@@ -201,6 +201,9 @@ def watch_list(request: MonitorRequest, regions_file: str | Path) -> list[Watche
     except CatalogError as err:
         raise MonitorConfigError(f"{err}; monitor needs a regions file of name: {{geometry, watch_zones, monitor}}") from None
     raw = yaml.safe_load(Path(regions_file).read_text()) or {}
+    if not regions:  # a scheduled run would otherwise succeed every time, watching nothing
+        raise MonitorConfigError(f"regions file {regions_file} names no regions; add one as name: {{geometry, "
+                                 "watch_zones, monitor}")
     names = request.region_names or list(regions)
     missing = [n for n in names if n not in regions]
     if missing:

@@ -365,6 +365,11 @@ def test_regions_file_mistakes_are_named_before_prefect_starts(world, tmp_path, 
     assert "does not exist" in capsys.readouterr().err
     assert main(["monitor", "--regions", str(world.regions)]) == 1
     assert "give catalog" in capsys.readouterr().err
+    for text in ("", "# town: {geometry: ...}\n"):  # it succeeded, printing two empty lines, watching nothing
+        (tmp_path / "empty.yaml").write_text(text)
+        assert main([*base, "--regions", str(tmp_path / "empty.yaml")]) == 1
+        assert capsys.readouterr().err == (f"dsqnet monitor: error: regions file {tmp_path / 'empty.yaml'} names no "
+                                           "regions; add one as name: {geometry, watch_zones, monitor}\n")
     assert not (tmp_path / "state").exists()
 
 
