@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import shapely
+import shapely.ops
 import yaml
 from shapely.geometry import box, mapping, shape
 from shapely.geometry.base import BaseGeometry
@@ -24,6 +25,7 @@ from shapely.geometry.base import BaseGeometry
 from .errors import CatalogError
 
 DEFAULT_TOLERANCE_DAYS = 15
+MAX_SPAN_DEGREES = 20.0  # wider, and one UTM grid no longer holds the region (and no run could finish)
 # what a regions file's entry may hold; `monitor` is read by flows/monitoring/config.py
 REGION_KEYS = ("geometry", "watch_zones", "collection", "monitor")
 
@@ -150,12 +152,12 @@ def load_regions(path: str | Path) -> dict[str, Region]:
         if not isinstance(entry, dict) or "geometry" not in entry:
             raise CatalogError(f"region {name!r} in {path} has no 'geometry' (GeoJSON in lon/lat)")
         _check_keys(entry, name, path)
-        geometry = _geometry_from_geojson(entry["geometry"], f"region {name!r} in {path}")
+        geometry = _geometry_in_file(entry["geometry"], f"region {name!r} in {path}", path)
         watch_zones = entry.get("watch_zones") or {}
         if not isinstance(watch_zones, dict):
             raise CatalogError(f"region {name!r} in {path}: watch_zones must map zone names to GeoJSON geometries "
                                f"(watch_zones: {{harbour: {{type: Polygon, coordinates: ...}}}}), got {watch_zones!r}")
-        zones = {z: _geometry_from_geojson(g, f"watch zone {z!r} of {name!r} in {path}")
+        zones = {z: _geometry_in_file(g, f"watch zone {z!r} of {name!r} in {path}", path)
                  for z, g in watch_zones.items()}
         regions[str(name)] = Region(str(name), geometry, zones, _collections(entry.get("collection"), name, path))
     return regions
@@ -201,7 +203,26 @@ def _bbox_geometry(text: str) -> BaseGeometry:
             f"bbox {text!r} is not minlon,minlat,maxlon,maxlat in degrees with min < max "
             "(longitude -180..180, latitude -90..90)"
         )
-    return box(west, south, east, north)
+    return _valid(box(west, south, east, north), f"bbox {text!r}")
+
+
+def _geometry_in_file(value: Any, source: str, regions_file: Path) -> BaseGeometry:
+    """A regions file's geometry: GeoJSON written inline, or, as ``--region`` takes them, a bbox
+    string or a GeoJSON file (relative to the regions file)."""
+    if not isinstance(value, str):
+        return _geometry_from_geojson(value, source)
+    text = value.strip()
+    if _looks_like_bbox(text):
+        return _bbox_geometry(text)
+    path = regions_file.parent / text
+    if not path.is_file():
+        raise CatalogError(f"{source} is the text {text!r}, which is neither a bbox 'minlon,minlat,maxlon,maxlat' "
+                           f"nor a GeoJSON file ({path} does not exist); write the geometry as GeoJSON "
+                           "({type: Polygon, coordinates: ...}), a bbox, or the path of a GeoJSON file")
+    try:
+        return _geometry_from_geojson(json.loads(path.read_text()), f"{source} ({path})")
+    except json.JSONDecodeError as err:
+        raise CatalogError(f"{source}: {path} is not valid GeoJSON: {err}") from None
 
 
 def _geometry_from_geojson(data: Any, source: str) -> BaseGeometry:
@@ -209,15 +230,45 @@ def _geometry_from_geojson(data: Any, source: str) -> BaseGeometry:
         features = data.get("features") or []
         if not features:
             raise CatalogError(f"{source} is an empty FeatureCollection")
-        geometry = shapely.union_all([_geometry_from_geojson(f, source) for f in features])
-        return _valid(geometry, source)
+        geometry = shapely.union_all([_shape(f, source) for f in features])
+        return _valid(_to_lonlat(geometry, data, source), source)
+    return _valid(_to_lonlat(_shape(data, source), data, source), source)
+
+
+def _shape(data: Any, source: str) -> BaseGeometry:
+    """The shapely geometry of a GeoJSON geometry or Feature, in the coordinates it is written in."""
     if isinstance(data, dict) and data.get("type") == "Feature":
-        data = data.get("geometry")
+        if data.get("geometry") is None:
+            raise CatalogError(f"{source} is a Feature with no geometry (null); give it the region's polygon")
+        data = data["geometry"]
+    if not isinstance(data, dict):
+        raise CatalogError(f"{source} is not a GeoJSON geometry (a mapping with type and coordinates), but "
+                           f"{type(data).__name__} {str(data)[:60]!r}")
     try:
-        geometry = shape(data)
+        return shape(data)
     except Exception as err:  # shapely raises several types for malformed GeoJSON
         raise CatalogError(f"{source} is not a GeoJSON geometry: {err}") from None
-    return _valid(geometry, source)
+
+
+def _to_lonlat(geometry: BaseGeometry, data: Any, source: str) -> BaseGeometry:
+    """``geometry`` in lon/lat, when ``data`` names another CRS in GeoJSON's old ``crs`` member (as
+    older QGIS and GDAL exports write it: ``{"type": "name", "properties": {"name":
+    "urn:ogc:def:crs:EPSG::32639"}}``); GeoJSON today is lon/lat, and what is named so is left alone."""
+    named = (data.get("crs") or {}).get("properties", {}).get("name") if isinstance(data, dict) else None
+    if not named:
+        return geometry
+    from pyproj import CRS, Transformer
+    from pyproj.exceptions import CRSError
+
+    try:
+        crs = CRS.from_user_input(named)
+    except CRSError:
+        raise CatalogError(f"{source} names the CRS {named!r}, which is not one PROJ knows; reproject it to "
+                           "lon/lat (EPSG:4326) and drop its crs member") from None
+    if crs.is_geographic and crs.equals(CRS.from_epsg(4326), ignore_axis_order=True):
+        return geometry
+    to_lonlat = Transformer.from_crs(crs, 4326, always_xy=True)
+    return shapely.ops.transform(to_lonlat.transform, geometry)
 
 
 def _valid(geometry: BaseGeometry, source: str) -> BaseGeometry:
@@ -230,6 +281,12 @@ def _valid(geometry: BaseGeometry, source: str) -> BaseGeometry:
     west, south, east, north = geometry.bounds
     if west < -180 or east > 180 or south < -90 or north > 90:
         raise CatalogError(f"{source} lies outside lon/lat bounds ({geometry.bounds}); regions are given in EPSG:4326 degrees")
+    if east - west > MAX_SPAN_DEGREES or north - south > MAX_SPAN_DEGREES:
+        across = ("; if it crosses the antimeridian (180 degrees), make it one region on each side"
+                  if west < -170 and east > 170 else "")
+        raise CatalogError(f"{source} spans {east - west:.1f} degrees of longitude by {north - south:.1f} of latitude; "
+                           f"a region may span at most {MAX_SPAN_DEGREES:g} (one grid in one UTM zone holds no more): "
+                           f"split it into smaller regions{across}")
     return geometry
 
 

@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 import pystac
 import pytest
+import shapely.ops
+import yaml
+from shapely.geometry import mapping, shape
 
 from catalog import (
     BandSpec,
@@ -87,10 +90,52 @@ def test_the_choice_prefers_clear_scenes_and_says_why(scenes, tmp_path):
     ('{"type": "Polygon", "coordinates": [[[0, 0], [1, 1], [1, 0], [0, 1], [0, 0]]]}', "invalid geometry"),
     ("nowhere", "neither a lon/lat bbox"),
     ('{"type": "Polygon", "coordinates": [[[200, 0], [201, 0], [201, 1], [200, 0]]]}', "outside lon/lat bounds"),
+    # the whole world ended in a ZeroDivisionError traceback, a wide band in "outside every footprint"
+    ("-180,-90,180,90", r"^bbox '-180,-90,180,90' spans 360.0 degrees of longitude by 180.0 of latitude; a region may "
+                        r"span at most 20 \(one grid in one UTM zone holds no more\): split it into smaller regions"),
+    ("-100,10,100,30", r"spans 200.0 degrees of longitude by 20.0 of latitude; .*split it into smaller regions$"),
+    # split at the antimeridian, its two halves' centre lay near longitude 0: a UTM zone over Africa
+    ('{"type": "MultiPolygon", "coordinates": [[[[179.9, -16.1], [180, -16.1], [180, -16], [179.9, -16.1]]], '
+     '[[[-180, -16.1], [-179.9, -16.1], [-180, -16], [-180, -16.1]]]]}',
+     r"spans 360.0 degrees .*; if it crosses the antimeridian \(180 degrees\), make it one region on each side$"),
+    ('{"type": "Feature", "properties": {}, "geometry": null}', r"is a Feature with no geometry \(null\); give it"),
 ])
 def test_bad_regions_are_explained(spec, message):
     with pytest.raises(CatalogError, match=message):
         parse_region(spec)
+
+
+def test_a_geojson_in_another_crs_named_the_old_way_is_reprojected(tmp_path):
+    """Older QGIS and GDAL exports name their CRS in a ``crs`` member; it was ignored, and the UTM
+    metres refused as "outside lon/lat bounds"."""
+    from pyproj import Transformer
+
+    lonlat = shape(region_around(SPOT, 100))
+    utm = shapely.ops.transform(Transformer.from_crs(4326, 32633, always_xy=True).transform, lonlat)
+    path = tmp_path / "utm.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "crs": {"type": "name", "properties": {
+        "name": "urn:ogc:def:crs:EPSG::32633"}}, "features": [{"type": "Feature", "properties": {},
+                                                              "geometry": mapping(utm)}]}))
+    assert parse_region(str(path)).geometry.equals_exact(lonlat, 1e-9)
+    path.write_text(json.dumps({"crs": {"type": "name", "properties": {"name": "EPSG:999999"}}, **mapping(utm)}))
+    with pytest.raises(CatalogError, match=r"names the CRS 'EPSG:999999', which is not one PROJ knows; reproject it"):
+        parse_region(str(path))
+
+
+def test_a_regions_file_takes_a_bbox_or_a_geojson_file_as_geometry(tmp_path):
+    """``--region`` takes both; in a regions file they failed with "'str' object has no attribute 'get'"."""
+    (tmp_path / "town.geojson").write_text(json.dumps(region_around(SPOT, 100)))
+    regions = tmp_path / "regions.yaml"
+    regions.write_text(yaml.safe_dump({"box": {"geometry": "16.3,48.1,16.5,48.3"},
+                                       "town": {"geometry": "town.geojson", "watch_zones": {"all": "town.geojson"}}}))
+    assert parse_region("box", regions_file=regions).bbox == (16.3, 48.1, 16.5, 48.3)
+    town = parse_region("town", regions_file=regions)
+    assert town.geometry.equals(shape(region_around(SPOT, 100))) and town.watch_zones["all"].equals(town.geometry)
+    regions.write_text(yaml.safe_dump({"gone": {"geometry": "gone.geojson"}}))
+    with pytest.raises(CatalogError, match=rf"^region 'gone' in {regions} is the text 'gone.geojson', which is neither "
+                                           rf"a bbox .* nor a GeoJSON file \({tmp_path / 'gone.geojson'} does not "
+                                           r"exist\); write the geometry as GeoJSON"):
+        parse_region("gone", regions_file=regions)
 
 
 def test_regions_come_from_bboxes_files_and_regions_files(tmp_path):
