@@ -183,14 +183,10 @@ def detect_label_encoding(labels: list[Path]) -> str:
             only_255.append(path)
     if ones and only_255:
         raise DatasetError(
-            f"the labels mix two encodings: {_some(ones)} hold 1 (0/1 labels, where 255 means ignored), "
-            f"{_some(only_255)} hold 255 and no 1 (0/255 labels, where 255 means changed); convert them to one "
+            f"the labels mix two encodings: {len(ones)} ({_some([str(p) for p in ones], 3)}) hold 1 (0/1 labels, "
+            f"where 255 means ignored), {len(only_255)} ({_some([str(p) for p in only_255], 3)}) hold 255 and no 1 "
+            "(0/255 labels, where 255 means changed); convert them to one "
             "encoding, or name it: zero-one or threshold (--label-encoding; label_encoding in a flow's parameters or in "
             "a training config's data)")
     return "zero-one" if ones else "threshold"
 
-
-def _some(paths: list[Path]) -> str:
-    """A count of label files and the first few, for a message."""
-    shown = ", ".join(str(p) for p in paths[:3])
-    return f"{len(paths)} ({shown}{', ...' if len(paths) > 3 else ''})"
