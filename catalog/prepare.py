@@ -24,7 +24,7 @@ from .radiometry import Radiometry, check_one_scale, radiometry_of
 from .regions import DateWindow, Region
 from .scenes import load_pair
 from .signing import sign_items
-from .selection import FULL_COVERAGE, DateChoice, choose_scenes
+from .selection import FULL_COVERAGE, DateChoice, check_observed, choose_scenes
 from .sources import SceneSource, check_collections
 from .store import Rect, WrittenTiles, inputs_hash, is_complete, write_scenes
 
@@ -75,11 +75,11 @@ def choose_pair(region: Region, before: DateWindow, after: DateWindow, source: S
         raise CatalogError(why_nothing_found(source, region, empty, collections))
     named = bool(collections)  # collections the user named may be mixed, if they share one scale
     first, second, picked = pick_collection(*found) if found[0] and found[1] and not named else (*found, None)
-    return tuple(  # type: ignore[return-value]
-        choose_scenes(items, region, w, source.description, min_coverage,
-                      collection_reason=picked.reason if picked else "")
-        for items, w in zip((first, second), (before, after))
-    )
+    chosen = tuple(choose_scenes(items, region, w, source.description, min_coverage,
+                                 collection_reason=picked.reason if picked else "")
+                   for items, w in zip((first, second), (before, after)))
+    check_observed(region, *chosen)
+    return chosen  # type: ignore[return-value]
 
 
 def prepare_scenes(region: Region, before: DateWindow, after: DateWindow, source: SceneSource, out: str | Path,

@@ -15,11 +15,12 @@ from shapely.geometry import shape
 from shapely.ops import unary_union
 
 from .errors import CatalogError
-from .grid import to_crs, utm_crs
+from .grid import reproject, to_crs, utm_crs
 from .regions import DateWindow, Region
 from .sources import item_datetime
 
 FULL_COVERAGE = 0.999
+MIN_OBSERVED = 0.01  # of the region seen on both dates; below, a run is all unobserved ground (a mistaken region)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,27 @@ def choose_scenes(items: list[pystac.Item], region: Region, window: DateWindow, 
         reasons.append(_why(best, coverage, window, f"fills {gain / area.area:.1%} of the region left uncovered"))
         covered = unary_union([covered, footprints[best.id]])
     return DateChoice(window, tuple(chosen), tuple(reasons), covered.area / area.area, collection_reason)
+
+
+def check_observed(region: Region, first: DateChoice, second: DateChoice) -> None:
+    """Refuse a pair whose scenes see almost none of the region on both dates. Only ground seen on
+    both can show change; a region far larger than the scenes (a bbox in the wrong units, a whole
+    country over one scene) would load and sweep hours of empty grid before saying anything."""
+    centroid = region.geometry.centroid
+    crs = utm_crs(centroid.x, centroid.y)
+    area = to_crs(region, crs)
+    seen = [unary_union([to_crs(_as_region(item), crs) for item in choice.items]) for choice in (first, second)]
+    both = area.intersection(seen[0]).intersection(seen[1])
+    if both.area >= MIN_OBSERVED * area.area:
+        return
+    if both.is_empty:
+        where = "choose dates whose scenes overlap"
+    else:
+        bounds = ",".join(f"{v:.4f}" for v in reproject(both, crs, "EPSG:4326").bounds)
+        where = f"narrow the region to where they lie (about {bounds})"
+    raise CatalogError(f"the scenes of both dates together see {both.area / area.area:.4%} of region "
+                       f"{region.described} ({both.area / 1e6:,.3f} of {area.area / 1e6:,.1f} km2), and only ground "
+                       f"seen on both dates can show change; {where}, or use a catalog that covers it")
 
 
 def _as_region(item: pystac.Item) -> Region:

@@ -23,6 +23,7 @@ from catalog import (
     parse_region,
     prepare_scenes,
 )
+from catalog.prepare import choose_pair
 from catalog.radiometry import radiometry_of
 from tests.catalog.stac_servers import rustac_api, silent_server
 from tests.catalog.stac_helpers import SPOT, region_around, utc, write_catalog, write_scene
@@ -188,6 +189,25 @@ def test_no_scene_in_the_window_says_what_was_searched(scenes, tmp_path):
     with pytest.raises(CatalogError, match=r"no scene in static catalog .* between 2019-05-31 and 2019-06-30"):
         prepare_scenes(region, before, after, StaticCatalog(catalog_path), tmp_path / "s.zarr")
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_a_region_far_larger_than_its_scenes_is_refused_before_any_load(scenes, tmp_path):
+    """Such a region (a bbox in the wrong units, a country over one scene) loaded and swept hours of
+    empty grid at 0.0 windows/s, saying nothing. Only ground both dates see can show change."""
+    _, catalog_path, _ = scenes  # each scene: 400 m square around the spot
+    before, after = date_pair("2021-06-15", "2022-06-15")
+    wide = parse_region(region_around(SPOT, 3000))  # 36 km2, 0.44 % of it seen
+    with pytest.raises(CatalogError) as refused:
+        prepare_scenes(wide, before, after, StaticCatalog(catalog_path), tmp_path / "s.zarr")
+    message = str(refused.value)
+    assert message.startswith("the scenes of both dates together see 0.44") and "% of region" in message
+    assert "(0.160 of 36.0 km2), and only ground seen on both dates can show change; narrow the region to where " \
+           "they lie (about " in message and message.endswith("), or use a catalog that covers it")
+    assert not (tmp_path / "s.zarr").exists()
+    narrowed = parse_region(message.split("(about ")[1].split(")")[0])  # the way on, as the message gives it
+    assert narrowed.geometry.buffer(1e-4).contains(shape(region_around(SPOT, 199)))
+    first, second = choose_pair(parse_region(region_around(SPOT, 1500)), before, after, StaticCatalog(catalog_path))
+    assert first.coverage == pytest.approx(0.16 / 9, rel=0.01)  # 1.8 % seen: a partial run, not refused
 
 
 def test_a_region_outside_every_footprint_is_blamed_not_the_dates(scenes, tmp_path):
