@@ -29,6 +29,7 @@ def check_inputs(request: BaseModel) -> None:
             _check_scenes(request)
         _check_model(request.model, request.registry)
         _check_file(request.truth, "truth", "GeoParquet polygons or a raster of the true change")
+        _check_truth(request.truth)
         _check_dask_scheduler(request.dask_address)
     elif isinstance(request, (EvaluateRequest, RetrainRequest)):
         if request.route == "scenes":
@@ -62,6 +63,34 @@ def _check_model(model: str | None, registry: str | None) -> None:
 def _check_file(path: str | None, name: str, what: str) -> None:
     if path is not None and not Path(path).expanduser().is_file():
         raise ParameterError(f"{name}: {path} does not exist or is not a file; give {what}")
+
+
+def _check_truth(path: str | None) -> None:
+    """The truth reads, and says where it lies: read only after the blocks, a damaged file failed the
+    run at its end, in pyarrow's or GDAL's words."""
+    if path is None:
+        return
+    path = Path(path).expanduser()
+    fix = "give GeoParquet polygons (.parquet) or a GeoTIFF of the true change"
+    if path.suffix in (".parquet", ".geoparquet"):
+        import geopandas as gpd
+
+        try:
+            crs = gpd.read_parquet(path).crs
+        except Exception as err:  # noqa: BLE001 - pyarrow and geopandas raise many types for a bad file
+            raise ParameterError(f"truth: {path} cannot be read as GeoParquet ({str(err).splitlines()[0]}); "
+                                 f"{fix}") from None
+    else:
+        import rasterio
+
+        try:
+            with rasterio.open(path) as raster:
+                crs = raster.crs
+        except rasterio.errors.RasterioIOError as err:
+            raise ParameterError(f"truth: {path} cannot be read as a raster ({err}); {fix}") from None
+    if crs is None:
+        raise ParameterError(f"truth: {path} has no CRS, so it cannot be put on the run's grid; write its CRS "
+                             "into it (e.g. with rio edit-info --crs, or GeoDataFrame.set_crs)")
 
 
 def _check_folder(path: str | None, name: str, what: str) -> None:

@@ -123,6 +123,23 @@ def test_a_bad_region_is_named(capfd, inputs, tmp_path):
                                    "min < max (longitude -180..180, latitude -90..90)")
 
 
+def test_a_truth_that_cannot_be_read_is_named_before_any_work(capfd, inputs, tmp_path):
+    """It was read only after the blocks, and failed the run at its end in pyarrow's words ("Could not
+    open Parquet input source ... smaller than the minimum file footer"), naming no parameter."""
+    fix = "give GeoParquet polygons (.parquet) or a GeoTIFF of the true change"
+    bad = tmp_path / "truth.parquet"
+    bad.write_bytes(b"PAR")
+    code, _, err = ran(capfd, detect_args(inputs, tmp_path / "runs", truth=bad))
+    assert code == 1
+    message = one_error_line(err)
+    assert message.startswith(f"truth: {bad} cannot be read as GeoParquet (") and message.endswith(f"); {fix}")
+    raster = tmp_path / "truth.tif"
+    raster.write_text("not a raster")
+    code, _, err = ran(capfd, detect_args(inputs, tmp_path / "runs", truth=raster))
+    assert code == 1 and one_error_line(err).startswith(f"truth: {raster} cannot be read as a raster (")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_missing_catalog_is_named(capfd, inputs, tmp_path):
     code, _, err = ran(capfd, detect_args(inputs, tmp_path / "runs", catalog=tmp_path / "nope" / "catalog.json"))
     assert code == 1
