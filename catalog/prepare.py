@@ -82,6 +82,19 @@ def choose_pair(region: Region, before: DateWindow, after: DateWindow, source: S
     return chosen  # type: ignore[return-value]
 
 
+def cloud_mask_gap(first: DateChoice, second: DateChoice, bands: BandSpec | None = None) -> str | None:
+    """A warning when some chosen scenes mask their clouds and others cannot (an Item without its
+    SCL or qa_pixel asset): the unmasked scenes' clouds and shadows would read as change against a
+    date whose clouds were masked. None when all are masked alike, or none can be (RGB imagery)."""
+    unmasked = [(when, item.id) for when, choice in (("before", first), ("after", second)) for item in choice.items
+                if radiometry_of(item, bands).mask is None]
+    if not unmasked or len(unmasked) == len(first.items) + len(second.items):
+        return None
+    named = ", ".join(f"{item_id} ({when})" for when, item_id in unmasked)
+    return (f"clouds are masked on some scenes but not on {named}, whose Item has no cloud-mask asset: its clouds "
+            "and their shadows may show as change; check the Item, or choose other dates")
+
+
 def prepare_scenes(region: Region, before: DateWindow, after: DateWindow, source: SceneSource, out: str | Path,
                    bands: BandSpec | None = None, crs: str | None = None, resolution: float | None = None,
                    chunk: int = DEFAULT_CHUNK, collections: list[str] | None = None,

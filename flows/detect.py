@@ -35,7 +35,7 @@ from prefect.states import Cancelled
 import dsqnet
 from catalog import date_pair, open_source, parse_region
 from catalog.errors import CatalogError
-from catalog.prepare import PreparedScenes, choose_pair, chosen_grid, grid_summary, prepare_chosen
+from catalog.prepare import PreparedScenes, choose_pair, chosen_grid, cloud_mask_gap, grid_summary, prepare_chosen
 from catalog.regions import Region
 from catalog.selection import DateChoice
 from catalog.store import INPUTS, inputs_hash, open_scenes
@@ -123,6 +123,8 @@ def choose_scenes(request: DetectRequest) -> tuple[Region, DateChoice, DateChoic
     first, second = choose_pair(region, before, after, open_source(request.catalog), collections)
     if first.collection_reason:
         get_run_logger().info(first.collection_reason)
+    if (gap := cloud_mask_gap(first, second)) is not None:
+        print(f"warning: {gap}")  # printed: the command line shows the project's own lines plainly
     return region, first, second
 
 

@@ -78,3 +78,20 @@ def test_a_provider_pair_lands_on_the_model_scale_and_the_red_bands_grid(case, t
         assert not valid[0][cloud].any() and valid[1][cloud].all()
     rules = result.summary()["radiometry"]  # run.json's record of the rule applied to each scene
     assert EXPECTED_RULE[case] in rules["before"][0]["rule"] and EXPECTED_RULE[case] in rules["after"][0]["rule"]
+
+
+def test_a_cloud_mask_on_one_date_only_is_warned_of(tmp_path):
+    """An Item without its SCL asset loaded unmasked beside a masked date, without a word on the
+    terminal: that date's clouds and shadows could read as change."""
+    from catalog.prepare import choose_pair, cloud_mask_gap
+
+    provider = PROVIDER_CASES["earth-search sentinel-2-l2a"]
+    before_item, after_item = scene_pair(provider, tmp_path)
+    region, (before, after) = parse_region(region_of(provider)), date_pair("2021-06-15", "2022-06-15")
+    pystac.ItemCollection([before_item, after_item]).save_object(dest_href=str(tmp_path / "both.json"))
+    assert cloud_mask_gap(*choose_pair(region, before, after, StaticCatalog(tmp_path / "both.json"))) is None
+    del after_item.assets["scl"]
+    pystac.ItemCollection([before_item, after_item]).save_object(dest_href=str(tmp_path / "one.json"))
+    assert cloud_mask_gap(*choose_pair(region, before, after, StaticCatalog(tmp_path / "one.json"))) == (
+        f"clouds are masked on some scenes but not on {after_item.id} (after), whose Item has no cloud-mask asset: "
+        "its clouds and their shadows may show as change; check the Item, or choose other dates")
