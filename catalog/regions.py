@@ -126,7 +126,7 @@ def parse_region(spec: str | dict | BaseGeometry, regions_file: str | Path | Non
     path = Path(text)
     if path.is_file():
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
         except json.JSONDecodeError as err:
             raise CatalogError(f"region file {path} is not valid GeoJSON: {err}") from None
         return Region(path.stem, _geometry_from_geojson(data, str(path)))
@@ -142,7 +142,7 @@ def load_regions(path: str | Path) -> dict[str, Region]:
     if not path.is_file():
         raise CatalogError(f"regions file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
     except yaml.YAMLError as err:
         raise CatalogError(f"regions file {path} is not valid YAML ({yaml_problem(err)})") from None
     if not isinstance(data, dict):
@@ -220,7 +220,7 @@ def _geometry_in_file(value: Any, source: str, regions_file: Path) -> BaseGeomet
                            f"nor a GeoJSON file ({path} does not exist); write the geometry as GeoJSON "
                            "({type: Polygon, coordinates: ...}), a bbox, or the path of a GeoJSON file")
     try:
-        return _geometry_from_geojson(json.loads(path.read_text()), f"{source} ({path})")
+        return _geometry_from_geojson(json.loads(path.read_text(encoding="utf-8-sig")), f"{source} ({path})")
     except json.JSONDecodeError as err:
         raise CatalogError(f"{source}: {path} is not valid GeoJSON: {err}") from None
 

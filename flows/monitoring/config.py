@@ -200,7 +200,7 @@ def watch_list(request: MonitorRequest, regions_file: str | Path) -> list[Watche
         regions = load_regions(regions_file)
     except CatalogError as err:
         raise MonitorConfigError(f"{err}; monitor needs a regions file of name: {{geometry, watch_zones, monitor}}") from None
-    raw = yaml.safe_load(Path(regions_file).read_text()) or {}
+    raw = yaml.safe_load(Path(regions_file).read_text(encoding="utf-8-sig")) or {}
     if not regions:  # a scheduled run would otherwise succeed every time, watching nothing
         raise MonitorConfigError(f"regions file {regions_file} names no regions; add one as name: {{geometry, "
                                  "watch_zones, monitor}")

@@ -130,6 +130,9 @@ def test_a_regions_file_takes_a_bbox_or_a_geojson_file_as_geometry(tmp_path):
     regions.write_text(yaml.safe_dump({"box": {"geometry": "16.3,48.1,16.5,48.3"},
                                        "town": {"geometry": "town.geojson", "watch_zones": {"all": "town.geojson"}}}))
     assert parse_region("box", regions_file=regions).bbox == (16.3, 48.1, 16.5, 48.3)
+    bom = tmp_path / "bom.geojson"  # as Windows editors save UTF-8: "Unexpected UTF-8 BOM" before
+    bom.write_bytes(b"\xef\xbb\xbf" + (tmp_path / "town.geojson").read_bytes())
+    assert parse_region(str(bom)).geometry.equals(shape(region_around(SPOT, 100)))
     town = parse_region("town", regions_file=regions)
     assert town.geometry.equals(shape(region_around(SPOT, 100))) and town.watch_zones["all"].equals(town.geometry)
     regions.write_text(yaml.safe_dump({"gone": {"geometry": "gone.geojson"}}))
