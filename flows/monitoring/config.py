@@ -220,6 +220,10 @@ def watch_list(request: MonitorRequest, regions_file: str | Path) -> list[Watche
         except ValidationError as err:
             problems += [f"region {name!r}, monitor.{'.'.join(map(str, p['loc']))}: {_message(p)}" for p in err.errors()]
             continue
+        outside = [zone for zone, shape in regions[name].watch_zones.items()
+                   if not shape.intersects(regions[name].geometry)]
+        problems += [f"region {name!r}: watch zone {zone!r} lies wholly outside the region, so no change can ever "
+                     "reach it; move it inside the region, or widen the region" for zone in outside]
         key = slug(name)
         if key in slugs:
             problems.append(f"regions {slugs[key]!r} and {name!r} share the state folder name {key!r}; rename one")

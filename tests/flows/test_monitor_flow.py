@@ -365,6 +365,13 @@ def test_regions_file_mistakes_are_named_before_prefect_starts(world, tmp_path, 
     assert "does not exist" in capsys.readouterr().err
     assert main(["monitor", "--regions", str(world.regions)]) == 1
     assert "give catalog" in capsys.readouterr().err
+    astray = yaml.safe_load(world.regions.read_text())
+    astray["town"]["watch_zones"]["far"] = {"type": "Polygon", "coordinates": [[[0, 0], [0.01, 0], [0.01, 0.01],
+                                                                                [0, 0]]]}
+    (tmp_path / "astray.yaml").write_text(yaml.safe_dump(astray))  # accepted before: a zone that never alerts
+    assert main([*base, "--regions", str(tmp_path / "astray.yaml")]) == 1
+    assert "region 'town': watch zone 'far' lies wholly outside the region, so no change can ever reach it; move " \
+           "it inside the region, or widen the region" in capsys.readouterr().err
     for text in ("", "# town: {geometry: ...}\n"):  # it succeeded, printing two empty lines, watching nothing
         (tmp_path / "empty.yaml").write_text(text)
         assert main([*base, "--regions", str(tmp_path / "empty.yaml")]) == 1
