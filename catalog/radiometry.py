@@ -19,6 +19,7 @@ Two dates go together only at the same processing level; ``check_one_scale`` say
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import pystac
@@ -83,10 +84,16 @@ def radiometry_of(item: pystac.Item, override: BandSpec | None = None) -> Radiom
         return _from_spec(item, override)
     sources = rgb_sources(item)
     if _is_sentinel2(item):
-        return _sentinel2(item, sources)
-    if _is_landsat(item):
-        return _landsat(item, sources)
-    return _stated_or_8bit(item, sources)
+        rule = _sentinel2(item, sources)
+    elif _is_landsat(item):
+        rule = _landsat(item, sources)
+    else:
+        rule = _stated_or_8bit(item, sources)
+    if not (math.isfinite(rule.scale) and rule.scale != 0 and math.isfinite(rule.offset)):
+        raise CatalogError(f"Item {item.id!r} states the scale {rule.scale:g} and offset {rule.offset:g} in its "
+                           "raster:bands, which would make every pixel the same (or not a number): the model would "
+                           "see no land; correct the Item's raster:bands scale and offset")
+    return rule
 
 
 def check_one_scale(before: list[Radiometry], after: list[Radiometry]) -> None:

@@ -95,3 +95,17 @@ def test_a_cloud_mask_on_one_date_only_is_warned_of(tmp_path):
     assert cloud_mask_gap(*choose_pair(region, before, after, StaticCatalog(tmp_path / "one.json"))) == (
         f"clouds are masked on some scenes but not on {after_item.id} (after), whose Item has no cloud-mask asset: "
         "its clouds and their shadows may show as change; check the Item, or choose other dates")
+
+
+def test_a_scale_of_zero_is_refused_not_loaded_as_a_blank_image(tmp_path):
+    """``raster:bands`` ``scale: 0`` loaded every pixel as 0, and the run ended with exit 0."""
+    from catalog import CatalogError
+    from catalog.radiometry import radiometry_of
+
+    item, _ = scene_pair(PROVIDER_CASES["earth-search sentinel-2-l2a"], tmp_path)
+    for asset in item.assets.values():
+        for band in asset.extra_fields.get("raster:bands") or []:
+            band["scale"] = 0
+    with pytest.raises(CatalogError, match=rf"^Item '{item.id}' states the scale 0 and offset 0 in its raster:bands, "
+                                           r"which would make every pixel the same \(or not a number\)"):
+        radiometry_of(item)
