@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -46,11 +47,14 @@ def safe_torch_load(path: str | Path) -> Any:
         raise CheckpointError(f"{path} cannot be read as a PyTorch checkpoint ({reason}); the file is truncated or "
                               "corrupt: download or copy it again") from None
     except pickle.UnpicklingError as err:
+        # torch's own words suggest weights_only=False, which this project never does: only what it refused is kept
+        asked = re.search(r"Unsupported (?:global: GLOBAL \S+|operand \S+)", str(err))
+        detail = f" (it asks for {asked[0].removeprefix('Unsupported ').removeprefix('global: ')})" if asked else ""
         raise CheckpointError(
             f"refused to load {path}: it is a pickle that asks to run code or build objects other than "
-            "tensors and plain containers, and loading it could execute arbitrary code. If you trust "
+            f"tensors and plain containers{detail}, and loading it could execute arbitrary code. If you trust "
             "the file, extract its state dict in a separate environment and save it with safetensors "
-            f"(or re-save it with torch.save(state_dict)). Detail: {str(err).splitlines()[0]}"
+            "(or re-save it with torch.save(state_dict))"
         ) from None
 
 

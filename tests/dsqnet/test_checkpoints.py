@@ -68,8 +68,11 @@ def test_a_pickle_that_carries_code_is_refused_and_never_runs(tmp_path):
     with open(path, "wb") as f:
         torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": CodePayload(marker)}, f)
     marker.unlink(missing_ok=True)  # torch.save does not run __reduce__'s callable, but be sure
-    with pytest.raises(CheckpointError, match="refused to load .*could execute arbitrary code"):
+    with pytest.raises(CheckpointError, match="refused to load .*could execute arbitrary code") as refused:
         safe_torch_load(path)
+    # what it asked for, and not torch's own advice to load it with weights_only=False (nor its terminal bold)
+    assert "(it asks for GLOBAL getattr)" in str(refused.value) and "weights_only" not in str(refused.value)
+    assert "\x1b" not in str(refused.value)
     with pytest.raises(CheckpointError, match="refused"):
         load_model_file(path)
     assert not marker.exists()
