@@ -7,6 +7,7 @@ into the dataset that ``store.write_scenes`` saves as ``scenes.zarr``.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from dataclasses import dataclass
 
@@ -165,11 +166,18 @@ def _to_byte_scale(raw: xr.DataArray, rule: Radiometry) -> xr.DataArray:
     return ((value - low) / (high - low) * 255.0).clip(0, 255).round()
 
 
+def _utc_naive(iso: str) -> dt.datetime:
+    """An ISO time in UTC without its offset, as numpy's datetime64 takes it (an offset such as +05:00
+    made numpy warn, on the terminal, that it has no representation of time zones)."""
+    when = dt.datetime.fromisoformat(iso)
+    return (when.astimezone(dt.timezone.utc) if when.tzinfo else when).replace(tzinfo=None)
+
+
 def load_pair(before: DateChoice, after: DateChoice, rules: tuple[list[Radiometry], list[Radiometry]], grid: GeoBox,
               chunk: int) -> xr.Dataset:
     """The dataset saved as scenes.zarr: ``image`` (time, band, y, x) uint8 and ``valid`` (time, y, x)."""
     images, masks = zip(*(load_date(choice, date_rules, grid, chunk) for choice, date_rules in zip((before, after), rules)))
-    times = [np.datetime64(choice.records[0].datetime.replace("+00:00", ""), "ns") for choice in (before, after)]
+    times = [np.datetime64(_utc_naive(choice.records[0].datetime), "ns") for choice in (before, after)]
     dataset = xr.Dataset(
         {"image": xr.concat(images, dim="time"), "valid": xr.concat(masks, dim="time")},
     ).assign_coords(time=("time", times))

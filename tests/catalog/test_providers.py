@@ -109,3 +109,18 @@ def test_a_scale_of_zero_is_refused_not_loaded_as_a_blank_image(tmp_path):
     with pytest.raises(CatalogError, match=rf"^Item '{item.id}' states the scale 0 and offset 0 in its raster:bands, "
                                            r"which would make every pixel the same \(or not a number\)"):
         radiometry_of(item)
+
+
+def test_an_item_time_with_an_offset_loads_in_utc_without_a_warning(tmp_path):
+    """A datetime written with +05:00 made numpy warn, on the terminal, of time zones it cannot hold."""
+    import warnings
+
+    provider = PROVIDER_CASES["earth-search sentinel-2-l2a"]
+    before_item, after_item = scene_pair(provider, tmp_path)
+    before_item.properties["datetime"] = "2021-06-15T15:30:00+05:00"  # 10:30 UTC
+    pystac.ItemCollection([before_item, after_item]).save_object(dest_href=str(tmp_path / "items.json"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        result = prepare_scenes(parse_region(region_of(provider)), *date_pair("2021-06-15", "2022-06-15"),
+                                StaticCatalog(tmp_path / "items.json"), tmp_path / "s.zarr", chunk=64)
+    assert str(open_scenes(result.path)["time"].values[0]) == "2021-06-15T10:30:00.000000000"
