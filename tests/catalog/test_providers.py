@@ -113,11 +113,12 @@ def test_a_scale_of_zero_is_refused_not_loaded_as_a_blank_image(tmp_path):
 
 def test_an_item_time_with_an_offset_loads_in_utc_without_a_warning(tmp_path):
     """A datetime written with +05:00 made numpy warn, on the terminal, of time zones it cannot hold."""
+    import datetime as dt
     import warnings
 
     provider = PROVIDER_CASES["earth-search sentinel-2-l2a"]
     before_item, after_item = scene_pair(provider, tmp_path)
-    before_item.properties["datetime"] = "2021-06-15T15:30:00+05:00"  # 10:30 UTC
+    before_item.datetime = dt.datetime.fromisoformat("2021-06-15T15:30:00+05:00")  # 10:30 UTC
     pystac.ItemCollection([before_item, after_item]).save_object(dest_href=str(tmp_path / "items.json"))
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
