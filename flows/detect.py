@@ -50,7 +50,7 @@ from flows.params.demo import demo_inputs
 from flows.outputs.manifest import FinishTimes, StepTimer, stac_item
 from flows.runtime.versions import code_version, package_versions
 from flows.models.resolve import ModelRecord, resolve_model
-from flows.params.detect import DetectRequest, parse_request
+from flows.params.detect import DetectRequest, ParameterError, parse_request
 
 from flows.blocks.store import ProbabilityStore
 
@@ -60,7 +60,7 @@ from flows.runtime.allocator import release_freed_memory
 from flows.runtime.collector import freeze_loaded_objects
 from flows.runtime.interrupts import cancellable, note_resume_point
 from flows.runtime import heartbeats
-from flows.scoring.known_change import score_run
+from flows.scoring.known_change import score_run, truth_outside
 from flows.blocks.stitch import Stitcher, stitch
 from flows.blocks.streaming import (
     LoadStopped,
@@ -326,6 +326,8 @@ def run_detect(request: DetectRequest, held: ExitStack) -> dict:
         expect_output_bytes(bytes_needed(grid.shape))
     except CatalogError:
         grid = None  # load-scenes says what is wrong with the scenes
+    if grid is not None and request.truth and (astray := truth_outside(request.truth, grid)) is not None:
+        raise ParameterError(astray)
     lap("choose scenes")
     name = request.run_name or run_folder_name(region_.name, request.before, request.after)
     work = out_dir / ".cache" / name

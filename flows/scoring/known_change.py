@@ -37,6 +37,32 @@ def truth_on_block(truth: Path | gpd.GeoDataFrame, block: Block, transform: Affi
         return (target > 0).astype(np.uint8)
 
 
+def truth_outside(truth_path: str | Path, grid) -> str | None:
+    """Why the truth cannot score a run on ``grid`` (an odc-geo GeoBox): it lies wholly outside it.
+    Found only at the end, it gave "F1 nan" after the whole run; said before the blocks, the run
+    has lost nothing. None when they overlap (or the truth cannot say where it lies)."""
+    from rasterio.warp import transform_bounds
+
+    truth_path = Path(truth_path)
+    if truth_path.suffix in (".parquet", ".geoparquet"):
+        polygons = gpd.read_parquet(truth_path)
+        if polygons.crs is None or polygons.empty:
+            return None
+        bounds = tuple(polygons.to_crs(grid.crs.to_wkt()).total_bounds)
+    else:
+        with rasterio.open(truth_path) as raster:
+            if raster.crs is None:
+                return None
+            bounds = transform_bounds(raster.crs, grid.crs.to_wkt(), *raster.bounds)
+    left, bottom, right, top = grid.boundingbox
+    if bounds[0] < right and bounds[2] > left and bounds[1] < top and bounds[3] > bottom:
+        return None
+    shown = ", ".join(f"{v:.0f}" for v in bounds)
+    return (f"truth: {truth_path} lies wholly outside the run's grid (its bounds {shown} against the grid's "
+            f"{left:.0f}, {bottom:.0f}, {right:.0f}, {top:.0f} in {grid.crs}), so no pixel of it could be scored; "
+            "give the truth of this region and dates")
+
+
 def score_run(store: ProbabilityStore, blocks: list[Block], transform: Affine, crs, threshold: float,
               truth_path: str | Path) -> dict:
     """Precision, recall, F1, IoU (and the rest of ``dsqnet.metrics``) of the change class."""

@@ -140,6 +140,21 @@ def test_a_truth_that_cannot_be_read_is_named_before_any_work(capfd, inputs, tmp
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_truth_of_another_place_is_refused_before_the_blocks(capfd, inputs, tmp_path):
+    """It scored "F1 nan" at the end of the whole run."""
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    elsewhere = tmp_path / "truth.parquet"
+    gpd.GeoDataFrame(geometry=[box(0.0, 0.0, 0.01, 0.01)], crs="EPSG:4326").to_parquet(elsewhere)
+    code, out, err = ran(capfd, detect_args(inputs, tmp_path / "runs", truth=elsewhere))
+    assert code == 1
+    message = one_error_line(err)
+    assert message.startswith(f"truth: {elsewhere} lies wholly outside the run's grid (its bounds ")
+    assert message.endswith("), so no pixel of it could be scored; give the truth of this region and dates")
+    assert "blocks of" not in out + err and not (tmp_path / "runs" / "spot").exists()
+
+
 def test_a_missing_catalog_is_named(capfd, inputs, tmp_path):
     code, _, err = ran(capfd, detect_args(inputs, tmp_path / "runs", catalog=tmp_path / "nope" / "catalog.json"))
     assert code == 1
