@@ -100,15 +100,28 @@ def _load_group(items: list, rule: Radiometry, grid: GeoBox, chunk: int) -> tupl
 
 
 def _with_band_counts(item):
-    """A copy whose multi-band assets list one ``raster:bands`` entry per band, so that odc-stac
-    reads all of them (NAIP's 4-band ``image`` has ``eo:bands`` only; odc-stac would assume one)."""
+    """A copy odc-stac can load as the Item means it: its multi-band assets list one ``raster:bands``
+    entry per band, so that odc-stac reads all of them (NAIP's 4-band ``image`` has ``eo:bands``
+    only; odc-stac would assume one), and an integer band's NaN nodata, which no integer can equal,
+    is left out (odc-stac failed on it: "cannot convert float NaN to integer")."""
     patched = None
     for key, asset in item.assets.items():
         bands = band_metadata(asset)
         if len(bands) > 1 and not raster_bands(asset):
             patched = patched or item.clone()
             patched.assets[key].extra_fields["raster:bands"] = [{} for _ in bands]
+        if any(_integer_with_nan_nodata(band) for band in raster_bands(asset)):
+            patched = patched or item.clone()
+            patched.assets[key].extra_fields["raster:bands"] = [
+                {k: v for k, v in band.items() if k != "nodata"} if _integer_with_nan_nodata(band) else band
+                for band in raster_bands(patched.assets[key])]
     return patched or item
+
+
+def _integer_with_nan_nodata(band: dict) -> bool:
+    nodata = band.get("nodata")
+    is_nan = isinstance(nodata, float) and np.isnan(nodata) or str(nodata).lower() == "nan"
+    return is_nan and str(band.get("data_type", "")).startswith(("uint", "int"))
 
 
 @dataclass(frozen=True)

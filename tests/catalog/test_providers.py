@@ -125,3 +125,19 @@ def test_an_item_time_with_an_offset_loads_in_utc_without_a_warning(tmp_path):
         result = prepare_scenes(parse_region(region_of(provider)), *date_pair("2021-06-15", "2022-06-15"),
                                 StaticCatalog(tmp_path / "items.json"), tmp_path / "s.zarr", chunk=64)
     assert str(open_scenes(result.path)["time"].values[0]) == "2021-06-15T10:30:00.000000000"
+
+
+def test_an_integer_band_with_a_nan_nodata_loads(tmp_path):
+    """odc-stac failed on it ("cannot convert float NaN to integer"), and the message blamed the
+    projection metadata. No integer equals NaN: such a band has no nodata value."""
+    provider = PROVIDER_CASES["earth-search sentinel-2-l2a"]
+    before_item, after_item = scene_pair(provider, tmp_path)
+    for key in ("red", "green", "blue"):
+        before_item.assets[key].extra_fields["raster:bands"][0]["nodata"] = "nan"  # as STAC writes NaN in JSON
+    pystac.ItemCollection([before_item, after_item]).save_object(dest_href=str(tmp_path / "items.json"))
+    result = prepare_scenes(parse_region(region_of(provider)), *date_pair("2021-06-15", "2022-06-15"),
+                            StaticCatalog(tmp_path / "items.json"), tmp_path / "s.zarr", chunk=64)
+    ds = open_scenes(result.path)
+    before_image, before_valid = ds["image"].values[0].astype(int), ds["valid"].values[0]
+    assert before_valid.sum() > 500
+    assert np.abs(np.median(before_image[:, before_valid], axis=1) - [_byte(v) for v in FIELD]).max() <= 1
