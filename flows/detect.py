@@ -124,7 +124,7 @@ def choose_scenes(request: DetectRequest) -> tuple[Region, DateChoice, DateChoic
     if first.collection_reason:
         get_run_logger().info(first.collection_reason)
     if (gap := cloud_mask_gap(first, second)) is not None:
-        print(f"warning: {gap}")  # printed: the command line shows the project's own lines plainly
+        get_run_logger().warning(gap)
     return region, first, second
 
 

@@ -1,7 +1,7 @@
 """What the command line prints while it works: the project's own lines, not the libraries' chatter.
 
 By default a command shows its progress bars, the lines the project itself logs or prints (plain,
-without Prefect's timestamp and run name), and warnings and errors from anywhere. Prefect's
+without Prefect's timestamp and run name; its warnings after ``warning: ``), and errors from anywhere. Prefect's
 per-task INFO lines, Dask's cluster logs and warnings and rasterio's ``NotGeoreferencedWarning`` stay
 out of the way. A user error is said once, by the command's own last line ``dsqnet <command>: error: ...``,
 so Prefect's one-line reports of it (``flows.runtime.user_errors``) are left out of the terminal;
@@ -33,11 +33,12 @@ def is_own(record: logging.LogRecord) -> bool:
 
 
 class LibraryLines(logging.Filter):
-    """On a library's terminal handler: warnings and errors only, not the project's own lines (shown
-    plain by ``OwnLines``), not a user error (the command says it), nor Prefect's "Finished in state"."""
+    """On a library's terminal handler: warnings and errors only, not the project's own lines below
+    errors (shown plain by ``OwnLines``), not a user error (the command says it), nor Prefect's
+    "Finished in state"."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if getattr(record, USER_ERROR_MARK, False) or is_own(record) and record.levelno < logging.WARNING:
+        if getattr(record, USER_ERROR_MARK, False) or is_own(record) and record.levelno < logging.ERROR:
             return False
         if record.name.startswith("prefect") and str(record.msg).startswith("Finished in state"):
             return False
@@ -45,10 +46,20 @@ class LibraryLines(logging.Filter):
 
 
 class OwnLines(logging.Filter):
-    """On the plain handler: the project's own lines below warnings (those keep the library format)."""
+    """On the plain handler: the project's own lines below errors, a warning as ``warning: ...``. They
+    are shown here, not left to Prefect's console handler, which a quiet command's flows run without
+    (an alert whose webhook failed went unsaid)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return is_own(record) and record.levelno < logging.WARNING and not getattr(record, USER_ERROR_MARK, False)
+        return is_own(record) and record.levelno < logging.ERROR and not getattr(record, USER_ERROR_MARK, False)
+
+
+class OwnFormat(logging.Formatter):
+    """The message alone, a warning's after ``warning: ``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return f"warning: {text}" if record.levelno >= logging.WARNING else text
 
 
 def terminal_handlers() -> list[logging.Handler]:
@@ -121,7 +132,7 @@ def _quiet_logging() -> Iterator[None]:
     for handler in handlers:
         handler.addFilter(library)
     own = logging.StreamHandler(sys.stderr)
-    own.setFormatter(logging.Formatter("%(message)s"))
+    own.setFormatter(OwnFormat("%(message)s"))
     own.addFilter(OwnLines())
     root = logging.getLogger()
     root.addHandler(own)

@@ -36,6 +36,7 @@ import psutil
 
 from flows.runtime.flow_runs import cancel_open_runs, note_closed_run, note_open_run
 from flows.runtime.terminal import progress_bar_open
+from flows.runtime.user_errors import USER_ERROR_MARK
 
 ResultT = TypeVar("ResultT")
 FlowBodyT = TypeVar("FlowBodyT", bound=Callable[..., Any])
@@ -101,7 +102,8 @@ def cancellable(command: str) -> Callable[[FlowBodyT], FlowBodyT]:
                     _silence_dask()  # a nanny whose worker is killed says so, and starts another
                     stop_children(spare_tracker=True)  # what a cluster's close left; this process goes on
                     get_run_logger().warning("%s: %s; %s", context.flow.name, _stopped_by(stopped.signal),
-                                             resume_hint(command, RERUN_DEPLOYMENT))
+                                             resume_hint(command, RERUN_DEPLOYMENT),
+                                             extra={USER_ERROR_MARK: True})  # the command's last line says it
                 raise
             finally:
                 note_closed_run(run_id)

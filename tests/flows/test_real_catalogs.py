@@ -86,3 +86,23 @@ def test_detect_on_a_static_catalog_whose_asset_server_fails_says_so_in_one_line
         "retries): the server is failing or overloaded; try again later, or raise GDAL_HTTP_MAX_RETRY. Nothing was "
         f"written to {tmp_path / 'runs' / '.cache' / 's2' / 'scenes.zarr'}.")
     assert not (tmp_path / "runs" / "s2").exists()
+
+
+def test_a_warning_of_the_run_reaches_the_terminal_once(prefect_api, tmp_path, capfd):
+    """The command line's quiet mode showed the project's lines below warnings only, and Prefect's
+    console handler, which would have shown the rest, is not there when its flows run: a warning
+    logged in a task (a cloud mask on one date only, an alert whose webhook failed) went unsaid."""
+    sentinel2 = PROVIDER_CASES["earth-search sentinel-2-l2a"]
+    before_item, after_item = scene_pair(sentinel2, tmp_path)
+    del after_item.assets["scl"]
+    pystac.ItemCollection([before_item, after_item]).save_object(dest_href=str(tmp_path / "items.json"))
+    capfd.readouterr()
+    code = main(["detect", "--region", json.dumps(region_of(sentinel2)), "--before", "2021-06-15", "--after",
+                 "2022-06-15", "--catalog", str(tmp_path / "items.json"), "--out", str(tmp_path / "runs"),
+                 "--run-name", "s2", "--window", "64", "--stride", "32"])
+    out, err = capfd.readouterr()
+    assert code == 0, err
+    warned = [line for line in (out + err).splitlines() if "clouds are masked" in line]
+    assert warned == [f"warning: clouds are masked on some scenes but not on {after_item.id} (after), whose Item has "
+                      "no cloud-mask asset: its clouds and their shadows may show as change; check the Item, or "
+                      "choose other dates"]
