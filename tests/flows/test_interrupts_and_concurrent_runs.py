@@ -166,6 +166,7 @@ def test_sigterm_to_the_run_alone_stops_it_likewise(prefect_api, inputs, tmp_pat
     said = f"stopped by SIGTERM; rerun the same command to resume from {done} done block{plural}"
     assert stderr.splitlines()[-1] == f"dsqnet detect: {said}"
     assert "Traceback" not in stdout + stderr, stderr[-3000:]
+    assert (stdout + stderr).count("stopped by SIGTERM") == 1, stderr[-3000:]  # said once, by the last line
     # its flow runs are Cancelled in the API with the same words, not left Running
     assert flow_run_states(out) == {"detect-changes": ("CANCELLED", said), "infer-blocks": ("CANCELLED", said)}
 
