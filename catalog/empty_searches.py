@@ -16,6 +16,7 @@ from .sources import SceneSource, item_datetime
 
 NEARBY_DAYS = (60, 730)  # how far beyond the window the nearest dates are looked for, in turn
 NEARBY_CAP = 2_000  # Items read per look; more means the nearest dates may be among those not read
+PLACELESS_SAMPLE = 100  # Items read to tell a catalog without footprints from a region in the wrong place
 SEASON_DAYS = 90  # a tolerance beyond this would compare seasons, not dates: advise other dates instead
 
 
@@ -56,9 +57,14 @@ def why_never_found(source: SceneSource, region: Region, collections: list[str] 
     if source.has_any(region, collections):
         return None
     named = f" of collection(s) {', '.join(collections)}" if collections else ""
-    if not source.has_any(None, collections):
+    held = source.search(None, None, None, collections, max_items=PLACELESS_SAMPLE)  # type: ignore[arg-type]
+    if not held:
         return (f"{source.description} holds no Items{named} at all, so no region or date can be searched; "
                 "give the catalog that holds the scenes")
+    placeless = [item.id for item in held if item.geometry is None]
+    if len(placeless) == len(held):  # the region is not to blame: nothing says where these scenes lie
+        return (f"the Items{named} of {source.description} have no geometry (e.g. {placeless[0]!r}), so none can "
+                "be placed over a region; give each Item its footprint (geometry and bbox)")
     return (f"no scene{named} in {source.description} overlaps region {region.described} at any date; check "
             "the region (a bbox is W,S,E,N in degrees: longitude first) or name a catalog that covers it")
 

@@ -213,6 +213,22 @@ def test_a_region_far_larger_than_its_scenes_is_refused_before_any_load(scenes, 
     assert first.coverage == pytest.approx(0.16 / 9, rel=0.01)  # 1.8 % seen: a partial run, not refused
 
 
+def test_items_without_a_footprint_are_named_not_the_region(scenes, tmp_path):
+    """Items with a null geometry (valid STAC) got "no scene overlaps region ... check the region"."""
+    _, _, items = scenes
+    placeless = [item.clone() for item in items]
+    for item in placeless:
+        item.geometry = item.bbox = None
+    pystac.ItemCollection(placeless).save_object(dest_href=str(tmp_path / "items.json"))
+    before, after = date_pair("2021-06-15", "2022-06-15")
+    with pytest.raises(CatalogError) as refused:
+        prepare_scenes(parse_region(region_around(SPOT, 150)), before, after, StaticCatalog(tmp_path / "items.json"),
+                       tmp_path / "s.zarr")
+    assert str(refused.value) == (f"the Items of static catalog {tmp_path / 'items.json'} have no geometry (e.g. "
+                                  f"'{placeless[0].id}'), so none can be placed over a region; give each Item its "
+                                  "footprint (geometry and bbox)")
+
+
 def test_a_region_outside_every_footprint_is_blamed_not_the_dates(scenes, tmp_path):
     """Before, a region that no scene of any date covers (lon/lat swapped, say) was told to widen the dates."""
     _, catalog_path, _ = scenes
