@@ -23,9 +23,9 @@ SEASON_DAYS = 90  # a tolerance beyond this would compare seasons, not dates: ad
 def why_nothing_found(source: SceneSource, region: Region, empty: list[DateWindow],
                       collections: list[str] | None = None) -> str:
     """The message for date windows (``empty``) whose search found no scene over ``region``."""
-    named = f" of collection(s) {', '.join(collections)}" if collections else ""
     if (nowhere := why_never_found(source, region, collections)) is not None:
         return nowhere
+    named = _of(collections)
     reaches = []
     sentences = []
     for window in empty:
@@ -56,7 +56,7 @@ def why_never_found(source: SceneSource, region: Region, collections: list[str] 
     it holds), or None when some date would: what a later date or a wider window cannot mend."""
     if source.has_any(region, collections):
         return None
-    named = f" of collection(s) {', '.join(collections)}" if collections else ""
+    named = _of(collections)
     held = source.search(None, None, None, collections, max_items=PLACELESS_SAMPLE)  # type: ignore[arg-type]
     if not held:
         return (f"{source.description} holds no Items{named} at all, so no region or date can be searched; "
@@ -86,6 +86,10 @@ def nearest_dates(source: SceneSource, region: Region, window: DateWindow,
         if nearby:
             return nearby, len(found) < NEARBY_CAP
     return [], True
+
+
+def _of(collections: list[str] | None) -> str:
+    return f" of collection(s) {', '.join(collections)}" if collections else ""
 
 
 def _away(day: dt.date, target: dt.date) -> str:

@@ -125,11 +125,7 @@ def parse_region(spec: str | dict | BaseGeometry, regions_file: str | Path | Non
             raise CatalogError(f"region is not valid GeoJSON: {err}") from None
     path = Path(text)
     if path.is_file():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8-sig"))
-        except json.JSONDecodeError as err:
-            raise CatalogError(f"region file {path} is not valid GeoJSON: {err}") from None
-        return Region(path.stem, _geometry_from_geojson(data, str(path)))
+        return Region(path.stem, _geojson_file(path, f"region file {path}", str(path)))
     hint = f" or a name in {regions_file}" if regions_file else " or a name in a regions file (--regions FILE)"
     raise CatalogError(
         f"region {text!r} is neither a lon/lat bbox 'minlon,minlat,maxlon,maxlat', GeoJSON, a GeoJSON file{hint}"
@@ -219,10 +215,17 @@ def _geometry_in_file(value: Any, source: str, regions_file: Path) -> BaseGeomet
         raise CatalogError(f"{source} is the text {text!r}, which is neither a bbox 'minlon,minlat,maxlon,maxlat' "
                            f"nor a GeoJSON file ({path} does not exist); write the geometry as GeoJSON "
                            "({type: Polygon, coordinates: ...}), a bbox, or the path of a GeoJSON file")
+    return _geojson_file(path, f"{source}: {path}", f"{source} ({path})")
+
+
+def _geojson_file(path: Path, named: str, source: str) -> BaseGeometry:
+    """The geometry of a GeoJSON file (``named`` in its parse error, ``source`` in the others); a
+    byte-order mark, as Windows editors save UTF-8, is read past."""
     try:
-        return _geometry_from_geojson(json.loads(path.read_text(encoding="utf-8-sig")), f"{source} ({path})")
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as err:
-        raise CatalogError(f"{source}: {path} is not valid GeoJSON: {err}") from None
+        raise CatalogError(f"{named} is not valid GeoJSON: {err}") from None
+    return _geometry_from_geojson(data, source)
 
 
 def _geometry_from_geojson(data: Any, source: str) -> BaseGeometry:

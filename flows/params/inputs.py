@@ -66,31 +66,38 @@ def _check_file(path: str | None, name: str, what: str) -> None:
 
 
 def _check_truth(path: str | None) -> None:
-    """The truth reads, and says where it lies: read only after the blocks, a damaged file failed the
-    run at its end, in pyarrow's or GDAL's words."""
-    if path is None:
-        return
+    """The truth reads and has a CRS: read only after the blocks, a damaged file failed the run at its
+    end, in pyarrow's or GDAL's words."""
+    if path is not None:
+        truth_extent(path)
+
+
+def truth_extent(path: str | Path) -> tuple[object, tuple[float, float, float, float] | None]:
+    """The truth's CRS and bounds in it (None for a table with no polygons), or a ``ParameterError``
+    that names the file: the one reading of a truth's header, for the checks before a run."""
     path = Path(path).expanduser()
     fix = "give GeoParquet polygons (.parquet) or a GeoTIFF of the true change"
     if path.suffix in (".parquet", ".geoparquet"):
         import geopandas as gpd
 
         try:
-            crs = gpd.read_parquet(path).crs
+            polygons = gpd.read_parquet(path)
         except Exception as err:  # noqa: BLE001 - pyarrow and geopandas raise many types for a bad file
             raise ParameterError(f"truth: {path} cannot be read as GeoParquet ({str(err).splitlines()[0]}); "
                                  f"{fix}") from None
+        crs, bounds = polygons.crs, None if polygons.empty else tuple(polygons.total_bounds)
     else:
         import rasterio
 
         try:
             with rasterio.open(path) as raster:
-                crs = raster.crs
+                crs, bounds = raster.crs, tuple(raster.bounds)
         except rasterio.errors.RasterioIOError as err:
             raise ParameterError(f"truth: {path} cannot be read as a raster ({err}); {fix}") from None
     if crs is None:
         raise ParameterError(f"truth: {path} has no CRS, so it cannot be put on the run's grid; write its CRS "
                              "into it (e.g. with rio edit-info --crs, or GeoDataFrame.set_crs)")
+    return crs, bounds
 
 
 def _check_folder(path: str | None, name: str, what: str) -> None:

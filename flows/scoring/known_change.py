@@ -20,6 +20,7 @@ from dsqnet.metrics import ConfusionMatrix
 from flows.blocks.store import ProbabilityStore
 from flows.outputs.classes import NOT_OBSERVED, change_classes
 from flows.blocks.lattice import Block
+from flows.params.inputs import truth_extent
 
 
 def truth_on_block(truth: Path | gpd.GeoDataFrame, block: Block, transform: Affine, crs) -> np.ndarray:
@@ -40,20 +41,13 @@ def truth_on_block(truth: Path | gpd.GeoDataFrame, block: Block, transform: Affi
 def truth_outside(truth_path: str | Path, grid) -> str | None:
     """Why the truth cannot score a run on ``grid`` (an odc-geo GeoBox): it lies wholly outside it.
     Found only at the end, it gave "F1 nan" after the whole run; said before the blocks, the run
-    has lost nothing. None when they overlap (or the truth cannot say where it lies)."""
+    has lost nothing. None when they overlap (or the truth holds no polygon)."""
     from rasterio.warp import transform_bounds
 
-    truth_path = Path(truth_path)
-    if truth_path.suffix in (".parquet", ".geoparquet"):
-        polygons = gpd.read_parquet(truth_path)
-        if polygons.crs is None or polygons.empty:
-            return None
-        bounds = tuple(polygons.to_crs(grid.crs.to_wkt()).total_bounds)
-    else:
-        with rasterio.open(truth_path) as raster:
-            if raster.crs is None:
-                return None
-            bounds = transform_bounds(raster.crs, grid.crs.to_wkt(), *raster.bounds)
+    crs, bounds = truth_extent(truth_path)
+    if bounds is None:
+        return None
+    bounds = transform_bounds(crs, grid.crs.to_wkt(), *bounds)
     left, bottom, right, top = grid.boundingbox
     if bounds[0] < right and bounds[2] > left and bounds[1] < top and bounds[3] > bottom:
         return None
